@@ -1,0 +1,1 @@
+"""AdvFace: adversarial template protection against face reconstruction."""

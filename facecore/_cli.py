@@ -1,0 +1,45 @@
+"""Shared CLI plumbing: project errors become one readable line and a non-zero exit."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from .errors import FacePrivacyError
+
+
+def friendly_errors(func):
+    """Decorator for click commands: print ``error: <message>`` and exit 2 on project errors."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except FacePrivacyError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+            click.echo(f"error: {exc.strerror or exc}: {exc.filename}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def recognizer_option(func):
+    """``--recognizer NAME|PATH.onnx`` plus explicit preprocessing for raw ONNX paths."""
+    func = click.option("--std", type=float, default=None, help="Preprocessing std (raw .onnx only).")(func)
+    func = click.option("--mean", type=float, default=None, help="Preprocessing mean (raw .onnx only).")(func)
+    func = click.option("--channel-order", type=click.Choice(["RGB", "BGR"]), default=None,
+                        help="Channel order the model expects (raw .onnx only).")(func)
+    func = click.option("--recognizer", "-r", default="fr128", show_default=True,
+                        help="Built-in name (fr128, fr512), adapter name, or path to an .onnx recognizer.")(func)
+    return func
+
+
+def build_recognizer(recognizer: str, channel_order, mean, std):
+    from .recognizers import create_recognizer
+
+    kwargs = {k: v for k, v in {"channel_order": channel_order, "mean": mean, "std": std}.items() if v is not None}
+    return create_recognizer(recognizer, **kwargs)

@@ -1,0 +1,66 @@
+"""The LFW View-2 verification protocol (``pairs.txt``: 10 folds × 300 same + 300 different)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+
+
+@dataclass
+class PairsProtocol:
+    """Image pairs as paths relative to the dataset root, with labels and fold numbers (0-based)."""
+
+    left: list[str]
+    right: list[str]
+    issame: np.ndarray
+    folds: np.ndarray
+    n_folds: int
+
+    def identities_in_folds(self, folds) -> set[str]:
+        """Identities appearing in the given folds (LFW's folds are identity-disjoint)."""
+        keep = np.isin(self.folds, list(folds))
+        return {p.split("/")[0] for i in np.flatnonzero(keep) for p in (self.left[i], self.right[i])}
+
+    def select(self, folds) -> "PairsProtocol":
+        keep = np.flatnonzero(np.isin(self.folds, list(folds)))
+        return PairsProtocol([self.left[i] for i in keep], [self.right[i] for i in keep],
+                             self.issame[keep], self.folds[keep], self.n_folds)
+
+
+def _image(name: str, number: str, ext: str) -> str:
+    return f"{name}/{name}_{int(number):04d}{ext}"
+
+
+def read_pairs(path: str | Path, ext: str = ".jpg") -> PairsProtocol:
+    """Parse an LFW ``pairs.txt``; raises :class:`DataError` on a malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"pairs file not found: {path}")
+    lines = [ln.split() for ln in path.read_text().splitlines() if ln.strip()]
+    try:
+        n_folds, n_per = int(lines[0][0]), int(lines[0][1])
+    except (IndexError, ValueError):
+        raise DataError(f"{path}: first line must be '<folds> <pairs per class>', got {lines[:1]}") from None
+    body = lines[1:]
+    if len(body) != n_folds * 2 * n_per:
+        raise DataError(f"{path}: expected {n_folds * 2 * n_per} pairs, found {len(body)}")
+    left, right, same = [], [], []
+    for i, fields in enumerate(body):
+        if len(fields) == 3:
+            left.append(_image(fields[0], fields[1], ext)); right.append(_image(fields[0], fields[2], ext)); same.append(True)
+        elif len(fields) == 4:
+            left.append(_image(fields[0], fields[1], ext)); right.append(_image(fields[2], fields[3], ext)); same.append(False)
+        else:
+            raise DataError(f"{path}: line {i + 2} has {len(fields)} fields, expected 3 or 4")
+    folds = np.repeat(np.arange(n_folds), 2 * n_per)
+    return PairsProtocol(left, right, np.asarray(same), folds, n_folds)
+
+
+def pair_indices(dataset, protocol: PairsProtocol) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into ``dataset`` of each pair's two images."""
+    return (np.asarray([dataset.index_of(p) for p in protocol.left]),
+            np.asarray([dataset.index_of(p) for p in protocol.right]))

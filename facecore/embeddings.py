@@ -1,0 +1,106 @@
+"""Embedding extraction with an on-disk cache: each image is embedded once per recognizer, ever.
+
+The cache is one ``.npz`` per (recognizer fingerprint, dataset root, flip) holding one row per
+image, keyed by relative path, file size and modification time; new or changed images are
+embedded and merged, everything else is read back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .data.identity_folder import IdentityFolderDataset
+from .errors import DataError
+from .paths import cache_dir
+from .recognizers.base import Recognizer
+
+
+def atomic_save_npz(path: str | Path, **arrays) -> None:
+    """Write an ``.npz`` to a temporary file, then rename: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _stamps(paths: list[Path]) -> np.ndarray:
+    out = np.empty((len(paths), 2), np.int64)
+    for i, p in enumerate(paths):
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            raise DataError(f"image file not found: {p}") from None
+        out[i] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _cache_file(recognizer: Recognizer, root: Path, flip: bool) -> Path:
+    key = hashlib.sha256(f"{recognizer.fingerprint}|{root.resolve()}|{flip}".encode()).hexdigest()[:20]
+    return cache_dir() / "embeddings" / f"{recognizer.name}-{key}.npz"
+
+
+def extract_embeddings(
+    recognizer: Recognizer,
+    dataset: IdentityFolderDataset,
+    flip: bool = False,
+    batch_size: int = 256,
+    use_cache: bool = True,
+    progress: bool = True,
+) -> np.ndarray:
+    """float32 ``(len(dataset), dim)`` embeddings in dataset order (horizontally flipped crops if ``flip``)."""
+    rel = np.asarray(dataset.relpaths)
+    stamps = _stamps(dataset.paths)
+    out = np.zeros((len(rel), recognizer.dim), np.float32)
+    todo = np.ones(len(rel), bool)
+    cache = _cache_file(recognizer, dataset.root, flip)
+    cached_rel = cached_stamps = cached_emb = None
+    if use_cache and cache.is_file():
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                cached_rel, cached_stamps, cached_emb = z["relpaths"], z["stamps"], z["embeddings"]
+        except Exception:  # unreadable cache: recompute, it will be rewritten
+            cached_rel = None
+        if cached_rel is not None and cached_emb.shape[1] == recognizer.dim:
+            lookup = {r: i for i, r in enumerate(cached_rel.tolist())}
+            for i, r in enumerate(rel.tolist()):
+                j = lookup.get(r)
+                if j is not None and (cached_stamps[j] == stamps[i]).all():
+                    out[i] = cached_emb[j]
+                    todo[i] = False
+        else:
+            cached_rel = None
+    missing = np.flatnonzero(todo)
+    if len(missing):
+        bar = tqdm(total=len(missing), desc=f"embed[{recognizer.name}]", unit="img", disable=not progress)
+        for start in range(0, len(missing), batch_size):
+            idx = missing[start : start + batch_size]
+            crops = np.stack([dataset.load(i) for i in idx])
+            if flip:
+                crops = np.ascontiguousarray(crops[:, :, ::-1])
+            out[idx] = recognizer.embed(crops)
+            bar.update(len(idx))
+        bar.close()
+        if use_cache:
+            keep_rel, keep_stamps, keep_emb = rel, stamps, out
+            if cached_rel is not None:  # keep rows of images outside this dataset view
+                extra = ~np.isin(cached_rel, rel)
+                keep_rel = np.concatenate([rel, cached_rel[extra]])
+                keep_stamps = np.concatenate([stamps, cached_stamps[extra]])
+                keep_emb = np.concatenate([out, cached_emb[extra]])
+            atomic_save_npz(cache, relpaths=keep_rel, stamps=keep_stamps, embeddings=keep_emb,
+                            fingerprint=np.asarray(recognizer.fingerprint))
+    return out
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Rows scaled to unit length."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)

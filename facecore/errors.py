@@ -1,0 +1,42 @@
+"""One exception hierarchy for the whole project.
+
+Every error a user can cause (bad input, missing files, incompatible artifacts)
+derives from :class:`FacePrivacyError`; the input-shaped ones also derive from
+``ValueError`` so generic callers can catch them the usual way.
+"""
+
+
+class FacePrivacyError(Exception):
+    """Base class of every error raised on purpose by this project."""
+
+
+class InvalidInputError(FacePrivacyError, ValueError):
+    """An array, image or argument has the wrong shape, dtype or values."""
+
+
+class NonFiniteError(InvalidInputError):
+    """An input or a model output holds NaN or Inf."""
+
+
+class ModelLoadError(FacePrivacyError):
+    """A model file is missing, unreadable or not what was expected."""
+
+
+class DataError(FacePrivacyError):
+    """A dataset, image file or protocol file is missing or malformed."""
+
+
+class NoFaceError(DataError):
+    """The detector found no face in an image."""
+
+
+class ArtifactError(FacePrivacyError):
+    """A saved artifact is missing, corrupt or fails its checksum."""
+
+
+class IncompatibleError(ArtifactError, ValueError):
+    """An artifact was trained for another embedding space or recognizer."""
+
+
+class BackendUnavailableError(FacePrivacyError, RuntimeError):
+    """A requested execution backend or device is not available here."""

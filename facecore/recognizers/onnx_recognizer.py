@@ -1,0 +1,106 @@
+"""Generic ONNX recognizer with explicit preprocessing (ONNX Runtime)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import ModelLoadError, NonFiniteError
+from ..images import as_image_batch
+from .base import Preprocessing, Recognizer, file_sha256, make_fingerprint
+
+
+def _session(path: Path, providers: Sequence[str] | None, threads: int | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load ONNX model {path}: {exc}") from exc
+
+
+class OnnxRecognizer(Recognizer):
+    """Any ONNX face recognizer: ``(N, 3, H, W)`` float input → ``(N, D)`` output.
+
+    Fixed-batch-1 models are run one crop at a time, dynamic-batch models in batches
+    of ``batch_size``.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        preprocessing: Preprocessing | dict | None = None,
+        name: str | None = None,
+        batch_size: int = 64,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+    ):
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise ModelLoadError(f"recognizer model not found: {self.model_path}")
+        if isinstance(preprocessing, dict):
+            preprocessing = Preprocessing(**preprocessing)
+        self._pre = preprocessing or Preprocessing()
+        self.name = name or self.model_path.stem
+        self.batch_size = int(batch_size)
+        self._sha = file_sha256(self.model_path)
+        self.session = _session(self.model_path, providers, threads)
+        inp = self.session.get_inputs()[0]
+        self._input_name = inp.name
+        shape = inp.shape
+        if len(shape) != 4 or shape[1] != 3:
+            raise ModelLoadError(f"{self.model_path}: expected an NCHW 3-channel input, got shape {shape}")
+        w, h = self._pre.input_size
+        if isinstance(shape[2], int) and isinstance(shape[3], int) and (shape[3], shape[2]) != (w, h):
+            raise ModelLoadError(
+                f"{self.model_path}: the model takes {shape[3]}x{shape[2]} input but preprocessing says {w}x{h}"
+            )
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        out_shape = self.session.get_outputs()[0].shape
+        if isinstance(out_shape[-1], int):
+            self._dim = int(out_shape[-1])
+        else:
+            self._dim = int(self._run(np.zeros((1, 3, h, w), np.float32)).shape[-1])
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self._pre
+
+    @property
+    def fingerprint(self) -> str:
+        return make_fingerprint(self._sha, self._pre)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self._input_name: x})[0].reshape(x.shape[0], -1)
+
+    def embed(self, aligned_images) -> np.ndarray:
+        batch = as_image_batch(aligned_images, self._pre.input_size)
+        step = self.fixed_batch or self.batch_size
+        outs = []
+        for start in range(0, len(batch), step):
+            x = self._pre.apply(batch[start : start + step])
+            if self.fixed_batch and len(x) != self.fixed_batch:
+                x = np.concatenate([x, np.zeros((self.fixed_batch - len(x),) + x.shape[1:], np.float32)])
+                outs.append(self._run(x)[: len(batch) - start])
+            else:
+                outs.append(self._run(x))
+        emb = np.concatenate(outs).astype(np.float32, copy=False)
+        if not np.isfinite(emb).all():
+            raise NonFiniteError(f"recognizer {self.name} produced NaN/Inf embeddings; check the model and preprocessing")
+        return emb
+
+    def to_torch(self, trainable: bool = False):
+        from .torch_graph import DifferentiableRecognizer, load_onnx_as_torch
+
+        module = DifferentiableRecognizer(load_onnx_as_torch(self.model_path, trainable=trainable), self._pre)
+        return module if trainable else module.eval().requires_grad_(False)

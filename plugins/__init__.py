@@ -1,0 +1,1 @@
+"""Adapters for existing face-recognition systems (installed as ``facepriv_plugins``)."""

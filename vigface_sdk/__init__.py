@@ -1,0 +1,1 @@
+"""VIGFace: virtual-identity face space and prototype-conditioned dataset synthesis."""
