@@ -1,0 +1,37 @@
+"""Shared fixtures: real data and models come from $FACEPRIV_SHARED; tests needing them skip without it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SKIP_REASON = "needs the shared face data: set FACEPRIV_SHARED to the folder with data/ and models/ (see README)"
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    value = os.environ.get("FACEPRIV_SHARED")
+    if not value or not Path(value, "data", "lfw", "aligned112").is_dir():
+        pytest.skip(SKIP_REASON)
+    return Path(value)
+
+
+@pytest.fixture(scope="session")
+def lfw_root(shared) -> Path:
+    return shared / "data" / "lfw" / "aligned112"
+
+
+@pytest.fixture(scope="session")
+def fr128(shared):
+    from facecore.recognizers import create_recognizer
+
+    return create_recognizer("fr128")
+
+
+@pytest.fixture(scope="session")
+def fr512(shared):
+    from facecore.recognizers import create_recognizer
+
+    return create_recognizer("fr512")
