@@ -37,3 +37,177 @@ def embed(dataset: Path, recognizer: str, channel_order, mean, std, out: Path, f
         arrays["embeddings_flip"] = extract_embeddings(rec, ds, flip=True)
     atomic_save_npz(out, **arrays)
     click.echo(f"wrote {len(ds)} embeddings of dim {rec.dim} ({len(ds.identities)} identities) to {out}")
+
+
+@main.command()
+@click.argument("dataset", type=click.Path(file_okay=False, path_type=Path))
+@recognizer_option
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output pack (.npz).")
+@click.option("--size", type=click.Choice(["64", "112"]), default="64", show_default=True, help="Image size of the pack.")
+@click.option("--group", type=click.Choice(["all", "defender", "attacker", "victim", "evaluation"]), default="defender",
+              show_default=True, help="Identity group of the LFW protocol (needs --pairs unless 'all').")
+@click.option("--pairs", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="LFW pairs.txt (default: DATASET/../pairs.txt).")
+@friendly_errors
+def pack(dataset: Path, recognizer: str, channel_order, mean, std, out: Path, size: str, group: str, pairs) -> None:
+    """Pack (face image, embedding) pairs of DATASET for training decoders and generators."""
+    from facecore.data import IdentityFolderDataset, read_pairs
+
+    from .protocol import lfw_identity_groups
+    from .training.data import FaceTrainingSet
+
+    rec = build_recognizer(recognizer, channel_order, mean, std)
+    ds = IdentityFolderDataset.from_folder(dataset, size=rec.preprocessing.input_size)
+    if group != "all":
+        groups = lfw_identity_groups(read_pairs(pairs or dataset.parent / "pairs.txt"), ds.identities)
+        ds = ds.subset(groups[group])
+    train = FaceTrainingSet.build(ds, rec, int(size))
+    train.save(out)
+    click.echo(f"packed {len(train)} faces of {len(ds.identities)} identities ({group}) at {size}x{size} into {out}")
+
+
+def _device_option(func):
+    return click.option("--device", default="auto", show_default=True, help="cpu, cuda, or auto.")(func)
+
+
+@main.command("train-shadow")
+@click.argument("pack_file", metavar="PACK", type=click.Path(dir_okay=False, path_type=Path))
+@recognizer_option
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output decoder folder.")
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--batch-size", default=128, show_default=True)
+@click.option("--lr", default=2e-3, show_default=True)
+@click.option("--id-weight", default=1.0, show_default=True, help="Identity-loss weight (0: pixel-only decoder).")
+@click.option("--arch", type=click.Choice(["upconv", "deconv"]), default="upconv", show_default=True)
+@click.option("--width", default=32, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--max-minutes", type=float, default=None, help="Stop after this many minutes (at an epoch end).")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Resume from / save checkpoints here (default: OUT.ckpt).")
+@_device_option
+@friendly_errors
+def train_shadow(pack_file, recognizer, channel_order, mean, std, out, epochs, batch_size, lr, id_weight, arch, width, seed,
+                 max_minutes, checkpoint_dir, device) -> None:
+    """Train the shadow reconstruction model (embedding → face) on a PACK; runs under torchrun too."""
+    from .training._distributed import cleanup, init_distributed
+    from .training.data import FaceTrainingSet
+    from .training.reconstruction import DecoderTrainConfig, train_decoder
+
+    ctx = init_distributed(device)
+    train = FaceTrainingSet.load(pack_file)
+    rec = _matching_recognizer(recognizer, channel_order, mean, std, train) if id_weight > 0 else None
+    cfg = DecoderTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, id_weight=id_weight, arch=arch, width=width,
+                             seed=seed, max_minutes=max_minutes)
+    model, state = train_decoder(train, rec.to_torch() if rec else None, cfg, ctx, checkpoint_dir or out.with_suffix(".ckpt"))
+    if ctx.is_main:
+        model.cpu().save_pretrained(out, {"recognizer": _rec_info(train, rec), "training": {"images": len(train),
+                                    "identities": int(len(set(train.labels.tolist()))), **state}})
+        click.echo(f"saved shadow decoder to {out} after {state['epoch']} epochs")
+    cleanup(ctx)
+
+
+@main.command("train-generator")
+@click.argument("pack_file", metavar="PACK", type=click.Path(dir_okay=False, path_type=Path))
+@recognizer_option
+@click.option("--shadow", required=True, type=click.Path(file_okay=False, path_type=Path), help="Trained shadow decoder folder.")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output artifact folder.")
+@click.option("--budget", default=0.5, show_default=True, help="L2 noise budget on unit embeddings.")
+@click.option("--hidden", default=256, show_default=True)
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--utility-weight", default=4.0, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--max-minutes", type=float, default=None)
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@_device_option
+@friendly_errors
+def train_generator_cmd(pack_file, recognizer, channel_order, mean, std, shadow, out, budget, hidden, epochs, batch_size, lr,
+                        utility_weight, seed, max_minutes, checkpoint_dir, device) -> None:
+    """Train the noise generator against a frozen shadow model and write a protector artifact."""
+    from .artifact import save_artifact
+    from .models.decoders import FaceDecoder
+    from .training._distributed import cleanup, init_distributed
+    from .training.data import FaceTrainingSet
+    from .training.generator import GeneratorTrainConfig, train_generator
+
+    ctx = init_distributed(device)
+    train = FaceTrainingSet.load(pack_file)
+    rec = _matching_recognizer(recognizer, channel_order, mean, std, train)
+    cfg = GeneratorTrainConfig(budget=budget, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr,
+                               utility_weight=utility_weight, seed=seed, max_minutes=max_minutes)
+    gen, state = train_generator(train, FaceDecoder.from_pretrained(shadow), rec.to_torch(), cfg, ctx,
+                                 checkpoint_dir or out.with_suffix(".ckpt"))
+    if ctx.is_main:
+        save_artifact(gen.cpu(), out, _rec_info(train, rec),
+                      {"images": len(train), "identities": int(len(set(train.labels.tolist()))), "shadow": shadow.name, **state})
+        click.echo(f"saved protector artifact to {out}")
+    cleanup(ctx)
+
+
+def _matching_recognizer(recognizer, channel_order, mean, std, train):
+    from facecore.errors import IncompatibleError
+
+    rec = build_recognizer(recognizer, channel_order, mean, std)
+    if rec.fingerprint != train.fingerprint:
+        raise IncompatibleError(f"the pack was embedded by recognizer {train.fingerprint}, not {rec.name} ({rec.fingerprint})")
+    return rec
+
+
+def _rec_info(train, rec) -> dict:
+    return {"name": rec.name if rec else None, "fingerprint": train.fingerprint, "dim": train.dim}
+
+
+@main.command("protect")
+@click.argument("src", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("dst", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--model", "-m", default="fr128", show_default=True, help="Default artifact name or artifact folder.")
+@click.option("--key", default="embeddings", show_default=True, help="Array name inside an .npz input.")
+@click.option("--backend", default="auto", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--chunk", default=65536, show_default=True, help="Rows per chunk (memory bound).")
+@friendly_errors
+def protect_cmd(src: Path, dst: Path, model: str, key: str, backend: str, device: str, chunk: int) -> None:
+    """Protect embeddings from SRC (.npy or .npz) into DST, streaming in chunks."""
+    from ._streaming import stream_protect
+    from .protector import Protector
+
+    n = stream_protect(Protector(model, backend=backend, device=device), src, dst, key=key, chunk=chunk)
+    click.echo(f"protected {n} embeddings into {dst}")
+
+
+@main.command("export-onnx")
+@click.argument("artifact")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@friendly_errors
+def export_onnx(artifact: str, out: Path, precision: str) -> None:
+    """Write the protection graph of ARTIFACT as ONNX (dynamic batch; float32 I/O)."""
+    import os
+
+    from ._onnx_export import generator_to_onnx
+    from .artifact import load_artifact
+
+    art = load_artifact(artifact)
+    model = generator_to_onnx(art.state, art.config, precision)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_bytes(model.SerializeToString())
+    os.replace(tmp, out)
+    click.echo(f"wrote {precision} ONNX for {art.dim}-d embeddings to {out}")
+
+
+@main.command()
+@click.argument("artifact")
+@friendly_errors
+def info(artifact: str) -> None:
+    """Show an artifact's configuration (checksums verified)."""
+    import json
+
+    from .artifact import load_artifact
+
+    art = load_artifact(artifact)
+    cfg = {k: v for k, v in art.config.items() if k != "training"}
+    training = art.config.get("training", {})
+    cfg["training"] = {k: v for k, v in training.items() if k != "history"}
+    click.echo(f"artifact: {art.directory}")
+    click.echo(json.dumps(cfg, indent=2, sort_keys=True))

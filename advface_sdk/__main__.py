@@ -1,0 +1,5 @@
+"""``python -m advface_sdk`` is ``advface-cli``."""
+
+from .cli import main
+
+main()

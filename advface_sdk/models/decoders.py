@@ -1,0 +1,92 @@
+"""Reconstruction networks: embedding (any dimension) → aligned face image (RGB in [0, 1]).
+
+Two architectures so that the attacker can differ from the shadow model: ``upconv``
+(nearest upsampling + 3x3 convs, used for the shadow model) and ``deconv`` (transposed
+convolutions with residual refinement, used by the benchmark's independent attacker).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from facecore.artifacts import read_json, verify_artifact, write_artifact
+from facecore.errors import InvalidInputError
+
+ARCHS = ("upconv", "deconv")
+
+
+def _up_block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Upsample(scale_factor=2, mode="nearest"),
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True),
+    )
+
+
+class _Residual(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(ch, ch, 3, padding=1, bias=False), nn.BatchNorm2d(ch), nn.ReLU(inplace=True),
+                                  nn.Conv2d(ch, ch, 3, padding=1, bias=False), nn.BatchNorm2d(ch))
+
+    def forward(self, x):
+        return torch.relu(x + self.body(x))
+
+
+def _deconv_block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                         _Residual(cout))
+
+
+class FaceDecoder(nn.Module):
+    """``(N, dim)`` embeddings → ``(N, 3, size, size)`` RGB images in [0, 1]; inputs are L2-normalised first."""
+
+    def __init__(self, dim: int, size: int = 64, arch: str = "upconv", width: int = 32):
+        super().__init__()
+        if size not in (64, 112):
+            raise InvalidInputError(f"decoder output size must be 64 or 112, got {size}")
+        if arch not in ARCHS:
+            raise InvalidInputError(f"unknown decoder architecture {arch!r}; choose from {ARCHS}")
+        self.config = {"dim": int(dim), "size": int(size), "arch": arch, "width": int(width)}
+        base = 4 if size == 64 else 7  # 4·2⁴ = 64, 7·2⁴ = 112
+        chans = [width * 8, width * 4, width * 2, width, width // 2]
+        self.base = base
+        self.fc = nn.Sequential(nn.Linear(dim, chans[0] * base * base), nn.BatchNorm1d(chans[0] * base * base), nn.ReLU(inplace=True))
+        block = _up_block if arch == "upconv" else _deconv_block
+        self.blocks = nn.Sequential(*[block(chans[i], chans[i + 1]) for i in range(4)])
+        self.head = nn.Conv2d(chans[-1], 3, 3 if arch == "upconv" else 5, padding=1 if arch == "upconv" else 2)
+
+    @property
+    def dim(self) -> int:
+        return self.config["dim"]
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = nn.functional.normalize(z, dim=1)
+        x = self.fc(z).view(len(z), -1, self.base, self.base)
+        return torch.sigmoid(self.head(self.blocks(x)))
+
+    def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        tmp = Path(directory).with_suffix(".st.tmp")
+        save_file(state, str(tmp))
+        data = tmp.read_bytes()
+        tmp.unlink()
+        return write_artifact(directory, {"decoder.safetensors": data, "config.json": {**self.config, **(extra or {})}})
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str = "cpu") -> "FaceDecoder":
+        verify_artifact(directory, ("decoder.safetensors", "config.json"))
+        cfg = read_json(directory)
+        model = cls(cfg["dim"], cfg["size"], cfg["arch"], cfg["width"])
+        model.load_state_dict(load_file(str(Path(directory) / "decoder.safetensors"), device=map_location))
+        model.extra_config = {k: v for k, v in cfg.items() if k not in model.config}
+        return model.eval()
+
+
+def describe(model: nn.Module) -> str:
+    return json.dumps({**getattr(model, "config", {}), "params": sum(p.numel() for p in model.parameters())})

@@ -1,0 +1,116 @@
+"""Train the AdvFace noise generator against a frozen shadow decoder."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from facecore.errors import IncompatibleError, InvalidInputError
+
+from ..models.decoders import FaceDecoder
+from ..models.generator import NoiseGenerator
+from ._checkpoint import load_checkpoint, save_checkpoint
+from ._distributed import DistContext, any_rank, barrier, wrap_ddp
+from .data import FaceTrainingSet
+
+
+@dataclass
+class GeneratorTrainConfig:
+    budget: float = 0.5
+    hidden: int = 256
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 1e-3
+    id_weight: float = 1.0  # privacy: push the identity of S(z + δ) away from z
+    pixel_weight: float = 1.0  # privacy: push S(z + δ) away from the true face
+    utility_weight: float = 4.0  # utility: keep z + δ close to z
+    margin_weight: float = 1.0  # utility: keep z + δ closer to z than to other identities
+    margin: float = 0.3
+    seed: int = 0
+    max_minutes: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.budget < 2:
+            raise InvalidInputError(f"budget must lie in (0, 2), got {self.budget}")
+
+
+def adversarial_losses(protected: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, images: torch.Tensor,
+                       shadow: torch.nn.Module, recognizer: torch.nn.Module | None, cfg: GeneratorTrainConfig) -> dict:
+    """The AdvFace objective terms (to minimise) for protected embeddings of a batch."""
+    rec = shadow(protected)
+    out = {"pixel": -F.l1_loss(rec, images)}
+    if recognizer is not None:
+        out["identity"] = F.cosine_similarity(recognizer(rec), z, dim=1).mean()
+    up, u = F.normalize(protected, dim=1), F.normalize(z, dim=1)
+    own = (up * u).sum(1)
+    out["utility"] = (1 - own).mean()
+    other = up @ u.t()
+    other = other.masked_fill(labels[:, None] == labels[None, :], -2.0).max(dim=1).values
+    out["margin"] = F.relu(other - own + cfg.margin).mean()
+    return out
+
+
+def total_loss(terms: dict, cfg: GeneratorTrainConfig) -> torch.Tensor:
+    weights = {"pixel": cfg.pixel_weight, "identity": cfg.id_weight, "utility": cfg.utility_weight, "margin": cfg.margin_weight}
+    return sum(weights[k] * v for k, v in terms.items())
+
+
+def train_generator(
+    train: FaceTrainingSet,
+    shadow: FaceDecoder,
+    recognizer: torch.nn.Module | None,
+    config: GeneratorTrainConfig,
+    ctx: DistContext | None = None,
+    checkpoint_dir: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[NoiseGenerator, dict]:
+    """Fit ``G`` so that the frozen ``shadow`` decodes ``z + G(z)`` into a different face while
+    ``z + G(z)`` still matches ``z``; resumable and DDP-aware like :func:`train_decoder`."""
+    ctx = ctx or DistContext()
+    if shadow.dim != train.dim:
+        raise IncompatibleError(f"shadow model takes {shadow.dim}-d embeddings, training set has {train.dim}-d")
+    torch.manual_seed(config.seed)
+    gen = NoiseGenerator(train.dim, config.hidden, config.budget).to(ctx.device)
+    opt = torch.optim.Adam(gen.parameters(), lr=config.lr)
+    state = {"epoch": 0, "history": []}
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    if ckpt and (ckpt / "state.json").is_file():
+        state = load_checkpoint(ckpt, gen, opt)
+    shadow = shadow.to(ctx.device).eval().requires_grad_(False)
+    if recognizer is not None:
+        recognizer = recognizer.to(ctx.device).eval().requires_grad_(False)
+    net = wrap_ddp(gen, ctx)
+    images, emb, labels = train.tensors(ctx.device)
+    n = len(train)
+    per_rank = n // ctx.world_size
+    steps = math.ceil(per_rank / config.batch_size)
+    start = time.monotonic()
+    for epoch in range(state["epoch"], config.epochs):
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+        perm = perm[ctx.rank * per_rank:(ctx.rank + 1) * per_rank]
+        totals: dict[str, float] = {}
+        bar = tqdm(range(steps), desc=f"generator epoch {epoch + 1}/{config.epochs}", disable=not (progress and ctx.is_main), leave=False)
+        for step in bar:
+            idx = perm[step * config.batch_size:(step + 1) * config.batch_size].to(ctx.device)
+            terms = adversarial_losses(net(emb[idx]), emb[idx], labels[idx], images[idx], shadow, recognizer, config)
+            loss = total_loss(terms, config)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            for k, v in terms.items():
+                totals[k] = totals.get(k, 0.0) + v.item() / steps
+            bar.set_postfix({k: f"{v.item():.3f}" for k, v in terms.items()})
+        state = {"epoch": epoch + 1, "config": asdict(config), "history": state["history"] + [totals]}
+        if ckpt and ctx.is_main:
+            save_checkpoint(ckpt, gen, opt, state)
+        barrier(ctx)
+        if any_rank(bool(config.max_minutes) and (time.monotonic() - start) / 60 > config.max_minutes, ctx):
+            break
+    gen.eval()
+    return gen, state
