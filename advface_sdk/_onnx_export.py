@@ -46,7 +46,12 @@ def generator_to_onnx(state: dict[str, np.ndarray], config: dict, precision: str
         if i < len(layers) - 1:  # SiLU
             nodes += [helper.make_node("Sigmoid", [h], [f"sig{layer}"]), helper.make_node("Mul", [h, f"sig{layer}"], [f"act{layer}"])]
             h = f"act{layer}"
-    # δ = r · budget/‖r‖
+    # r⊥ = r − (r·ẑ)ẑ ;  δ = r⊥ · budget/‖r⊥‖
+    nodes += [helper.make_node("Mul", [h, "unit"], ["ru"]),
+              helper.make_node("ReduceSum", ["ru", "axes1"], ["rdot"], keepdims=1),
+              helper.make_node("Mul", ["rdot", "unit"], ["rpar"]),
+              helper.make_node("Sub", [h, "rpar"], ["rperp"])]
+    h = "rperp"
     nodes += [helper.make_node("Mul", [h, h], ["rr"]),
               helper.make_node("ReduceSum", ["rr", "axes1"], ["rn2"], keepdims=1),
               helper.make_node("Add", ["rn2", const("eps2", 1e-12 if precision == "fp32" else 1e-7)], ["rn2e"]),

@@ -98,7 +98,7 @@ def train_shadow(pack_file, recognizer, channel_order, mean, std, out, epochs, b
     rec = _matching_recognizer(recognizer, channel_order, mean, std, train) if id_weight > 0 else None
     cfg = DecoderTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, id_weight=id_weight, arch=arch, width=width,
                              seed=seed, max_minutes=max_minutes)
-    model, state = train_decoder(train, rec.to_torch() if rec else None, cfg, ctx, checkpoint_dir or out.with_suffix(".ckpt"))
+    model, state = train_decoder(train, rec.to_torch() if rec else None, cfg, ctx, checkpoint_dir or out.parent / f"{out.name}.ckpt")
     if ctx.is_main:
         model.cpu().save_pretrained(out, {"recognizer": _rec_info(train, rec), "training": {"images": len(train),
                                     "identities": int(len(set(train.labels.tolist()))), **state}})
@@ -137,7 +137,7 @@ def train_generator_cmd(pack_file, recognizer, channel_order, mean, std, shadow,
     cfg = GeneratorTrainConfig(budget=budget, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr,
                                utility_weight=utility_weight, seed=seed, max_minutes=max_minutes)
     gen, state = train_generator(train, FaceDecoder.from_pretrained(shadow), rec.to_torch(), cfg, ctx,
-                                 checkpoint_dir or out.with_suffix(".ckpt"))
+                                 checkpoint_dir or out.parent / f"{out.name}.ckpt")
     if ctx.is_main:
         save_artifact(gen.cpu(), out, _rec_info(train, rec),
                       {"images": len(train), "identities": int(len(set(train.labels.tolist()))), "shadow": shadow.name, **state})

@@ -11,13 +11,14 @@ from .training.generator import GeneratorTrainConfig, adversarial_losses, total_
 def pgd_protect(z: torch.Tensor, labels: torch.Tensor, images: torch.Tensor | None, shadow: torch.nn.Module,
                 recognizer: torch.nn.Module | None, config: GeneratorTrainConfig, steps: int = 50,
                 step_size: float | None = None) -> torch.Tensor:
-    """Protected embeddings ``(û + δ)·‖z‖`` with ``‖δ‖₂ = budget`` found by projected gradient descent
+    """Protected embeddings ``(û + δ)·‖z‖`` with ``δ ⟂ ẑ``, ``‖δ‖₂ = budget`` found by projected gradient descent
     on the same objective the generator is trained with (pixel term skipped when ``images`` is None)."""
     shadow = shadow.eval().requires_grad_(False)
     norm = z.norm(dim=1, keepdim=True).clamp_min(1e-12)
     unit = z / norm
     step_size = step_size or 2.5 * config.budget / steps
     delta = torch.randn_like(unit)
+    delta = delta - (delta * unit).sum(1, keepdim=True) * unit
     delta = (delta / delta.norm(dim=1, keepdim=True) * config.budget).requires_grad_(True)
     cfg = config if images is not None else GeneratorTrainConfig(**{**config.__dict__, "pixel_weight": 0.0})
     size = shadow.config["size"]
@@ -27,5 +28,6 @@ def pgd_protect(z: torch.Tensor, labels: torch.Tensor, images: torch.Tensor | No
         grad, = torch.autograd.grad(total_loss(terms, cfg), delta)
         with torch.no_grad():
             delta -= step_size * grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            delta -= (delta * unit).sum(1, keepdim=True) * unit  # same constraint set as the generator
             delta *= config.budget / delta.norm(dim=1, keepdim=True).clamp_min(1e-12)  # back onto the sphere
     return ((unit + delta.detach()) * norm).detach()

@@ -8,6 +8,6 @@ budgets=${*:-0.5}
 py="python -m advface_sdk"
 $py train-shadow "$pack" -r "$rec" --out "$out/shadow" --epochs 80 --batch-size 128 --max-minutes "${SHADOW_MINUTES:-4}" --device cuda
 for b in $budgets; do
-  $py train-generator "$pack" -r "$rec" --shadow "$out/shadow" --out "$out/gen_$b" --budget "$b" --epochs 60 \
+  $py train-generator "$pack" -r "$rec" --shadow "$out/shadow" --out "$out/gen_$b" --budget "$b" --epochs 400 --lr 2e-3 \
       --max-minutes "${GEN_MINUTES:-1}" --device cuda
 done

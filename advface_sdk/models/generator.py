@@ -9,7 +9,11 @@ from facecore.errors import InvalidInputError
 
 
 class NoiseGenerator(nn.Module):
-    """Small MLP producing adversarial latent noise of L2 norm ``budget`` on unit embeddings.
+    """Small MLP producing adversarial latent noise on unit embeddings: ``δ ⟂ ẑ`` with ``‖δ‖₂ = budget``.
+
+    Noise along ``ẑ`` only rescales the embedding, which cosine matching and reconstruction both
+    ignore, so the whole budget is spent orthogonally; every protected template then has the same
+    cosine ``1/√(1 + budget²)`` to its clean version.
 
     ``forward`` maps raw embeddings ``(N, dim)`` to protected embeddings of the same norm scale,
     so it is the whole protection graph that is exported to ONNX / TensorRT.
@@ -33,8 +37,9 @@ class NoiseGenerator(nn.Module):
         return self.config["budget"]
 
     def noise(self, unit_z: torch.Tensor) -> torch.Tensor:
-        """δ for unit-norm embeddings: direction from the MLP, length ``budget``."""
+        """δ for unit-norm embeddings: the MLP's direction projected orthogonal to ``ẑ``, length ``budget``."""
         r = self.net(unit_z)
+        r = r - (r * unit_z).sum(dim=1, keepdim=True) * unit_z
         return r * (self.budget / torch.sqrt((r * r).sum(dim=1, keepdim=True) + 1e-12))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -68,8 +68,9 @@ def train_decoder(
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     if ckpt and (ckpt / "state.json").is_file():
         state = load_checkpoint(ckpt, model, opt)
-        if state.get("config", {}).get("arch", config.arch) != config.arch:
-            raise IncompatibleError(f"checkpoint {ckpt} was made with another architecture")
+        saved = state.get("config", {})
+        if any(saved.get(k) != getattr(config, k) for k in ("arch", "width", "seed")):
+            raise IncompatibleError(f"checkpoint {ckpt} belongs to another run (arch/width/seed differ); use another --checkpoint-dir")
     if recognizer is not None:
         recognizer = recognizer.to(ctx.device).eval().requires_grad_(False)
     net = wrap_ddp(model, ctx)
