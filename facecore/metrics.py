@@ -33,6 +33,7 @@ def accuracy_at(scores: np.ndarray, issame: np.ndarray, threshold: float) -> flo
 
 def best_threshold(scores: np.ndarray, issame: np.ndarray) -> float:
     """Threshold maximising accuracy (over midpoints between sorted scores)."""
+    scores, issame = _check(scores, issame)
     s = np.unique(scores)
     cands = np.concatenate([[s[0] - 1e-6], (s[:-1] + s[1:]) / 2, [s[-1] + 1e-6]])
     # vectorised accuracy for every candidate
@@ -102,6 +103,10 @@ def threshold_at_far(impostor_scores, far: float) -> float:
     imp = np.sort(np.asarray(impostor_scores, np.float64).ravel())[::-1]
     if imp.size == 0:
         raise InvalidInputError("need impostor scores to set a threshold")
+    if not np.isfinite(imp).all():
+        raise InvalidInputError("impostor scores contain NaN or Inf")
+    if not 0 <= far <= 1:
+        raise InvalidInputError(f"far must lie in [0, 1], got {far}")
     k = int(np.floor(far * imp.size))  # number of impostors allowed above the threshold
     return float(imp[min(k, imp.size - 1)])
 

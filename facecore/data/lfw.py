@@ -50,12 +50,15 @@ def read_pairs(path: str | Path, ext: str = ".jpg") -> PairsProtocol:
         raise DataError(f"{path}: expected {n_folds * 2 * n_per} pairs, found {len(body)}")
     left, right, same = [], [], []
     for i, fields in enumerate(body):
-        if len(fields) == 3:
-            left.append(_image(fields[0], fields[1], ext)); right.append(_image(fields[0], fields[2], ext)); same.append(True)
-        elif len(fields) == 4:
-            left.append(_image(fields[0], fields[1], ext)); right.append(_image(fields[2], fields[3], ext)); same.append(False)
-        else:
-            raise DataError(f"{path}: line {i + 2} has {len(fields)} fields, expected 3 or 4")
+        try:
+            if len(fields) == 3:
+                left.append(_image(fields[0], fields[1], ext)); right.append(_image(fields[0], fields[2], ext)); same.append(True)
+            elif len(fields) == 4:
+                left.append(_image(fields[0], fields[1], ext)); right.append(_image(fields[2], fields[3], ext)); same.append(False)
+            else:
+                raise DataError(f"{path}: line {i + 2} has {len(fields)} fields, expected 3 or 4")
+        except ValueError:
+            raise DataError(f"{path}: line {i + 2} has a non-numeric image number: {' '.join(fields)}") from None
     folds = np.repeat(np.arange(n_folds), 2 * n_per)
     return PairsProtocol(left, right, np.asarray(same), folds, n_folds)
 
