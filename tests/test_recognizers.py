@@ -17,6 +17,7 @@ from torch import nn
 from facecore.errors import InvalidInputError, ModelLoadError, NonFiniteError
 from facecore.recognizers import Preprocessing, create_recognizer, list_recognizers
 from facecore.recognizers.onnx_recognizer import OnnxRecognizer
+from facecore.recognizers.torch_graph import load_onnx_as_torch
 
 
 class TinyNet(nn.Module):
@@ -142,10 +143,17 @@ def test_missing_and_corrupt_models(tmp_path):
     with pytest.raises(ModelLoadError, match="cannot load"):
         OnnxRecognizer(corrupt)
     with pytest.raises(ModelLoadError):
-        from facecore.recognizers.torch_graph import load_onnx_as_torch
         load_onnx_as_torch(corrupt)
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_onnx_as_torch(tmp_path / "missing.onnx")
     with pytest.raises(InvalidInputError, match="unknown recognizer"):
         create_recognizer("no-such-recognizer")
+
+
+def test_to_torch_unsupported_operator(tiny_models):
+    # the tiny net's spatial mean exports as ReduceMean, which the converter does not implement
+    with pytest.raises(ModelLoadError, match="unsupported operators"):
+        OnnxRecognizer(tiny_models["dynamic"]).to_torch()
 
 
 def test_input_size_mismatch(tiny_models):
