@@ -1,0 +1,17 @@
+"""Template-protection methods compared in the benchmark: ``create_method(name, **params)``.
+
+Every method maps gallery embeddings to stored templates (``protect_gallery``), probes to what is
+compared against them (``transform_probe``, same claimed user id) and scores rows (``match``).
+"""
+
+from .base import KeyedMethod, ProtectionMethod
+from .biohashing import BioHashing
+from .gaussian import GaussianNoise
+from .mlphash import MLPHash
+from .polyprotect import PolyProtect
+from .raw import NoProtection
+from .registry import create_method, list_methods, register_method
+from .slerpface import SlerpFace
+
+__all__ = ["ProtectionMethod", "KeyedMethod", "create_method", "list_methods", "register_method",
+           "NoProtection", "GaussianNoise", "PolyProtect", "BioHashing", "MLPHash", "SlerpFace"]
