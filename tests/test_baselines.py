@@ -193,6 +193,7 @@ def test_bad_input_is_rejected(name, clustered):
     assert fitted.dim == D
     with pytest.raises(InvalidInputError, match="64-dimensional"):
         fitted.transform_probe(gallery[:, :32], uid)
+    assert fitted.fit(gallery[:, :32]).dim == 32  # re-fitting adopts the new size
 
 
 def test_keyed_methods_expose_the_user_key():

@@ -42,8 +42,8 @@ class ProtectionMethod(ABC):
 
     # ------------------------------------------------------------------ public API
     def fit(self, train_embeddings: np.ndarray, train_labels: np.ndarray | None = None) -> "ProtectionMethod":
-        """Learn what the method needs from training data (here: only the embedding size)."""
-        z = self._check_embeddings(train_embeddings)
+        """Learn what the method needs from training data (the baselines: only the embedding size)."""
+        z = self._check_embeddings(train_embeddings, check_dim=False)
         self.dim = z.shape[1]
         return self
 
@@ -115,7 +115,7 @@ class ProtectionMethod(ABC):
         return out
 
     # ------------------------------------------------------------------ validation
-    def _check_embeddings(self, embeddings) -> np.ndarray:
+    def _check_embeddings(self, embeddings, check_dim: bool = True) -> np.ndarray:
         z = np.asarray(embeddings)
         if z.ndim != 2 or z.shape[0] == 0 or z.shape[1] == 0:
             raise InvalidInputError(f"{self.name}: embeddings must be a non-empty (N, D) array, got shape {z.shape}")
@@ -124,7 +124,7 @@ class ProtectionMethod(ABC):
         z = z.astype(np.float64)
         if not np.isfinite(z).all():
             raise NonFiniteError(f"{self.name}: embeddings contain NaN or Inf (rows {np.flatnonzero(~np.isfinite(z).all(1))[:5].tolist()})")
-        if self.dim is not None and z.shape[1] != self.dim:
+        if check_dim and self.dim is not None and z.shape[1] != self.dim:
             raise InvalidInputError(f"{self.name}: expected {self.dim}-dimensional embeddings, got {z.shape[1]}")
         if (np.linalg.norm(z, axis=1) == 0).any():
             raise InvalidInputError(f"{self.name}: embeddings contain all-zero rows, which have no direction to compare")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .base import ProtectionMethod
-
 from facecore.errors import InvalidInputError
+
+from .base import ProtectionMethod
 
 _METHODS: dict[str, type[ProtectionMethod]] = {}
 
