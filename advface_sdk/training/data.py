@@ -89,6 +89,19 @@ class FaceTrainingSet:
         except (KeyError, ValueError, OSError) as exc:
             raise DataError(f"{path} is not a valid training pack: {exc}") from exc
 
+    def partners(self, seed: int = 0) -> np.ndarray:
+        """For each face, the index of another face of the same identity (itself when it has none)."""
+        rng = np.random.default_rng(seed)
+        out = np.arange(len(self))
+        groups: dict[int, list[int]] = {}
+        for i, label in enumerate(self.labels.tolist()):
+            groups.setdefault(label, []).append(i)
+        for members in groups.values():
+            if len(members) > 1:
+                for i in members:
+                    out[i] = rng.choice([m for m in members if m != i])
+        return out
+
     def tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(images float [0,1] NCHW, embeddings, labels) on ``device``."""
         x = torch.from_numpy(self.images).to(device).permute(0, 3, 1, 2).float().div_(255)

@@ -30,6 +30,7 @@ class GeneratorTrainConfig:
     id_weight: float = 1.0  # privacy: push the identity of S(z + δ) away from z
     pixel_weight: float = 1.0  # privacy: push S(z + δ) away from the true face
     utility_weight: float = 4.0  # utility: keep z + δ close to z
+    genuine_weight: float = 4.0  # utility: z + δ must not drift away from other images of the same person
     margin_weight: float = 1.0  # utility: keep z + δ closer to z than to other identities
     margin: float = 0.3
     seed: int = 0
@@ -41,8 +42,13 @@ class GeneratorTrainConfig:
 
 
 def adversarial_losses(protected: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, images: torch.Tensor,
-                       shadow: torch.nn.Module, recognizer: torch.nn.Module | None, cfg: GeneratorTrainConfig) -> dict:
-    """The AdvFace objective terms (to minimise) for protected embeddings of a batch."""
+                       shadow: torch.nn.Module, recognizer: torch.nn.Module | None, cfg: GeneratorTrainConfig,
+                       partner: torch.Tensor | None = None) -> dict:
+    """The AdvFace objective terms (to minimise) for protected embeddings of a batch.
+
+    ``partner`` holds embeddings of another image of the same person (a stand-in for a future
+    clean probe): the protected template must stay at least as close to it as the clean one was.
+    """
     rec = shadow(protected)
     out = {"pixel": -F.l1_loss(rec, images)}
     if recognizer is not None:
@@ -53,11 +59,15 @@ def adversarial_losses(protected: torch.Tensor, z: torch.Tensor, labels: torch.T
     other = up @ u.t()
     other = other.masked_fill(labels[:, None] == labels[None, :], -2.0).max(dim=1).values
     out["margin"] = F.relu(other - own + cfg.margin).mean()
+    if partner is not None:
+        p = F.normalize(partner, dim=1)
+        out["genuine"] = F.relu((u * p).sum(1) - (up * p).sum(1)).mean()
     return out
 
 
 def total_loss(terms: dict, cfg: GeneratorTrainConfig) -> torch.Tensor:
-    weights = {"pixel": cfg.pixel_weight, "identity": cfg.id_weight, "utility": cfg.utility_weight, "margin": cfg.margin_weight}
+    weights = {"pixel": cfg.pixel_weight, "identity": cfg.id_weight, "utility": cfg.utility_weight,
+               "margin": cfg.margin_weight, "genuine": cfg.genuine_weight}
     return sum(weights[k] * v for k, v in terms.items())
 
 
@@ -90,6 +100,7 @@ def train_generator(
         recognizer = recognizer.to(ctx.device).eval().requires_grad_(False)
     net = wrap_ddp(gen, ctx)
     images, emb, labels = train.tensors(ctx.device)
+    partners = torch.from_numpy(train.partners(config.seed)).to(ctx.device)
     n = len(train)
     per_rank = n // ctx.world_size
     steps = math.ceil(per_rank / config.batch_size)
@@ -101,7 +112,8 @@ def train_generator(
         bar = tqdm(range(steps), desc=f"generator epoch {epoch + 1}/{config.epochs}", disable=not (progress and ctx.is_main), leave=False)
         for step in bar:
             idx = perm[step * config.batch_size:(step + 1) * config.batch_size].to(ctx.device)
-            terms = adversarial_losses(net(emb[idx]), emb[idx], labels[idx], images[idx], shadow, recognizer, config)
+            terms = adversarial_losses(net(emb[idx]), emb[idx], labels[idx], images[idx], shadow, recognizer, config,
+                                       emb[partners[idx]])
             loss = total_loss(terms, config)
             opt.zero_grad(set_to_none=True)
             loss.backward()
