@@ -118,13 +118,14 @@ def train_shadow(pack_file, recognizer, channel_order, mean, std, out, epochs, b
 @click.option("--lr", default=1e-3, show_default=True)
 @click.option("--utility-weight", default=4.0, show_default=True)
 @click.option("--genuine-weight", default=4.0, show_default=True, help="Weight keeping same-person probes matched.")
+@click.option("--genuine-margin", default=0.15, show_default=True, help="Required margin above the clean threshold.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--max-minutes", type=float, default=None)
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 @_device_option
 @friendly_errors
 def train_generator_cmd(pack_file, recognizer, channel_order, mean, std, shadow, out, budget, hidden, epochs, batch_size, lr,
-                        utility_weight, genuine_weight, seed, max_minutes, checkpoint_dir, device) -> None:
+                        utility_weight, genuine_weight, genuine_margin, seed, max_minutes, checkpoint_dir, device) -> None:
     """Train the noise generator against a frozen shadow model and write a protector artifact."""
     from .artifact import save_artifact
     from .models.decoders import FaceDecoder
@@ -136,7 +137,8 @@ def train_generator_cmd(pack_file, recognizer, channel_order, mean, std, shadow,
     train = FaceTrainingSet.load(pack_file)
     rec = _matching_recognizer(recognizer, channel_order, mean, std, train)
     cfg = GeneratorTrainConfig(budget=budget, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr,
-                               utility_weight=utility_weight, genuine_weight=genuine_weight, seed=seed,
+                               utility_weight=utility_weight, genuine_weight=genuine_weight, genuine_margin=genuine_margin,
+                               seed=seed,
                                max_minutes=max_minutes)
     gen, state = train_generator(train, FaceDecoder.from_pretrained(shadow), rec.to_torch(), cfg, ctx,
                                  checkpoint_dir or out.parent / f"{out.name}.ckpt")

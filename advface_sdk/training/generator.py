@@ -7,6 +7,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -30,7 +31,8 @@ class GeneratorTrainConfig:
     id_weight: float = 1.0  # privacy: push the identity of S(z + δ) away from z
     pixel_weight: float = 1.0  # privacy: push S(z + δ) away from the true face
     utility_weight: float = 4.0  # utility: keep z + δ close to z
-    genuine_weight: float = 4.0  # utility: z + δ must not drift away from other images of the same person
+    genuine_weight: float = 4.0  # utility: z + δ must keep matching other images of the same person
+    genuine_margin: float = 0.15  # ... by this much above the clean verification threshold
     margin_weight: float = 1.0  # utility: keep z + δ closer to z than to other identities
     margin: float = 0.3
     seed: int = 0
@@ -43,11 +45,12 @@ class GeneratorTrainConfig:
 
 def adversarial_losses(protected: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, images: torch.Tensor,
                        shadow: torch.nn.Module, recognizer: torch.nn.Module | None, cfg: GeneratorTrainConfig,
-                       partner: torch.Tensor | None = None) -> dict:
+                       partner: torch.Tensor | None = None, threshold: float | None = None) -> dict:
     """The AdvFace objective terms (to minimise) for protected embeddings of a batch.
 
     ``partner`` holds embeddings of another image of the same person (a stand-in for a future
-    clean probe): the protected template must stay at least as close to it as the clean one was.
+    clean probe): the protected template must stay ``genuine_margin`` above the verification
+    ``threshold`` against it (or, without a threshold, as close as the clean template was).
     """
     rec = shadow(protected)
     out = {"pixel": -F.l1_loss(rec, images)}
@@ -61,8 +64,24 @@ def adversarial_losses(protected: torch.Tensor, z: torch.Tensor, labels: torch.T
     out["margin"] = F.relu(other - own + cfg.margin).mean()
     if partner is not None:
         p = F.normalize(partner, dim=1)
-        out["genuine"] = F.relu((u * p).sum(1) - (up * p).sum(1)).mean()
+        target = (u * p).sum(1) if threshold is None else torch.full_like(own, threshold + cfg.genuine_margin)
+        has_partner = (partner != z).any(dim=1).float()
+        out["genuine"] = (F.relu(target - (up * p).sum(1)) * has_partner).sum() / has_partner.sum().clamp_min(1)
     return out
+
+
+def clean_threshold(embeddings: np.ndarray, labels: np.ndarray, partners: np.ndarray, seed: int = 0) -> float:
+    """Best verification threshold of the clean embeddings on (same-person partner, random impostor) pairs."""
+    from facecore.metrics import best_threshold
+
+    u = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    has = np.flatnonzero(partners != np.arange(len(u)))
+    rng = np.random.default_rng(seed)
+    other = rng.integers(0, len(u), len(has))
+    keep = labels[other] != labels[has]
+    scores = np.concatenate([np.sum(u[has] * u[partners[has]], 1), np.sum(u[has[keep]] * u[other[keep]], 1)])
+    same = np.concatenate([np.ones(len(has), bool), np.zeros(int(keep.sum()), bool)])
+    return best_threshold(scores, same)
 
 
 def total_loss(terms: dict, cfg: GeneratorTrainConfig) -> torch.Tensor:
@@ -100,7 +119,9 @@ def train_generator(
         recognizer = recognizer.to(ctx.device).eval().requires_grad_(False)
     net = wrap_ddp(gen, ctx)
     images, emb, labels = train.tensors(ctx.device)
-    partners = torch.from_numpy(train.partners(config.seed)).to(ctx.device)
+    partner_idx = train.partners(config.seed)
+    threshold = clean_threshold(train.embeddings, train.labels, partner_idx, config.seed)
+    partners = torch.from_numpy(partner_idx).to(ctx.device)
     n = len(train)
     per_rank = n // ctx.world_size
     steps = math.ceil(per_rank / config.batch_size)
@@ -113,7 +134,7 @@ def train_generator(
         for step in bar:
             idx = perm[step * config.batch_size:(step + 1) * config.batch_size].to(ctx.device)
             terms = adversarial_losses(net(emb[idx]), emb[idx], labels[idx], images[idx], shadow, recognizer, config,
-                                       emb[partners[idx]])
+                                       emb[partners[idx]], threshold)
             loss = total_loss(terms, config)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -121,7 +142,8 @@ def train_generator(
             for k, v in terms.items():
                 totals[k] = totals.get(k, 0.0) + v.item() / steps
             bar.set_postfix({k: f"{v.item():.3f}" for k, v in terms.items()})
-        state = {"epoch": epoch + 1, "config": asdict(config), "history": state["history"] + [totals]}
+        state = {"epoch": epoch + 1, "config": asdict(config), "clean_threshold": threshold,
+                 "history": state["history"] + [totals]}
         if ckpt and ctx.is_main:
             save_checkpoint(ckpt, gen, opt, state)
         barrier(ctx)
