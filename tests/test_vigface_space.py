@@ -310,6 +310,15 @@ def test_cli_train_and_report_end_to_end(tmp_path, fr128, monkeypatch):
     assert {p.suffix for p in (tmp_path / "rep").iterdir()} == {".json", ".md", ".png"}
     bad = CliRunner().invoke(cli, ["report-space", str(tmp_path / "nothing")])
     assert bad.exit_code == 2 and bad.output.startswith("error:")
+    # fine-tune the recognizer starting from the head-only space (linear probe, then fine-tune)
+    tuned = tmp_path / "tuned"
+    result = CliRunner().invoke(cli, ["train-space", str(root), "--virtual", "8", "--out", str(tuned), "-r", "fr128",
+                                      "--finetune", "--init-from", str(out / "prototypes"), "--steps", "1",
+                                      "--batch-size", "4", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    _, tuned_fingerprint = load_backbone(tuned / "backbone")
+    assert tuned_fingerprint != fr128.fingerprint
+    PrototypeStore.from_pretrained(tuned / "prototypes", backbone_fingerprint=tuned_fingerprint)
 
 
 def test_finetune_recognizer_on_tiny_lfw_subset(tmp_path, lfw_root, fr128):

@@ -251,7 +251,8 @@ def load_backbone(directory: str | Path) -> LoadedBackbone:
         raise ArtifactError(f"{directory}: weights do not fit the saved spec: {exc}") from exc
     backbone.freeze()
     if backbone.fingerprint != config["fingerprint"]:
-        raise ArtifactError(f"{directory}: backbone fingerprint {backbone.fingerprint} differs from the saved {config['fingerprint']}")
+        raise ArtifactError(f"{directory}: backbone fingerprint {backbone.fingerprint} differs from the saved "
+                            f"{config['fingerprint']}")
     return LoadedBackbone(backbone, backbone.fingerprint)
 
 

@@ -57,6 +57,8 @@ def _folds(text: str) -> list[int]:
 @click.option("--backbone-lr", default=0.01, show_default=True)
 @click.option("--min-images", default=2, show_default=True, help="Images every identity needs.")
 @click.option("--drop-small", is_flag=True, help="Leave out identities with fewer than --min-images images instead of failing.")
+@click.option("--init-from", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Start from this prototype store (e.g. a --frozen run before --finetune); same identities and K.")
 @click.option("--holdout-pairs", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="LFW-style pairs.txt whose --holdout-folds identities are kept out of training.")
 @click.option("--holdout-folds", default="6-10", show_default=True, help="1-based folds of --holdout-pairs to hold out.")
@@ -65,10 +67,12 @@ def _folds(text: str) -> list[int]:
 @friendly_errors
 def train_space_cmd(dataset, num_virtual, out, backbone, recognizer, channel_order, mean, std, arcface_checkpoint, arch, dim,
                     finetune, margin_type, margin, scale, epochs, steps, batch_size, lr, backbone_lr, min_images, drop_small,
-                    holdout_pairs, holdout_folds, seed, device) -> None:
+                    init_from, holdout_pairs, holdout_folds, seed, device) -> None:
     """Train the identity space of DATASET (<identity>/<image> aligned crops): real + K virtual prototypes.
 
-    Resumes from OUT/checkpoint when present; runs under torchrun (DistributedDataParallel).
+    Resumes from OUT/checkpoint when present. Runs under torchrun (DistributedDataParallel), e.g.
+    ``torchrun --nproc_per_node 2 -m vigface_sdk train-space DATASET -k K -o OUT`` (write ``-k``:
+    torchrun takes ``--virtual`` for its own ``--virtual-local-rank``).
     """
     import json
 
@@ -77,6 +81,7 @@ def train_space_cmd(dataset, num_virtual, out, backbone, recognizer, channel_ord
     from facecore.errors import InvalidInputError
 
     from .backbones import arcface_backbone, iresnet_backbone, recognizer_backbone
+    from .prototypes import PrototypeStore
     from .space import EmbeddingSet, SpaceTrainConfig, check_images, load_training_dataset, train_space
 
     ctx = init_distributed(device)
@@ -100,7 +105,12 @@ def train_space_cmd(dataset, num_virtual, out, backbone, recognizer, channel_ord
     else:
         check_images(ds, progress=ctx.is_main)
         data = ds
-    space = train_space(data, cfg, net, ctx, checkpoint_dir=out / "checkpoint")
+    init = None
+    if init_from is not None:
+        init = PrototypeStore.from_pretrained(init_from)
+        if backbone != "iresnet":  # a pretrained start: the store must come from the same starting backbone
+            init.check_backbone(net.spec.get("recognizer_fingerprint") or net.fingerprint)
+    space = train_space(data, cfg, net, ctx, checkpoint_dir=out / "checkpoint", init=init)
     if ctx.is_main:
         space.save(out)
         summary = {"dataset": str(dataset), "images": len(ds), "identities": len(ds.identities), "backbone": net.spec,

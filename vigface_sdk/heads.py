@@ -79,6 +79,17 @@ class VirtualMarginHead(nn.Module):
             raise InvalidInputError(f"centers must have shape {(self.num_real, self.dim)}, got {tuple(centers.shape)}")
         self.weight[: self.num_real] = F.normalize(centers.to(self.weight), dim=1)
 
+    @torch.no_grad()
+    def init_virtual(self, virtual: torch.Tensor, sigma: torch.Tensor | None = None) -> None:
+        """Start the virtual rows (and σ, if given) from a previous space."""
+        if virtual.shape != (self.num_virtual, self.dim):
+            raise InvalidInputError(f"virtual prototypes must have shape {(self.num_virtual, self.dim)}, "
+                                    f"got {tuple(virtual.shape)}")
+        self.weight[self.num_real:] = F.normalize(virtual.to(self.weight), dim=1)
+        if sigma is not None:
+            self.sigma.copy_(sigma.to(self.sigma).reshape(self.dim))
+            self.sigma_ready.fill_(True)
+
     def prototypes(self) -> tuple[np.ndarray, np.ndarray]:
         """Unit-norm ``(real (n, D), virtual (k, D))`` as float32 numpy arrays."""
         w = F.normalize(self.weight.detach().float().cpu(), dim=1).numpy()

@@ -96,7 +96,8 @@ def _markdown(report: dict, png_name: str) -> str:
               "| distribution | max | p99 | median | mean | mean cosine (all pairs) |", "|---|---|---|---|---|---|"]
     for key, group in report["groups"].items():
         s = group["max_cosine"]
-        lines.append(f"| {LABELS[key]} | {s['max']:.4f} | {s['p99']:.4f} | {s['median']:.4f} | {s['mean']:.4f} | {group['mean_cosine']:.4f} |")
+        lines.append(f"| {LABELS[key]} | {s['max']:.4f} | {s['p99']:.4f} | {s['median']:.4f} | {s['mean']:.4f} "
+                     f"| {group['mean_cosine']:.4f} |")
     verdict = "PASS" if crit["passed"] else "FAIL"
     lines += ["", f"**Criterion** ({crit['rule']}): {crit['virtual_vs_real_max_p99']:.4f} <= "
               f"{crit['real_nearest_negative_median']:.4f} → **{verdict}**", ""]
@@ -124,7 +125,8 @@ def _histogram(report: dict, path: Path) -> None:
         ax.hist(values, bins=bins, histtype="step", density=True, linewidth=1.5, label=LABELS[key])
     crit = report["criterion"]
     ax.axvline(crit["virtual_vs_real_max_p99"], color="k", linestyle="--", linewidth=1, label="p99 virtual → real")
-    ax.axvline(crit["real_nearest_negative_median"], color="grey", linestyle=":", linewidth=1.5, label="median real nearest negative")
+    ax.axvline(crit["real_nearest_negative_median"], color="grey", linestyle=":", linewidth=1.5,
+               label="median real nearest negative")
     ax.set_xlabel("max cosine similarity")
     ax.set_ylabel("density")
     ax.set_title(f"{report['num_real']} real, {report['num_virtual']} virtual prototypes (dim {report['dim']})")
@@ -141,7 +143,8 @@ def write_report(report: dict, directory: str | Path, name: str = "separability"
     paths = {ext: directory / f"{name}.{ext}" for ext in ("json", "md", "png")}
     _histogram(report, paths["png"])
     public = {k: v for k, v in report.items() if not k.startswith("_")}
-    for ext, text in (("json", json.dumps(public, indent=2, sort_keys=True) + "\n"), ("md", _markdown(report, paths["png"].name))):
+    texts = {"json": json.dumps(public, indent=2, sort_keys=True) + "\n", "md": _markdown(report, paths["png"].name)}
+    for ext, text in texts.items():
         tmp = paths[ext].with_name(f".{paths[ext].name}.tmp")
         tmp.write_text(text)
         tmp.replace(paths[ext])

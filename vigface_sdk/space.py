@@ -247,6 +247,7 @@ def train_space(
     ctx: DistContext | None = None,
     checkpoint_dir: str | Path | None = None,
     until_step: int | None = None,
+    init: PrototypeStore | None = None,
     progress: bool = True,
 ) -> TrainedSpace:
     """Train the prototype head (and a trainable backbone) on ``data``.
@@ -255,6 +256,9 @@ def train_space(
     them (saved with the space). With ``checkpoint_dir`` the run checkpoints every
     ``config.checkpoint_every`` steps and resumes from there; ``until_step`` stops early (the
     learning-rate schedule still follows the full run), e.g. to continue in a later job.
+    The prototypes (and σ) start from ``init`` when given, e.g. a head-only space of the same
+    start backbone before fine-tuning it; else the real ones start at the class means of the
+    embeddings or of a pretrained backbone (``config.init_real_from_means``), else at random.
     """
     ctx = ctx or DistContext()
     from_images = isinstance(data, IdentityFolderDataset)
@@ -274,7 +278,13 @@ def train_space(
                              config.sigma_momentum)
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     resume = bool(ckpt and (ckpt / "state.json").is_file())
-    if config.init_real_from_means and not resume and (not from_images or backbone.spec.get("pretrained")):
+    if init is not None and not resume:
+        if init.identities != identities:
+            raise IncompatibleError("the initial prototype store was trained on other identities")
+        head.init_real(torch.from_numpy(init.real))
+        sigma = init.metadata.get("sigma")
+        head.init_virtual(torch.from_numpy(init.virtual), None if sigma is None else torch.tensor(sigma))
+    elif config.init_real_from_means and not resume and (not from_images or backbone.spec.get("pretrained")):
         head.init_real(_class_means(data, backbone if from_images else None, ctx, progress))
     model = SpaceModel(head, backbone if from_images else None).to(ctx.device)
     groups = [{"params": list(head.parameters()), "lr": config.lr, "weight_decay": 0.0, "base_lr": config.lr}]
