@@ -30,7 +30,15 @@ FORMAT = "advface-protector/1"
 def default_artifacts() -> dict[str, Path]:
     """Shipped defaults: ``{name: folder}`` (one per shared recognizer trained by this project)."""
     root = Path(str(resources.files("advface_sdk") / "defaults"))
-    return {p.name: p for p in sorted(root.iterdir()) if (p / CONFIG).is_file()} if root.is_dir() else {}
+    return {p.name: p for p in sorted(root.iterdir()) if (p / WEIGHTS).is_file()} if root.is_dir() else {}
+
+
+def default_shadow(name: str) -> Path:
+    """Folder of the shipped shadow decoder for a default recognizer (``"fr128"``)."""
+    path = Path(str(resources.files("advface_sdk") / "defaults" / "shadows" / name))
+    if not (path / "decoder.safetensors").is_file():
+        raise ArtifactError(f"no shipped shadow decoder for {name!r}")
+    return path
 
 
 @dataclass

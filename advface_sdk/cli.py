@@ -215,3 +215,21 @@ def info(artifact: str) -> None:
     cfg["training"] = {k: v for k, v in training.items() if k != "history"}
     click.echo(f"artifact: {art.directory}")
     click.echo(json.dumps(cfg, indent=2, sort_keys=True))
+
+
+@main.command()
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"), show_default=True)
+@click.option("--recognizer", "-r", type=click.Choice(["fr128", "fr512"]), default="fr128", show_default=True)
+@click.option("--victims", default=300, show_default=True, help="Number of victims attacked.")
+@friendly_errors
+def demo(out: Path, recognizer: str, victims: int) -> None:
+    """The end-to-end main job on LFW: embed, protect, verify, attack, report (needs $FACEPRIV_SHARED)."""
+    import torch
+
+    from facecore.paths import shared_root
+
+    from .demo import run_demo
+
+    shared_root()  # one clear line when the data is not configured
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    run_demo(out, recognizer, victims)

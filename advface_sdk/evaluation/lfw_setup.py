@@ -28,14 +28,19 @@ class LfwEvaluation:
     evaluator_name: str
     max_victims: int | None = 1000
     seed: int = 0
+    subset: str | None = None  # restrict to one identity group (e.g. "evaluation") to embed fewer images
 
     @classmethod
     def for_recognizer(cls, name: str, **kw) -> "LfwEvaluation":
         return cls(name, OTHER.get(name, "fr512"), **kw)
 
     @cached_property
-    def dataset(self) -> IdentityFolderDataset:
+    def full_dataset(self) -> IdentityFolderDataset:
         return IdentityFolderDataset.from_folder(shared_path("data", "lfw", "aligned112"))
+
+    @cached_property
+    def dataset(self) -> IdentityFolderDataset:
+        return self.full_dataset if self.subset is None else self.full_dataset.subset(self.groups[self.subset])
 
     @cached_property
     def pairs(self):
@@ -59,7 +64,7 @@ class LfwEvaluation:
 
     @cached_property
     def groups(self) -> dict[str, set[str]]:
-        return lfw_identity_groups(self.pairs, self.dataset.identities)
+        return lfw_identity_groups(self.pairs, self.full_dataset.identities)
 
     def mask(self, group: str) -> np.ndarray:
         names = self.groups[group]
@@ -90,5 +95,12 @@ class LfwEvaluation:
         left, right, issame, folds = self.eval_pairs
         probes = self.emb[right] if probe_right is None else probe_right
         scores = cosine_scores(stored_left, probes) if match is None else match(probes, stored_left)
+        return self.utility_from_scores(scores)
+
+    def utility_from_scores(self, scores: np.ndarray, pairs: np.ndarray | None = None) -> dict:
+        """:meth:`utility` for precomputed scores of the evaluation pairs (or of the subset ``pairs`` of them)."""
+        _, _, issame, folds = self.eval_pairs
+        if pairs is not None:
+            issame, folds = issame[pairs], folds[pairs]
         res = kfold_accuracy(scores, issame, folds)
         return {"accuracy": res.accuracy, "std": res.std, **tar_at_far(scores, issame, (1e-3, 1e-4))}

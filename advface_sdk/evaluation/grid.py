@@ -1,0 +1,37 @@
+"""Picture grids: true face | reconstruction from raw | reconstruction from protected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def save_reconstruction_grid(path: str | Path, columns: dict[str, np.ndarray], captions: list[str] | None = None,
+                             title: str | None = None) -> Path:
+    """One row per victim, one column per named uint8 RGB image stack (all ``(N, S, S, 3)``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(columns)
+    n = len(next(iter(columns.values())))
+    fig, axes = plt.subplots(n, len(names), figsize=(1.7 * len(names), 1.7 * n), squeeze=False)
+    for r in range(n):
+        for c, name in enumerate(names):
+            ax = axes[r, c]
+            ax.imshow(columns[name][r])
+            ax.set_xticks([]), ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=8)
+            if c == 0 and captions:
+                ax.set_ylabel(captions[r], fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
