@@ -110,10 +110,7 @@ def train_generator(
     state = {"epoch": 0, "history": []}
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     if ckpt and (ckpt / "state.json").is_file():
-        state = load_checkpoint(ckpt, gen, opt)
-        saved = state.get("config", {})
-        if any(saved.get(k) != getattr(config, k) for k in ("budget", "hidden", "seed")):
-            raise IncompatibleError(f"checkpoint {ckpt} belongs to another run (budget/hidden/seed differ); use another --checkpoint-dir")
+        state = load_checkpoint(ckpt, gen, opt, {k: getattr(config, k) for k in ("budget", "hidden", "seed")})
     shadow = shadow.to(ctx.device).eval().requires_grad_(False)
     if recognizer is not None:
         recognizer = recognizer.to(ctx.device).eval().requires_grad_(False)

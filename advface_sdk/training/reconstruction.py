@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from facecore.errors import IncompatibleError, InvalidInputError
+from facecore.errors import InvalidInputError
 
 from ..models.decoders import FaceDecoder
 from ._checkpoint import load_checkpoint, save_checkpoint
@@ -51,6 +51,8 @@ def train_decoder(
     checkpoint_dir: str | Path | None = None,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: bool = True,
+    inputs: torch.Tensor | None = None,
+    init: FaceDecoder | None = None,
 ) -> tuple[FaceDecoder, dict]:
     """Fit a :class:`FaceDecoder` on (image, embedding) pairs; returns the model and a training log.
 
@@ -59,22 +61,31 @@ def train_decoder(
     is applied to embeddings before decoding (an adaptive attacker trains on protected embeddings)
     while the identity target stays the clean embedding. Resumes from ``checkpoint_dir`` if it holds
     a checkpoint; under torchrun each rank trains on its shard of every epoch (DDP).
+
+    ``inputs`` (one row per face, any width) replaces the decoder input outright, e.g. templates of a
+    keyed protection scheme computed per user; ``init`` warm-starts from another decoder's weights
+    (every tensor of matching shape, so a new input width only re-initialises the first layer).
     """
     ctx = ctx or DistContext()
     torch.manual_seed(config.seed)
-    model = FaceDecoder(train.dim, train.size, config.arch, config.width).to(ctx.device)
+    if inputs is not None and (inputs.ndim != 2 or len(inputs) != len(train)):
+        raise InvalidInputError(f"inputs must have one row per training face ({len(train)}), got shape {tuple(inputs.shape)}")
+    in_dim = train.dim if inputs is None else int(inputs.shape[1])
+    model = FaceDecoder(in_dim, train.size, config.arch, config.width).to(ctx.device)
+    if init is not None:
+        own = model.state_dict()
+        model.load_state_dict({**own, **{k: v for k, v in init.state_dict().items() if k in own and own[k].shape == v.shape}})
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.5, 0.999))
     state = {"epoch": 0, "history": []}
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     if ckpt and (ckpt / "state.json").is_file():
-        state = load_checkpoint(ckpt, model, opt)
-        saved = state.get("config", {})
-        if any(saved.get(k) != getattr(config, k) for k in ("arch", "width", "seed")):
-            raise IncompatibleError(f"checkpoint {ckpt} belongs to another run (arch/width/seed differ); use another --checkpoint-dir")
+        state = load_checkpoint(ckpt, model, opt, {k: getattr(config, k) for k in ("arch", "width", "seed")})
     if recognizer is not None:
         recognizer = recognizer.to(ctx.device).eval().requires_grad_(False)
     net = wrap_ddp(model, ctx)
     images, emb, _ = train.tensors(ctx.device)
+    if inputs is not None:
+        inputs = torch.as_tensor(inputs, dtype=torch.float32).to(ctx.device)
     n = len(train)
     per_rank = n // ctx.world_size  # equal shards: every rank runs the same number of steps
     steps = math.ceil(per_rank / config.batch_size)
@@ -91,7 +102,7 @@ def train_decoder(
         for step in bar:
             idx = perm[step * config.batch_size:(step + 1) * config.batch_size].to(ctx.device)
             z, x = emb[idx], images[idx]
-            inp = transform(z) if transform is not None else z
+            inp = inputs[idx] if inputs is not None else transform(z) if transform is not None else z
             rec = net(inp)
             pixel = F.l1_loss(rec, x)
             loss = config.pixel_weight * pixel

@@ -1,0 +1,138 @@
+"""Decoders, generator training, PGD, resumable checkpoints and a 2-process torchrun (gloo) run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from advface_sdk.models.decoders import FaceDecoder
+from advface_sdk.models.generator import NoiseGenerator
+from advface_sdk.pgd import pgd_protect
+from advface_sdk.training.data import FaceTrainingSet
+from advface_sdk.training.generator import GeneratorTrainConfig, adversarial_losses, total_loss, train_generator
+from advface_sdk.training.reconstruction import DecoderTrainConfig, train_decoder
+from facecore.errors import DataError, IncompatibleError, InvalidInputError
+
+
+def synthetic_set(n=48, dim=16, size=64, ids=12, seed=0) -> FaceTrainingSet:
+    """Images that are a smooth function of the embedding, so a decoder can learn the mapping."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((ids, dim))
+    labels = np.arange(n) % ids
+    emb = (centres[labels] + 0.1 * rng.standard_normal((n, dim))).astype(np.float32)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    images = np.stack([np.stack([np.sin(3 * xx * e[0] + e[1]), np.cos(3 * yy * e[2] + e[3]), xx * yy * e[4]], -1)
+                       for e in emb])
+    images = ((images - images.min()) / np.ptp(images) * 255).astype(np.uint8)
+    return FaceTrainingSet(images, emb, labels, [f"id{i}" for i in range(ids)], [f"id{l}/{i}.jpg" for i, l in enumerate(labels)], "synthetic")
+
+
+@pytest.mark.parametrize("arch", ["upconv", "deconv"])
+@pytest.mark.parametrize("size", [64, 112])
+def test_decoder_shapes_and_roundtrip(tmp_path, arch, size):
+    torch.manual_seed(0)
+    dec = FaceDecoder(20, size, arch, width=8).eval()
+    z = torch.randn(3, 20)
+    out = dec(z)
+    assert out.shape == (3, 3, size, size) and out.min() >= 0 and out.max() <= 1
+    dec.save_pretrained(tmp_path / "d", {"note": "x"})
+    again = FaceDecoder.from_pretrained(tmp_path / "d")
+    assert torch.allclose(again(z), out, atol=1e-6) and again.extra_config["note"] == "x"
+    with pytest.raises(InvalidInputError):
+        FaceDecoder(20, 96)
+
+
+def test_training_pack_roundtrip_and_errors(tmp_path):
+    s = synthetic_set()
+    s.save(tmp_path / "p.npz")
+    back = FaceTrainingSet.load(tmp_path / "p.npz")
+    np.testing.assert_array_equal(back.embeddings, s.embeddings)
+    assert np.abs(back.images.astype(int) - s.images).mean() < 4  # JPEG q95
+    assert (back.partners() != np.arange(len(s)))[s.labels >= 0].all()  # every identity has 4 images here
+    with pytest.raises(DataError):
+        FaceTrainingSet.load(tmp_path / "none.npz")
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataError):
+        FaceTrainingSet.load(tmp_path / "bad.npz")
+
+
+def test_decoder_learns_and_resumes_identically(tmp_path):
+    torch.set_num_threads(1)
+    data = synthetic_set()
+    cfg = DecoderTrainConfig(epochs=4, batch_size=16, lr=3e-3, width=8, seed=1)
+    full, state = train_decoder(data, None, cfg, progress=False)
+    hist = [h["pixel"] for h in state["history"]]
+    assert hist[-1] < hist[0]
+    first, _ = train_decoder(data, None, DecoderTrainConfig(**{**cfg.__dict__, "max_minutes": 1e-9}), checkpoint_dir=tmp_path / "c", progress=False)
+    resumed, st2 = train_decoder(data, None, cfg, checkpoint_dir=tmp_path / "c", progress=False)
+    assert st2["epoch"] == 4
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5)
+    with pytest.raises(IncompatibleError):
+        train_decoder(data, None, DecoderTrainConfig(**{**cfg.__dict__, "width": 16}), checkpoint_dir=tmp_path / "c", progress=False)
+
+
+def test_generator_training_damages_the_shadow_within_budget():
+    torch.set_num_threads(1)
+    data = synthetic_set()
+    shadow, _ = train_decoder(data, None, DecoderTrainConfig(epochs=25, batch_size=8, lr=5e-3, width=8), progress=False)
+    cfg = GeneratorTrainConfig(budget=0.5, hidden=32, epochs=40, batch_size=16, lr=5e-3, utility_weight=0,
+                               genuine_weight=0, margin_weight=0)
+    gen, state = train_generator(data, shadow, None, cfg, progress=False)
+    images, z, _ = data.tensors(torch.device("cpu"))
+    torch.manual_seed(5)
+    untrained = NoiseGenerator(16, 32, 0.5)
+    with torch.no_grad():
+        out = gen(z)
+        damage = F.l1_loss(shadow(out), images)
+        assert damage > F.l1_loss(shadow(untrained(z)), images) + 0.01  # learned noise beats random directions
+        assert damage > F.l1_loss(shadow(z), images) + 0.01
+    unit = F.normalize(z, dim=1)
+    delta = out / z.norm(dim=1, keepdim=True) - unit
+    assert torch.allclose(delta.norm(dim=1), torch.full((len(z),), 0.5), atol=1e-4)
+    assert (delta * unit).sum(1).abs().max() < 1e-4
+
+
+def test_pgd_reference_respects_the_constraint_and_beats_random_noise():
+    torch.manual_seed(0)
+    data = synthetic_set()
+    shadow, _ = train_decoder(data, None, DecoderTrainConfig(epochs=2, batch_size=16, width=8), progress=False)
+    images, z, labels = data.tensors(torch.device("cpu"))
+    cfg = GeneratorTrainConfig(budget=0.5)
+    prot = pgd_protect(z[:16], labels[:16], images[:16], shadow, None, cfg, steps=15)
+    unit = F.normalize(z[:16], dim=1)
+    delta = prot / z[:16].norm(dim=1, keepdim=True) - unit
+    assert torch.allclose(delta.norm(dim=1), torch.full((16,), 0.5), atol=1e-4)
+    rand = torch.randn_like(unit)
+    rand = rand - (rand * unit).sum(1, keepdim=True) * unit
+    rand = (unit + 0.5 * F.normalize(rand, dim=1)) * z[:16].norm(dim=1, keepdim=True)
+    with torch.no_grad():
+        obj = lambda p: float(total_loss(adversarial_losses(p, z[:16], labels[:16], images[:16], shadow, None, cfg), cfg))
+        assert obj(prot) < obj(rand)
+
+
+def test_generator_refuses_a_shadow_of_another_dimension():
+    with pytest.raises(IncompatibleError):
+        train_generator(synthetic_set(dim=16), FaceDecoder(8, 64, width=8), None, GeneratorTrainConfig(epochs=1), progress=False)
+    with pytest.raises(InvalidInputError):
+        NoiseGenerator(16, budget=3.0)
+
+
+def test_torchrun_two_cpu_processes_train_a_shadow(tmp_path):
+    data = synthetic_set(n=64)
+    data.save(tmp_path / "pack.npz")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           "-m", "advface_sdk", "train-shadow", str(tmp_path / "pack.npz"), "--out", str(tmp_path / "shadow"),
+           "--id-weight", "0", "--epochs", "2", "--batch-size", "8", "--width", "8", "--device", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dec = FaceDecoder.from_pretrained(tmp_path / "shadow")
+    assert dec.extra_config["training"]["epoch"] == 2
+    assert proc.stdout.count("saved shadow decoder") == 1  # only rank 0 writes
