@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from advface_sdk import Protector
+from advface_sdk.artifact import default_shadow
 from advface_sdk.evaluation.lfw_setup import LfwEvaluation
 from advface_sdk.evaluation.privacy import attack_success, decode_to_crops
 from advface_sdk.models.decoders import FaceDecoder
@@ -24,12 +25,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recognizer", default="fr128")
     ap.add_argument("--artifact", nargs="+", default=None, help="Artifact names/folders (default: the recognizer's default).")
-    ap.add_argument("--shadow", required=True, type=Path)
+    ap.add_argument("--shadow", type=Path, default=None,
+                    help="Shadow decoder folder (default: the shipped one; fr512's is rebuilt with advface_sdk/defaults/README.md).")
     ap.add_argument("--max-victims", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(2)
     ev = LfwEvaluation.for_recognizer(args.recognizer, max_victims=args.max_victims)
+    args.shadow = args.shadow or default_shadow(args.recognizer)
     shadow = FaceDecoder.from_pretrained(args.shadow)
     victims = ev.victims("evaluation")
     thr_p, thr_e = ev.thresholds
@@ -59,9 +62,10 @@ def main() -> None:
              "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         u, p = r["utility"], r["privacy_vs_shadow"]
-        red = base["privacy_vs_shadow"]["type2"] / p["type2"] if p["type2"] > 0 else float("inf")
+        b2 = base["privacy_vs_shadow"]["type2"]
+        red = f"{b2 / p['type2']:.1f}×" if p["type2"] > 0 else f"> {b2 * p['victims']:.0f}× (0 of {p['victims']})"
         lines.append(f"| {name} | {100 * u['accuracy']:.2f} ± {100 * u['std']:.2f} | {100 * (u['accuracy'] - base['utility']['accuracy']):+.2f} "
-                     f"| {100 * p['type2']:.1f} % | {100 * p['type1']:.1f} % | {red:.1f}× | {p['ssim']:.3f} |")
+                     f"| {100 * p['type2']:.1f} % | {100 * p['type1']:.1f} % | {red} | {p['ssim']:.3f} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -45,7 +45,7 @@ def _stamps(paths: list[Path]) -> np.ndarray:
 
 def _cache_file(recognizer: Recognizer, root: Path, flip: bool) -> Path:
     key = hashlib.sha256(f"{recognizer.fingerprint}|{root.resolve()}|{flip}".encode()).hexdigest()[:20]
-    return cache_dir() / "embeddings" / f"{recognizer.name}-{key}.npz"
+    return cache_dir() / "embeddings" / f"{recognizer.fingerprint}-{key}.npz"
 
 
 def extract_embeddings(

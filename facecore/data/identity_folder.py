@@ -23,6 +23,7 @@ class IdentityFolderDataset:
     identities: list[str]
     size: tuple[int, int] = (112, 112)
     _index: dict = field(default_factory=dict, repr=False)
+    _relpaths: list = field(default_factory=list, repr=False)
 
     @classmethod
     def from_folder(cls, root: str | Path, size: tuple[int, int] = (112, 112), min_images: int = 1) -> "IdentityFolderDataset":
@@ -47,7 +48,9 @@ class IdentityFolderDataset:
 
     @property
     def relpaths(self) -> list[str]:
-        return [p.relative_to(self.root).as_posix() for p in self.paths]
+        if not self._relpaths:
+            self._relpaths = [p.relative_to(self.root).as_posix() for p in self.paths]
+        return self._relpaths
 
     def load(self, index: int) -> np.ndarray:
         """uint8 BGR crop of image ``index`` at ``size``."""

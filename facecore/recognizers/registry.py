@@ -33,13 +33,14 @@ def list_recognizers() -> list[str]:
     return sorted(BUILTIN) + sorted(_adapters())
 
 
-def create_recognizer(name: str, **kwargs) -> Recognizer:
+def create_recognizer(spec: str, **kwargs) -> Recognizer:
     """Build a recognizer from a built-in name, an adapter name or an ``.onnx`` path."""
     from .onnx_recognizer import OnnxRecognizer
 
+    name = str(spec)
     if name in BUILTIN:
         rel, pre = BUILTIN[name]
-        return OnnxRecognizer(shared_path(rel), pre, name=name, **kwargs)
+        return OnnxRecognizer(shared_path(rel), pre, name=kwargs.pop("name", name), **kwargs)
     if name.endswith(".onnx"):
         pre_keys = {"channel_order", "mean", "std", "input_size"}
         pre = Preprocessing(**{k: kwargs.pop(k) for k in list(kwargs) if k in pre_keys})
