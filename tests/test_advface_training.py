@@ -128,7 +128,7 @@ def test_torchrun_two_cpu_processes_train_a_shadow(tmp_path):
     data = synthetic_set(n=64)
     data.save(tmp_path / "pack.npz")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "advface_sdk", "train-shadow", str(tmp_path / "pack.npz"), "--out", str(tmp_path / "shadow"),
            "--id-weight", "0", "--epochs", "2", "--batch-size", "8", "--width", "8", "--device", "cpu"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
