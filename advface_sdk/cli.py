@@ -200,6 +200,35 @@ def export_onnx(artifact: str, out: Path, precision: str) -> None:
     click.echo(f"wrote {precision} ONNX for {art.dim}-d embeddings to {out}")
 
 
+@main.command("export-trt")
+@click.argument("artifact")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Engine file; its sidecar goes to OUT.json.")
+@click.option("--min-batch", default=1, show_default=True)
+@click.option("--opt-batch", default=1024, show_default=True, help="Batch size TensorRT tunes for.")
+@click.option("--max-batch", default=65536, show_default=True, help="Largest batch per call (larger inputs are chunked).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="fp16 compiles the fp16 ONNX graph (float32 inputs/outputs) as a strongly typed network.")
+@click.option("--workspace-mb", default=1024, show_default=True, help="TensorRT workspace limit.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Timing cache file to reuse and update (faster rebuilds).")
+@click.option("--device", default="cuda", show_default=True, help="cuda or cuda:N.")
+@friendly_errors
+def export_trt(artifact: str, out: Path, min_batch: int, opt_batch: int, max_batch: int, precision: str, workspace_mb: int,
+               timing_cache, device: str) -> None:
+    """Compile ARTIFACT into a TensorRT engine (dynamic batch, one optimisation profile) with a JSON sidecar."""
+    from ._tensorrt_build import build_engine, check_batches, cuda_index, require_tensorrt
+    from .artifact import load_artifact
+
+    check_batches(min_batch, opt_batch, max_batch)
+    cuda_index(device)
+    require_tensorrt()  # before any work: one line naming what this machine lacks
+    meta = build_engine(load_artifact(artifact), out, min_batch, opt_batch, max_batch, precision, workspace_mb,
+                        timing_cache, device)
+    click.echo(f"wrote {precision} TensorRT {meta['tensorrt_version']} engine for {meta['gpu']['name']} "
+               f"(batch {min_batch}..{max_batch}) to {out}")
+
+
 @main.command()
 @click.argument("artifact")
 @friendly_errors

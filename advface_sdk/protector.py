@@ -13,6 +13,7 @@ from .backends import create_backend
 
 DEFAULT_MODEL = "fr128"
 _FLOATS = ("float16", "float32", "float64")
+_NP_FLOATS = {np.dtype(name): name for name in _FLOATS}  # dtype.name costs ~2 µs a call; a dict lookup ~0.1 µs
 
 
 def _is_torch(x) -> bool:
@@ -66,6 +67,8 @@ class Protector:
 
     @staticmethod
     def _check_values(x32: np.ndarray) -> None:
+        if np.isfinite(x32).all() and x32.any(axis=1).all():  # fast path; the checks below name the bad rows
+            return
         if not np.isfinite(x32).all():
             bad = np.flatnonzero(~np.isfinite(x32).all(axis=1))[:5].tolist()
             raise NonFiniteError(f"embeddings contain NaN or Inf (rows {bad}); nothing was protected")
@@ -82,7 +85,7 @@ class Protector:
             return self._protect_torch(embeddings)
         if not isinstance(embeddings, np.ndarray):
             raise InvalidInputError(f"embeddings must be a numpy array or torch tensor, got {type(embeddings).__name__}")
-        self._check(embeddings, embeddings.dtype.name, embeddings.shape)
+        self._check(embeddings, _NP_FLOATS.get(embeddings.dtype) or embeddings.dtype.name, embeddings.shape)
         x = np.ascontiguousarray(embeddings.reshape(-1, self.dim), dtype=np.float32)
         self._check_values(x)
         name = "onnxruntime" if self.backend_name == "auto" else self.backend_name
