@@ -3,9 +3,9 @@
 The engine takes a dynamic batch (one optimisation profile, min/opt/max rows) of float32
 embeddings. ``precision="fp16"`` compiles the fp16 ONNX graph (float32 inputs and outputs,
 half-precision math inside) into a *strongly typed* network, so TensorRT runs exactly the
-precision written in the graph: TensorRT 10+ ignores precision builder flags for strongly typed
-networks and TensorRT 11 removed the FP16 flag, which would otherwise silently give fp32. TF32
-(on by default in TensorRT) is switched off so an fp32 engine computes in true fp32.
+precision written in the graph. No FP16 builder flag is used: strongly typed networks take no
+precision flags, and TensorRT 11 removed that flag (a build relying on it would silently come out
+fp32). TF32, on by default in TensorRT, is switched off so an fp32 engine computes in true fp32.
 
 The sidecar (``ENGINE.json``) records what an engine is only valid for — TensorRT version, GPU
 name and compute capability — with the shapes, precision and checksums of the ONNX graph, the

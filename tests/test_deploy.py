@@ -142,8 +142,9 @@ def test_onnxruntime_session_options_and_chunking(art, z):
     assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "1"
     default = create_backend("onnxruntime", art)
-    assert default.chunk == 2048 and default.session.get_session_options().get_session_config_entry(
-        "session.intra_op.allow_spinning") == "0"
+    defaults = default.session.get_session_options()
+    assert default.chunk == 2048 and defaults.intra_op_num_threads == 1
+    assert defaults.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     whole = create_backend("onnxruntime", art, chunk=10_000).run(z)
     np.testing.assert_allclose(tuned.run(z), whole, atol=1e-6)  # 600 rows in chunks of 128 (last one 88)
     np.testing.assert_allclose(whole, _reference(art, z), atol=1e-5)

@@ -59,14 +59,16 @@ class OnnxRuntimeBackend:
     ``threads``/``spinning``/``graph_optimization``/``execution_mode`` set the session options;
     ``chunk`` caps the rows per session call (default: 2,048 on CPU, unlimited on GPU).
 
-    Defaults follow measurements on 2 shared CPU cores (``benchmarks/results/perf_cpu.md``): thread
-    spinning off (with other work on the cores, spinning threads cut large-batch throughput by a third
-    or more), ONNX Runtime's default thread count, all graph optimisations, sequential execution.
+    Defaults follow measurements on 2 shared CPU cores (``benchmarks/results/perf_cpu.md``): one
+    intra-op thread (``threads=None``: ONNX Runtime's choice, one per physical core) since one core
+    already protects ~300,000 embeddings/s and a second one slowed batch 1 without speeding up large
+    batches, leaving the cores to the recognizer; thread spinning off (spinning threads competing with
+    other work cut large-batch throughput by a third or more); all graph optimisations; sequential execution.
     """
 
     name = "onnxruntime"
 
-    def __init__(self, artifact, device: str = "cpu", threads: int | None = None, provider_options: dict | None = None,
+    def __init__(self, artifact, device: str = "cpu", threads: int | None = 1, provider_options: dict | None = None,
                  precision: str = "fp32", spinning: bool | None = False, graph_optimization: str = "all",
                  execution_mode: str = "sequential", chunk: int | None = None):
         import onnxruntime as ort

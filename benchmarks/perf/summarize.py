@@ -90,8 +90,9 @@ def _ratio(r: dict) -> str:
     return f"{100 * r['ratio_to_recognizer']:.3f} % ({100 * r['ratio_fastest']:.3f} %)"
 
 
-def markdown(rows: list[dict], machines: list[dict], reference: dict, checks: list[dict], command: str, title: str) -> str:
-    lines = [f"# {title}", "", f"Summary: `{command}`", ""]
+def markdown(rows: list[dict], machines: list[dict], reference: dict, checks: list[dict], command: str, title: str,
+             notes: list[str]) -> str:
+    lines = [f"# {title}", "", *[f"{n}  " for n in notes], f"Summary: `{command}`", ""]
     for m in machines:
         lines += [f"- **{m['file']}** ({m.get('datetime')}): `{m.get('command')}`",
                   f"  - CPU: {m.get('cpu')} ({m.get('cpu_count')} logical CPUs, load average at start "
@@ -130,19 +131,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("raw", nargs="+", type=Path, help="pytest-benchmark JSON file(s)")
     parser.add_argument("--out", required=True, type=Path, help="output stem: writes OUT.md and OUT.json")
     parser.add_argument("--title", default="protect() performance")
+    parser.add_argument("--note", action="append", default=[], help="a line to print under the title (repeatable)")
     args = parser.parse_args(argv)
     rows, machines = load_rows(args.raw)
     reference = add_ratios(rows)
     checks = acceptance(rows)
     command = shlex.join(["python", "benchmarks/perf/summarize.py", *(argv if argv is not None else sys.argv[1:])])
-    summary = {"command": command, "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    summary = {"command": command, "notes": args.note, "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "machines": machines, "acceptance": checks,
                "recognizer_reference": {d: {"backend": r["backend"], "batch": r["batch"], "per_face_s": r["per_face_s"]}
                                         for d, r in reference.items()},
                "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for suffix, text in ((".json", json.dumps(summary, indent=2) + "\n"),
-                         (".md", markdown(rows, machines, reference, checks, command, args.title) + "\n")):
+                         (".md", markdown(rows, machines, reference, checks, command, args.title, args.note) + "\n")):
         path = args.out.with_name(args.out.name + suffix)
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(text)
