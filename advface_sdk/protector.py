@@ -102,10 +102,8 @@ class Protector:
 
         self._check(t, str(t.dtype).replace("torch.", ""), tuple(t.shape))
         flat = t.reshape(-1, self.dim).to(torch.float32)
-        if not torch.isfinite(flat).all():
-            raise NonFiniteError("embeddings contain NaN or Inf; nothing was protected")
-        if not flat.any(dim=1).all():
-            raise InvalidInputError("zero embeddings cannot be protected; check the recognizer output")
+        if not bool(torch.isfinite(flat).all() & flat.any(dim=1).all()):  # one device sync on the happy path
+            self._check_values(flat.detach().cpu().numpy())
         name = self.backend_name
         if name == "auto":
             name = "torch" if t.is_cuda else "onnxruntime"

@@ -1,6 +1,6 @@
 """Execution backends for :class:`~advface_sdk.Protector`, behind one registry.
 
-Built-ins: ``torch`` and ``onnxruntime``. Third-party backends register under the
+Built-ins: ``torch``, ``onnxruntime`` and ``tensorrt``. Third-party backends register under the
 ``advface_sdk.backends`` entry-point group and are imported lazily, on first use.
 """
 
