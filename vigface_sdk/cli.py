@@ -139,3 +139,10 @@ def report_space_cmd(prototypes: Path, out, name: str, seed: int) -> None:
     click.echo(f"p99 max cos(virtual, real) = {crit['virtual_vs_real_max_p99']:.4f}; median real nearest negative = "
                f"{crit['real_nearest_negative_median']:.4f} -> {'PASS' if crit['passed'] else 'FAIL'}")
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
+from ._cli_diffusion import report_synthesis_cmd, synthesize_cmd, train_diffusion_cmd  # noqa: E402
+
+main.add_command(train_diffusion_cmd)
+main.add_command(synthesize_cmd)
+main.add_command(report_synthesis_cmd)
