@@ -262,3 +262,58 @@ def demo(out: Path, recognizer: str, victims: int) -> None:
     shared_root()  # one clear line when the data is not configured
     torch.set_num_threads(max(1, torch.get_num_threads()))
     run_demo(out, recognizer, victims)
+
+
+def _epochs(value: str, name: str) -> tuple[int, int]:
+    from facecore.errors import InvalidInputError
+
+    try:
+        pix, ident = (int(v) for v in value.split("+"))
+    except ValueError:
+        raise InvalidInputError(f"{name} must look like PIXEL+IDENTITY epochs, e.g. 10+3, got {value!r}") from None
+    return pix, ident
+
+
+@main.command()
+@click.option("--recognizer", "-r", default="fr128", show_default=True, help="Protected recognizer (fr128, fr512, ...).")
+@click.option("--evaluator", default=None, help="Independent recognizer judging type II success (default: the other shared one).")
+@click.option("--methods", default=None, help="Comma-separated methods (default: all; 'none' always runs).")
+@click.option("--artifact", default=None, help="AdvFace generator artifact (default: the shipped one named like the recognizer).")
+@click.option("--shadow", default=None, help="Shadow decoder folder for advface-pgd (default: from the artifact's training record).")
+@click.option("--curve-artifact", multiple=True, help="More AdvFace artifacts (other budgets) for the privacy-utility curve.")
+@click.option("--quick", is_flag=True, help="CI-sized smoke run: few faces, few victims, short training.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--attacker-epochs", default=None, help="Non-adaptive attacker: PIXEL+IDENTITY epochs [default 10+3; quick 3+1].")
+@click.option("--adaptive-epochs", default=None, help="Adaptive attackers (warm start): PIXEL+IDENTITY epochs [default 2+1; quick 1+0].")
+@click.option("--max-victims", type=int, default=None, help="Cap the number of victims (default: all of folds 9-10).")
+@click.option("--cache-dir", default=None, help="Where trained attackers are cached (default: $FACEPRIV_CACHE/benchmark).")
+@click.option("--out", "-o", default="benchmarks/results", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--device", default="cpu", show_default=True, help="Device for attacker training (cpu, cuda).")
+@friendly_errors
+def benchmark(recognizer, evaluator, methods, artifact, shadow, curve_artifact, quick, seed, attacker_epochs, adaptive_epochs,
+              max_victims, cache_dir, out, device) -> None:
+    """Compare template-protection methods on LFW: utility, reconstruction and re-identification attacks, storage, cost."""
+    import dataclasses
+    import shlex
+    import sys
+
+    from .evaluation.harness import DEFAULT_METHODS, BenchmarkConfig, run_benchmark
+    from .evaluation.report import write_report
+
+    kw = dict(recognizer=recognizer, evaluator=evaluator, artifact=artifact, shadow=shadow, seed=seed,
+              curve_artifacts=tuple(curve_artifact), cache_dir=cache_dir, device=device,
+              methods=tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else DEFAULT_METHODS)
+    if max_victims is not None:
+        kw["max_victims"] = max_victims
+    cfg = BenchmarkConfig.quick_preset(**kw) if quick else BenchmarkConfig(**kw)
+    changes = {}
+    if attacker_epochs:
+        changes["pixel_epochs"], changes["id_epochs"] = _epochs(attacker_epochs, "--attacker-epochs")
+    if adaptive_epochs:
+        changes["adaptive_pixel_epochs"], changes["adaptive_id_epochs"] = _epochs(adaptive_epochs, "--adaptive-epochs")
+    cfg.attacker = dataclasses.replace(cfg.attacker, **changes)
+    result, pictures = run_benchmark(cfg)
+    result = {"command": shlex.join(["advface-cli", *sys.argv[1:]]), **result}
+    paths = write_report(result, pictures, out, f"benchmark_{recognizer}{'_quick' if quick else ''}")
+    click.echo((out / paths["md"].name).read_text())
+    click.echo("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -1,0 +1,355 @@
+"""The benchmark: every protection method on one recognizer and LFW — utility, attacks, storage, cost.
+
+Identity-disjoint LFW protocol (:mod:`advface_sdk.protocol`): AdvFace's shadow model and generator were
+trained on the defender identities; utility is measured on the pairs of View-2 folds 6–10; the
+attackers train on the identities of folds 6–8 and the victims are the people of folds 9–10.
+
+>>> result = run_benchmark(BenchmarkConfig(recognizer="fr128", quick=True))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from facecore.errors import ArtifactError, InvalidInputError
+from facecore.metrics import roc_curve
+from facecore.paths import cache_dir as default_cache_dir
+
+from .attacks import AttackerConfig, decoder_inputs, reidentification, score_matrix, train_attacker
+from .lfw_setup import OTHER, LfwEvaluation
+from .methods import ProtectionMethod, create_method, list_methods
+from .privacy import Victims, attack_success, decode_to_crops, pick_victims, random_face_baseline
+
+DEFAULT_METHODS = ("none", "gaussian", "polyprotect", "biohashing", "mlphash", "slerpface", "advface", "advface-pgd")
+ROC_FARS = np.logspace(-4, 0, 41)
+
+
+@dataclass
+class BenchmarkConfig:
+    """What to run. ``artifact`` defaults to the shipped AdvFace default named like the recognizer;
+    ``shadow`` (only for ``advface-pgd``) to ``shadows/<artifact name>`` beside the artifact, else the
+    folder named in its training record, beside it."""
+
+    recognizer: str = "fr128"
+    evaluator: str | None = None
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    artifact: str | None = None
+    shadow: str | None = None
+    curve_budgets: tuple[float, ...] = (0.25, 0.5, 0.8, 1.2, 1.6)
+    curve_artifacts: tuple[str, ...] = ()
+    attacker: AttackerConfig = field(default_factory=AttackerConfig)
+    seed: int = 0
+    quick: bool = False
+    max_victims: int | None = None
+    pgd_victims: int = 48
+    pgd_pairs: int = 100
+    pgd_steps: int = 20
+    timing_batch: int = 256
+    timing_repeats: int = 7
+    grid_victims: int = 6
+    cache_dir: str | None = None
+    device: str = "cpu"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.methods) - set(list_methods()))
+        if unknown:
+            raise InvalidInputError(f"unknown methods {unknown}; available: {', '.join(list_methods())}")
+        if not self.methods:
+            raise InvalidInputError("give at least one method")
+        self.methods = tuple(dict.fromkeys(("none",) + tuple(self.methods)))  # the raw reference always runs
+
+    @classmethod
+    def quick_preset(cls, **overrides) -> "BenchmarkConfig":
+        """CI-sized smoke test, not a measurement: ~80 attacker faces, a width-8 decoder, 16 victims, short PGD."""
+        base = dict(quick=True, max_victims=16, pgd_victims=4, pgd_pairs=40, pgd_steps=2, timing_batch=64,
+                    timing_repeats=3, grid_victims=4, curve_budgets=(0.5,),
+                    attacker=AttackerConfig(pixel_epochs=2, id_epochs=1, adaptive_pixel_epochs=1, adaptive_id_epochs=0,
+                                            width=8, batch_size=32))
+        return cls(**{**base, **overrides})
+
+
+QUICK_ATTACKER_IDENTITIES = 30
+
+
+def _median_us(fn, n: int, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) / n * 1e6)
+
+
+class _Stages:
+    """Wall-clock minutes per stage, with a progress line."""
+
+    def __init__(self, progress: bool):
+        self.minutes: dict[str, float] = {}
+        self.progress = progress
+        self._t0 = time.perf_counter()
+
+    def __call__(self, name: str):
+        stages = self
+
+        class _Ctx:
+            def __enter__(self):
+                self.t = time.perf_counter()
+                if stages.progress:
+                    tqdm.write(f"[benchmark] {name} ...")
+
+            def __exit__(self, *exc):
+                stages.minutes[name] = round(stages.minutes.get(name, 0.0) + (time.perf_counter() - self.t) / 60, 3)
+
+        return _Ctx()
+
+    @property
+    def total(self) -> float:
+        return round((time.perf_counter() - self._t0) / 60, 2)
+
+
+def _roc_summary(scores: np.ndarray, issame: np.ndarray) -> dict:
+    far, tar, _ = roc_curve(scores, issame)
+    return {"far": ROC_FARS.tolist(), "tar": np.interp(ROC_FARS, far, tar).round(5).tolist()}
+
+
+class Benchmark:
+    """One benchmark run; :meth:`run` returns the JSON-ready result, :attr:`pictures` the image grid."""
+
+    def __init__(self, config: BenchmarkConfig):
+        self.cfg = config
+        torch.manual_seed(config.seed)
+        self.ev = LfwEvaluation(config.recognizer, config.evaluator or OTHER.get(config.recognizer, "fr512"),
+                                max_victims=config.max_victims, seed=config.seed)
+        self.cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir() / "benchmark"
+        self.stages = _Stages(config.progress)
+        self.pictures: dict[str, np.ndarray] = {}
+        self.notes: list[str] = []
+
+    # ------------------------------------------------------------------ setup
+    def _artifact(self):
+        from ..artifact import load_artifact
+
+        name = self.cfg.artifact or self.cfg.recognizer
+        try:
+            art = load_artifact(name)
+        except ArtifactError as exc:
+            raise ArtifactError(f"{exc}. Pass --artifact FOLDER (an AdvFace generator for {self.cfg.recognizer}) "
+                                "or leave advface out of --methods") from None
+        art.check_recognizer(self.ev.recognizer.fingerprint)
+        return art
+
+    def _shadow(self, art) -> str | None:
+        if self.cfg.shadow:
+            return self.cfg.shadow
+        name = art.config.get("training", {}).get("shadow")
+        cands = [art.directory.parent / "shadows" / art.directory.name] + ([art.directory.parent / name] if name else [])
+        return next((str(c) for c in cands if (c / "config.json").is_file()), None)
+
+    def _methods(self) -> dict[str, ProtectionMethod]:
+        art = None
+        if {"advface", "advface-pgd", "gaussian"} & set(self.cfg.methods):
+            needs = {"advface", "advface-pgd"} & set(self.cfg.methods)
+            art = self._artifact() if needs or self.cfg.artifact or self._has_default() else None
+        budget = float(art.config["budget"]) if art is not None else 0.5
+        out = {}
+        for name in self.cfg.methods:
+            if name == "gaussian":
+                m = create_method(name, budget=budget, seed=self.cfg.seed)
+            elif name == "advface":
+                m = create_method(name, artifact=str(art.directory), seed=self.cfg.seed)
+            elif name == "advface-pgd":
+                shadow = self._shadow(art)
+                if shadow is None:
+                    self.notes.append("advface-pgd skipped: no shadow decoder found (pass --shadow)")
+                    continue
+                m = create_method(name, shadow=shadow, recognizer=self.cfg.recognizer, artifact=str(art.directory),
+                                  steps=self.cfg.pgd_steps, seed=self.cfg.seed)
+            else:
+                m = create_method(name, seed=self.cfg.seed)
+            out[name] = m.fit(self.ev.emb[self.ev.mask("defender")])
+        return out
+
+    def _has_default(self) -> bool:
+        from ..artifact import default_artifacts
+
+        return self.cfg.recognizer in default_artifacts()
+
+    def _attacker_set(self):
+        from ..training.data import FaceTrainingSet
+
+        names = sorted(self.ev.groups["attacker"])
+        if self.cfg.quick:
+            names = names[:QUICK_ATTACKER_IDENTITIES]
+        train = FaceTrainingSet.build(self.ev.dataset.subset(names), self.ev.recognizer, self.cfg.attacker.size)
+        index = {n: i for i, n in enumerate(self.ev.dataset.identities)}
+        users = np.asarray([index[train.identities[l]] for l in train.labels], np.int64)  # global ids: disjoint from victims
+        return train, users
+
+    # ------------------------------------------------------------------ pieces
+    def _success(self, decoder, templates: np.ndarray, victims: Victims, keep: int = 0, tag: str | None = None) -> dict:
+        rec = decode_to_crops(decoder, decoder_inputs(templates))
+        thr_p, thr_e = self.ev.thresholds
+        truth = self.ev.true_rgb(victims.enrolled, self.cfg.attacker.size)
+        if tag and keep:
+            self.pictures[tag] = rec[:keep]
+        return attack_success(rec, victims, self.ev.recognizer, self.ev.evaluator, self.ev.emb, self.ev.emb_eval,
+                              thr_p, thr_e, truth)
+
+    def _utility(self, method: ProtectionMethod, pairs: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
+        left, right, issame, _ = self.ev.eval_pairs
+        if pairs is not None:
+            left, right, issame = left[pairs], right[pairs], issame[pairs]
+        labels = self.ev.dataset.labels
+        stored = method.protect_gallery(self.ev.emb[left], labels[left])
+        probes = method.transform_probe(self.ev.emb[right], labels[left])  # the probe claims the enrolled identity
+        scores = method.match(probes, stored)
+        return self.ev.utility_from_scores(scores, pairs), scores
+
+    def _pgd_pairs(self) -> np.ndarray:
+        _, _, issame, folds = self.ev.eval_pairs
+        rng = np.random.default_rng(self.cfg.seed)
+        per = max(2, self.cfg.pgd_pairs // (2 * len(np.unique(folds))))
+        picks = [rng.choice(np.flatnonzero((folds == f) & (issame == s)), per, replace=False)
+                 for f in np.unique(folds) for s in (True, False)]
+        return np.sort(np.concatenate(picks))
+
+    def _cost(self, method: ProtectionMethod, slow: bool) -> dict:
+        n = 8 if slow else self.cfg.timing_batch
+        reps = 1 if slow else self.cfg.timing_repeats
+        z = self.ev.emb[:n]
+        users = np.arange(n) + 10_000_000  # fresh users: key generation is part of enrolment
+        stored = method.protect_gallery(z, users)
+        probes = self.ev.emb[n:2 * n]
+        return {"protect_us": _median_us(lambda: method.protect_gallery(z, users), n, reps),
+                "match_us": _median_us(lambda: method.match(method.transform_probe(probes, users), stored), n, reps),
+                "batch": n, "repeats": reps}
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> dict:
+        cfg, ev, st = self.cfg, self.ev, self.stages
+        with st("load data and methods"):
+            labels = ev.dataset.labels
+            victims = pick_victims(labels, ev.mask("victim"), cfg.max_victims, cfg.seed)
+            thr_p, thr_e = ev.thresholds
+            methods = self._methods()
+            train, train_users = self._attacker_set()
+            rec_torch = ev.recognizer.to_torch()
+            dim = int(ev.emb.shape[1])
+            chance = random_face_baseline(victims, labels, ev.emb_eval, thr_e, np.flatnonzero(ev.mask("victim")), cfg.seed)
+        keep = min(cfg.grid_victims, len(victims.enrolled))
+        self.pictures["true"] = ev.true_rgb(victims.enrolled[:keep], cfg.attacker.size)
+
+        with st("train non-adaptive attacker"):
+            base_dec, base_info = train_attacker(train, rec_torch, cfg.attacker, cache_dir=self.cache, device=cfg.device,
+                                                 progress=cfg.progress)
+        pgd_victims = Victims(victims.enrolled[:cfg.pgd_victims], victims.probe[:cfg.pgd_victims])
+        rows: dict[str, dict] = {}
+        adaptive_decoders: dict[str, object] = {}
+        for name, method in methods.items():
+            slow = name == "advface-pgd"
+            vic = pgd_victims if slow else victims
+            row: dict = {"params": method.to_dict(), "binary": method.binary, "keyed": method.keyed, "notes": []}
+            with st(f"{name}: utility, storage, cost"):
+                pairs = self._pgd_pairs() if slow else None
+                util, scores = self._utility(method, pairs)
+                issame = ev.eval_pairs[2] if pairs is None else ev.eval_pairs[2][pairs]
+                row["utility"] = {**util, "pairs": int(len(scores))}
+                row["roc"] = _roc_summary(scores, issame)
+                row["storage"] = {"bytes_per_template": method.bytes_per_template(dim), "values": method.output_dim(dim),
+                                  "expansion_vs_float32": round(method.bytes_per_template(dim) / (4 * dim), 4)}
+                row["cost"] = self._cost(method, slow)
+            with st(f"{name}: attacks"):
+                stolen = method.protect_gallery(ev.emb[vic.enrolled], labels[vic.enrolled])
+                fits = not method.binary and stolen.shape[1] == dim
+                row["attack"] = {"victims": int(len(vic.enrolled))}
+                row["attack"]["non_adaptive"] = (
+                    self._success(base_dec, stolen, vic, keep if name in ("none", "advface", "gaussian") else 0,
+                                  f"{name} (non-adaptive)") if fits else None)
+                if not fits:
+                    row["notes"].append("non-adaptive: n/a (template is not an embedding of the recognizer's size)")
+                row["attack"]["adaptive"] = self._adaptive(name, method, stolen, vic, train, train_users, rec_torch,
+                                                           base_dec, adaptive_decoders, keep, row["notes"])
+                cand = victims.probe  # clean embeddings of *other* images of every victim
+                sm = score_matrix(method, stolen, labels[vic.enrolled], ev.emb[cand])
+                row["attack"]["embedding"] = reidentification(sm, labels[vic.enrolled], labels[cand])
+            rows[name] = row
+
+        curve = self._curve(methods, base_dec, victims)
+        config = asdict(cfg)
+        return {
+            "recognizer": cfg.recognizer, "evaluator": ev.evaluator_name, "dim": dim,
+            "recognizer_fingerprint": ev.recognizer.fingerprint, "config": config,
+            "protocol": {"utility": "LFW View-2 folds 6-10 (10-fold-style accuracy over those 5 folds), left image stored, "
+                                    "right image as clean probe claiming the left identity",
+                         "attacker_identities": int(len(np.unique(train.labels))), "attacker_images": len(train),
+                         "victims": int(len(victims.enrolled)), "pgd_victims": int(len(pgd_victims.enrolled))},
+            "thresholds_far1e-3": {"protected": thr_p, "evaluator": thr_e},
+            "random_face_type2": chance,
+            "attackers": {"non_adaptive": base_info,
+                          "adaptive_budget": cfg.attacker.budget(True), "non_adaptive_budget": cfg.attacker.budget(False)},
+            "methods": rows, "curve": curve, "notes": self.notes,
+            "timing_minutes": {**st.minutes, "total": st.total},
+        }
+
+    def _adaptive(self, name, method, stolen, vic, train, train_users, rec_torch, base_dec, decoders, keep, notes):
+        cfg = self.cfg
+        if name == "none":
+            notes.append("adaptive = non-adaptive (the scheme is the identity)")
+            return self._success(base_dec, stolen, vic)
+        if name == "advface-pgd":
+            if "advface" not in decoders:
+                notes.append("adaptive: n/a (needs the advface adaptive attacker to transfer)")
+                return None
+            notes.append("adaptive: the advface-generator adaptive attacker (PGD on every attacker face is too slow to train on)")
+            return self._success(decoders["advface"], stolen, vic, keep, f"{name} (adaptive)")
+        inputs = decoder_inputs(method.protect_gallery(train.embeddings, train_users))
+        dec, info = train_attacker(train, rec_torch, cfg.attacker, adaptive=True, inputs=inputs, init=base_dec,
+                                   cache_dir=self.cache, device=cfg.device, progress=cfg.progress)
+        decoders[name] = dec
+        tag = f"{name} (adaptive)" if name in ("advface", "gaussian") else None
+        return {**self._success(dec, stolen, vic, keep if tag else 0, tag), "train": info}
+
+    def _curve(self, methods, base_dec, victims) -> list[dict]:
+        """Privacy (non-adaptive attacker) against utility over noise budgets: gaussian and AdvFace artifacts."""
+        points = []
+        with self.stages("privacy-utility curve"):
+            specs = [("gaussian", {"budget": b}) for b in self.cfg.curve_budgets]
+            if "advface" in methods:
+                specs.append(("advface", {"artifact": methods["advface"].artifact}))
+            specs += [("advface", {"artifact": a}) for a in self.cfg.curve_artifacts]
+            for name, params in specs:
+                m = create_method(name, seed=self.cfg.seed, **params).fit(self.ev.emb[self.ev.mask("defender")])
+                util, _ = self._utility(m)
+                stolen = m.protect_gallery(self.ev.emb[victims.enrolled], self.ev.dataset.labels[victims.enrolled])
+                att = self._success(base_dec, stolen, victims)
+                points.append({"method": name, "budget": float(m.budget), "accuracy": util["accuracy"],
+                               "tar@far=0.001": util["tar@far=0.001"], "type2": att["type2"], "type1": att["type1"],
+                               **({"artifact": Path(params["artifact"]).name} if "artifact" in params else {})})
+        return points
+
+
+def run_benchmark(config: BenchmarkConfig) -> tuple[dict, dict[str, np.ndarray]]:
+    """Run the benchmark; returns the JSON-ready result and the picture-grid images (uint8 RGB)."""
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    bench = Benchmark(config)
+    result = bench.run()
+    return result, bench.pictures
+
+
+def config_from_dict(data: dict) -> BenchmarkConfig:
+    """Rebuild a :class:`BenchmarkConfig` from ``result["config"]``."""
+    known = {f.name for f in dataclasses.fields(BenchmarkConfig)}
+    kw = {k: v for k, v in data.items() if k in known}
+    kw["attacker"] = AttackerConfig(**kw.get("attacker", {}))
+    for k in ("methods", "curve_budgets", "curve_artifacts"):
+        if k in kw:
+            kw[k] = tuple(kw[k])
+    return BenchmarkConfig(**kw)

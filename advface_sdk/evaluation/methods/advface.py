@@ -1,0 +1,128 @@
+"""``advface`` (trained noise generator) and ``advface-pgd`` (per-sample PGD reference) as benchmark methods.
+
+Both store ``(ẑ + δ)·‖z‖`` with ``δ ⟂ ẑ``, ``‖δ‖ = budget`` and compare it with *clean* probes by cosine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from facecore.errors import IncompatibleError, InvalidInputError
+
+from .base import ProtectionMethod
+from .registry import register_method
+
+
+@register_method
+class AdvFace(ProtectionMethod):
+    """The shipped AdvFace protector (``artifact``: default name such as ``"fr128"`` or a folder)."""
+
+    name = "advface"
+
+    def __init__(self, artifact: str = "fr128", backend: str = "onnxruntime", seed: int = 0, dim: int | None = None) -> None:
+        super().__init__(seed, dim)
+        from ...protector import Protector
+
+        self.artifact = str(artifact)
+        self.backend = backend
+        self.protector = Protector(self.artifact, backend=backend)
+        if self.dim is not None and self.dim != self.protector.dim:
+            raise IncompatibleError(f"advface: artifact {self.artifact} protects {self.protector.dim}-d embeddings, not {self.dim}-d")
+
+    @property
+    def budget(self) -> float:
+        return float(self.protector.artifact.config["budget"])
+
+    def _params(self) -> dict:
+        return {"artifact": self.artifact, "backend": self.backend}
+
+    def fit(self, train_embeddings: np.ndarray, train_labels: np.ndarray | None = None) -> "AdvFace":
+        super().fit(train_embeddings, train_labels)
+        if self.dim != self.protector.dim:
+            raise IncompatibleError(f"advface: artifact {self.artifact} protects {self.protector.dim}-d embeddings, "
+                                    f"the training embeddings are {self.dim}-d")
+        return self
+
+    def output_dim(self, dim: int) -> int:
+        return dim
+
+    def bytes_per_template(self, dim: int) -> int:
+        return 4 * dim
+
+    def _protect(self, z: np.ndarray, user_ids: np.ndarray) -> np.ndarray:
+        return self.protector.protect(z.astype(np.float32))
+
+
+@register_method
+class AdvFacePGD(ProtectionMethod):
+    """Per-sample projected gradient descent against a shadow decoder (:func:`advface_sdk.pgd.pgd_protect`).
+
+    ``shadow``: decoder folder; ``recognizer``: name or path of the recognizer whose differentiable copy
+    scores identity; ``artifact``: take the budget and loss weights from this generator artifact's
+    training config (else ``budget`` and the default weights). Slow: meant for a subset of templates.
+    """
+
+    name = "advface-pgd"
+
+    def __init__(self, shadow: str, recognizer: str = "fr128", artifact: str | None = None, budget: float | None = None,
+                 steps: int = 30, batch_size: int = 64, seed: int = 0, dim: int | None = None) -> None:
+        super().__init__(seed, dim)
+        from ...artifact import load_artifact
+        from ...models.decoders import FaceDecoder
+        from ...training.generator import GeneratorTrainConfig
+
+        if not (isinstance(steps, (int, np.integer)) and steps >= 1):
+            raise InvalidInputError(f"advface-pgd: steps must be a positive integer, got {steps!r}")
+        weights = {}
+        if artifact is not None:
+            cfg = load_artifact(artifact).config
+            fields = {f.name for f in dataclasses.fields(GeneratorTrainConfig)}
+            weights = {k: v for k, v in cfg.get("training", {}).get("config", {}).items() if k in fields}
+            budget = cfg["budget"] if budget is None else budget
+        if budget is None:
+            raise InvalidInputError("advface-pgd: give a noise budget or a generator artifact to take it from")
+        self.config = GeneratorTrainConfig(**{**weights, "budget": float(budget), "seed": self.seed})
+        self.shadow_path, self.recognizer_name, self.artifact = str(shadow), str(recognizer), artifact
+        self.steps, self.batch_size = int(steps), int(batch_size)
+        self.shadow = FaceDecoder.from_pretrained(Path(shadow))
+        self._torch_recognizer = None
+
+    @property
+    def budget(self) -> float:
+        return self.config.budget
+
+    def _params(self) -> dict:
+        return {"shadow": self.shadow_path, "recognizer": self.recognizer_name, "artifact": self.artifact,
+                "budget": self.budget, "steps": self.steps, "batch_size": self.batch_size}
+
+    def output_dim(self, dim: int) -> int:
+        return dim
+
+    def bytes_per_template(self, dim: int) -> int:
+        return 4 * dim
+
+    def _recognizer(self):
+        if self._torch_recognizer is None:
+            from facecore.recognizers import create_recognizer
+
+            self._torch_recognizer = create_recognizer(self.recognizer_name).to_torch()
+        return self._torch_recognizer
+
+    def _protect(self, z: np.ndarray, user_ids: np.ndarray) -> np.ndarray:
+        import torch
+
+        from ...pgd import pgd_protect
+
+        if z.shape[1] != self.shadow.dim:
+            raise IncompatibleError(f"advface-pgd: the shadow decoder takes {self.shadow.dim}-d embeddings, got {z.shape[1]}-d")
+        torch.manual_seed(self.seed)
+        out = []
+        for i in tqdm(range(0, len(z), self.batch_size), desc="advface-pgd", leave=False, disable=len(z) <= self.batch_size):
+            zb = torch.from_numpy(z[i:i + self.batch_size].astype(np.float32))
+            lab = torch.from_numpy(user_ids[i:i + self.batch_size])
+            out.append(pgd_protect(zb, lab, None, self.shadow, self._recognizer(), self.config, self.steps).numpy())
+        return np.concatenate(out).astype(np.float32)

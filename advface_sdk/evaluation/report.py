@@ -1,0 +1,181 @@
+"""Benchmark outputs: JSON, a Markdown table, privacy–utility curve, ROC curves and a reconstruction grid (PNG)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f} %"
+
+
+def _label(name: str, row: dict) -> str:
+    p = row["params"]
+    if name == "gaussian":
+        return f"gaussian (b={p['budget']:g})"
+    if name == "advface":
+        return f"advface ({Path(p['artifact']).name})"
+    if name == "advface-pgd":
+        return f"advface-pgd (b={p['budget']:g}, {p['steps']} steps)"
+    return name
+
+
+def markdown(result: dict) -> str:
+    """The tables of one benchmark result."""
+    rows, raw = result["methods"], result["methods"]["none"]
+    proto, att = result["protocol"], result["attackers"]
+    raw_acc = raw["utility"]["accuracy"]
+    raw_t2 = raw["attack"]["non_adaptive"]["type2"]
+    lines = [
+        f"# Template-protection benchmark — {result['recognizer']} ({result['dim']}-d), evaluator {result['evaluator']}", "",
+        f"Command: `{result.get('command', 'n/a')}`", "",
+        f"- Utility: {proto['utility']}; keyed methods use the claimed user's key for the probe (stolen-token setting).",
+        f"- Attackers: `deconv` decoders (width {result['config']['attacker']['width']}, "
+        f"{result['config']['attacker']['size']}×{result['config']['attacker']['size']}, seed {result['config']['attacker']['seed']}) "
+        f"trained on {proto['attacker_images']} faces of {proto['attacker_identities']} attacker identities (LFW folds 6–8) with "
+        f"pixel + identity loss through the {result['recognizer']} recognizer. Non-adaptive: {att['non_adaptive_budget']} on clean "
+        f"embeddings; adaptive: {att['adaptive_budget']} from the non-adaptive attacker on the method's templates of the attacker's "
+        "faces (keyed methods: the attacker's own keys).",
+        f"- Victims: {proto['victims']} people of folds 9–10 (advface-pgd: the first {proto['pgd_victims']}). Type II = share of "
+        f"victims whose reconstruction matches a *different* image of them by {result['evaluator']} at FAR 1e-3; type I = matches "
+        f"the enrolled image by {result['recognizer']} at FAR 1e-3. Random real face of another person (chance): "
+        f"type II {_pct(result['random_face_type2'])}.",
+        "- Embedding-space attack: each stolen template is matched against clean embeddings of another image of every victim "
+        "with the method's own comparison (keyed methods: with the stolen template's key); rank-1 among all victims and TAR at FAR 1e-3.",
+        "", "## Utility, storage and cost", "",
+        "| method | LFW acc (folds 6–10) | Δ vs raw | TAR@FAR1e-3 | TAR@FAR1e-4 | bytes / template | × float32 | protect µs | match µs |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        u, s, c = r["utility"], r["storage"], r["cost"]
+        subset = f" ({u['pairs']} pairs)" if u["pairs"] != raw["utility"]["pairs"] else ""
+        lines.append(f"| {_label(name, r)} | {100 * u['accuracy']:.2f} ± {100 * u['std']:.2f}{subset} | "
+                     f"{100 * (u['accuracy'] - raw_acc):+.2f} | {100 * u['tar@far=0.001']:.1f} % | {100 * u['tar@far=0.0001']:.1f} % | "
+                     f"{s['bytes_per_template']} | {s['expansion_vs_float32']:.3g} | {c['protect_us']:.1f} | {c['match_us']:.1f} |")
+    lines += ["", "## Privacy under attack", "",
+              "| method | non-adaptive type II | reduction vs raw | non-adaptive type I | adaptive type II | adaptive type I | "
+              "adaptive SSIM / PSNR | re-id rank-1 | re-id TAR@FAR1e-3 |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        a = r["attack"]
+        na, ad, emb = a["non_adaptive"], a["adaptive"], a["embedding"]
+        red = "n/a" if na is None else ("∞" if na["type2"] == 0 else f"{raw_t2 / na['type2']:.1f}×")
+        q = "n/a" if ad is None else f"{ad['ssim']:.3f} / {ad['psnr']:.1f} dB"
+        lines.append(f"| {_label(name, r)} | {_pct(na and na['type2'])} | {red} | {_pct(na and na['type1'])} | "
+                     f"{_pct(ad and ad['type2'])} | {_pct(ad and ad['type1'])} | {q} | {_pct(emb['rank1'])} | {_pct(emb['tar@far=0.001'])} |")
+    notes = [f"- {_label(n, r)}: {note}" for n, r in rows.items() for note in r["notes"]] + [f"- {n}" for n in result["notes"]]
+    if notes:
+        lines += ["", "Notes:", *notes]
+    if result.get("curve"):
+        lines += ["", "## Privacy–utility over noise budgets (non-adaptive attacker)", "",
+                  "| method | budget | LFW acc | TAR@FAR1e-3 | type II | type I |", "|---|---|---|---|---|---|"]
+        for p in result["curve"]:
+            lines.append(f"| {p['method']}{' ' + p['artifact'] if 'artifact' in p else ''} | {p['budget']:g} | "
+                         f"{100 * p['accuracy']:.2f} | {100 * p['tar@far=0.001']:.1f} % | {_pct(p['type2'])} | {_pct(p['type1'])} |")
+    t = result["timing_minutes"]
+    lines += ["", f"Run time: {t['total']:.1f} min in total (" +
+              ", ".join(f"{k} {v:.1f}" for k, v in t.items() if k != "total") + ")."]
+    return "\n".join(lines) + "\n"
+
+
+def _save_fig(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+def plot_curve(result: dict, path: Path) -> None:
+    """Privacy–utility: LFW accuracy against type II attack success, over noise budgets."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    pts = result.get("curve", [])
+    for name, style in (("gaussian", "o-"), ("advface", "s")):
+        sel = sorted((p for p in pts if p["method"] == name), key=lambda p: p["budget"])
+        if sel:
+            ax.plot([100 * p["type2"] for p in sel], [100 * p["accuracy"] for p in sel], style, label=f"{name} (non-adaptive)")
+            for p in sel:
+                ax.annotate(f"{p['budget']:g}", (100 * p["type2"], 100 * p["accuracy"]), fontsize=7,
+                            textcoords="offset points", xytext=(3, 3))
+    for name, r in result["methods"].items():
+        ad = r["attack"]["adaptive"]
+        if ad is not None and r["utility"]["pairs"] == result["methods"]["none"]["utility"]["pairs"]:
+            ax.plot(100 * ad["type2"], 100 * r["utility"]["accuracy"], "x", ms=8, label=f"{_label(name, r)} adaptive")
+    ax.axvline(100 * result["random_face_type2"], color="grey", ls="--", lw=1, label="random face (chance)")
+    ax.set_xlabel(f"reconstruction attack success, type II by {result['evaluator']} (%)")
+    ax.set_ylabel("LFW accuracy, folds 6–10 (%)")
+    ax.set_title(f"Privacy–utility, {result['recognizer']} (budget = ‖δ‖ on unit embeddings)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    _save_fig(fig, path)
+    plt.close(fig)
+
+
+def plot_roc(result: dict, path: Path) -> None:
+    """Verification ROC of every method (protected gallery vs probe) on the evaluation pairs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for name, r in result["methods"].items():
+        ax.plot(r["roc"]["far"], r["roc"]["tar"], label=_label(name, r) + (" (subset)" if name == "advface-pgd" else ""))
+    ax.set_xscale("log")
+    ax.set_xlim(1e-4, 1)
+    ax.set_xlabel("false accept rate")
+    ax.set_ylabel("true accept rate")
+    ax.set_title(f"Verification ROC, protected gallery — {result['recognizer']} on LFW folds 6–10")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="lower right")
+    _save_fig(fig, path)
+    plt.close(fig)
+
+
+def plot_grid(pictures: dict[str, np.ndarray], path: Path, title: str = "") -> None:
+    """Rows = victims; columns = true face, then each reconstruction in ``pictures`` order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = [k for k in pictures if len(pictures[k])]
+    n = min(len(pictures[k]) for k in cols)
+    fig, axes = plt.subplots(n, len(cols), figsize=(1.25 * len(cols), 1.3 * n + 0.4), squeeze=False)
+    for j, key in enumerate(cols):
+        for i in range(n):
+            ax = axes[i, j]
+            ax.imshow(pictures[key][i])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(key.replace("none (non-adaptive)", "raw").replace(" (", "\n("), fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    _save_fig(fig, path)
+    plt.close(fig)
+
+
+def write_report(result: dict, pictures: dict[str, np.ndarray], out_dir: str | Path, stem: str) -> dict[str, Path]:
+    """Write ``<stem>.json``, ``.md``, ``_curve.png``, ``_roc.png`` and ``_grid.png`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md", "curve": out / f"{stem}_curve.png",
+             "roc": out / f"{stem}_roc.png", "grid": out / f"{stem}_grid.png"}
+    for key, text in (("json", json.dumps(result, indent=1) + "\n"), ("md", markdown(result))):
+        tmp = paths[key].with_name(f".{paths[key].name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, paths[key])
+    plot_curve(result, paths["curve"])
+    plot_roc(result, paths["roc"])
+    if pictures:
+        plot_grid(pictures, paths["grid"], f"{result['recognizer']}: true face | reconstructions by the attacker")
+    else:
+        paths.pop("grid")
+    return paths
