@@ -190,7 +190,7 @@ def test_resume_continues_with_identical_state(tmp_path, mode):
 
 
 DDP_SCRIPT = textwrap.dedent("""
-    import sys, torch
+    import os, sys, torch
     from safetensors.torch import save_file
     torch.set_num_threads(1)
     from advface_sdk.training._distributed import cleanup, init_distributed
@@ -206,7 +206,7 @@ DDP_SCRIPT = textwrap.dedent("""
     state = {"head." + k: v for k, v in space.head.state_dict().items()}
     state.update({"backbone." + k: v for k, v in space.backbone.state_dict().items()})
     save_file({k: v.contiguous() for k, v in state.items()}, f"{sys.argv[2]}/rank{ctx.rank}.safetensors")
-    print("rank", ctx.rank, "of", ctx.world_size, "done at step", space.state["step"])
+    os.write(1, f"rank {ctx.rank} of {ctx.world_size} done at step {space.state['step']}\n".encode())  # one atomic write
     cleanup(ctx)
 """)
 
