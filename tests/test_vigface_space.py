@@ -206,7 +206,7 @@ DDP_SCRIPT = textwrap.dedent("""
     state = {"head." + k: v for k, v in space.head.state_dict().items()}
     state.update({"backbone." + k: v for k, v in space.backbone.state_dict().items()})
     save_file({k: v.contiguous() for k, v in state.items()}, f"{sys.argv[2]}/rank{ctx.rank}.safetensors")
-    os.write(1, f"rank {ctx.rank} of {ctx.world_size} done at step {space.state['step']}\n".encode())  # one atomic write
+    os.write(1, f"rank {ctx.rank} of {ctx.world_size} done at step {space.state['step']}\\n".encode())  # one atomic write
     cleanup(ctx)
 """)
 
