@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .training.generator import GeneratorTrainConfig, adversarial_losses, total_loss
 

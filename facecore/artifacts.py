@@ -22,6 +22,17 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def replace_dir(built: Path, directory: Path) -> None:
+    """Move the finished folder ``built`` to ``directory``, swapping out any previous one."""
+    if directory.exists():
+        old = directory.with_name(f".{directory.name}.old{os.getpid()}")
+        os.replace(directory, old)
+        os.replace(built, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(built, directory)
+
+
 def write_artifact(directory: str | Path, files: dict[str, bytes | dict]) -> Path:
     """Write ``{name: bytes or JSON dict}`` plus a checksum file into ``directory`` atomically.
 
@@ -38,13 +49,7 @@ def write_artifact(directory: str | Path, files: dict[str, bytes | dict]) -> Pat
             (tmp / name).write_bytes(data)
             sums.append(f"{hashlib.sha256(data).hexdigest()}  {name}")
         (tmp / CHECKSUMS).write_text("\n".join(sums) + "\n")
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old{os.getpid()}")
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
+        replace_dir(tmp, directory)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

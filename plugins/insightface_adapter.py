@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from facecore.errors import InvalidInputError, ModelLoadError, NoFaceError, NonFiniteError
+from facecore.errors import InvalidInputError, ModelLoadError, NoFaceError
 from facecore.images import as_image_batch, read_image
 from facecore.paths import ENV_VAR, shared_root
 from facecore.recognizers.base import Preprocessing, Recognizer, file_sha256, make_fingerprint
@@ -113,18 +113,7 @@ class _ArcFaceEmbedder(Recognizer):
 
     def embed(self, aligned_images) -> np.ndarray:
         batch = as_image_batch(aligned_images, self._pre.input_size)
-        step = self._fixed_batch or 64
-        outs = []
-        for start in range(0, len(batch), step):
-            chunk = batch[start:start + step]
-            n = len(chunk)
-            if self._fixed_batch and n != self._fixed_batch:
-                chunk = np.concatenate([chunk, np.zeros((self._fixed_batch - n, *chunk.shape[1:]), np.uint8)])
-            outs.append(self._run(chunk)[:n])
-        emb = np.concatenate(outs).astype(np.float32, copy=False)
-        if not np.isfinite(emb).all():
-            raise NonFiniteError(f"recognizer {self.name} produced NaN/Inf embeddings; check the model and preprocessing")
-        return emb
+        return self._embed_in_batches(batch, self._run, self._fixed_batch, 64)
 
     def to_torch(self, trainable: bool = False):
         from facecore.recognizers.torch_graph import DifferentiableRecognizer, load_onnx_as_torch

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from facecore.artifacts import replace_dir
 from facecore.errors import ArtifactError, IncompatibleError, InvalidInputError
 
 from .landmarks import LandmarkBank, landmark_heatmaps
@@ -164,13 +164,7 @@ class VIGFacePipeline:
                 self.landmark_bank.save_pretrained(tmp / "landmarks")
                 index["landmarks"] = "LandmarkBank"
             (tmp / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-            if directory.exists():
-                old = directory.with_name(f".{directory.name}.old{os.getpid()}")
-                os.replace(directory, old)
-                os.replace(tmp, directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, directory)
+            replace_dir(tmp, directory)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return directory

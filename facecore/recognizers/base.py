@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InvalidInputError, ModelLoadError
+from ..errors import InvalidInputError, ModelLoadError, NonFiniteError
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,21 @@ class Recognizer(ABC):
     @abstractmethod
     def embed(self, aligned_images) -> np.ndarray:
         """Embed aligned crops; returns float32 ``(N, dim)`` (not normalised)."""
+
+    def _embed_in_batches(self, batch: np.ndarray, run, fixed_batch: int | None, step: int) -> np.ndarray:
+        """Run ``run`` over preprocessed chunks: fixed-batch models get padded chunks of their size."""
+        size = fixed_batch or step
+        outs = []
+        for start in range(0, len(batch), size):
+            chunk = batch[start:start + size]
+            n = len(chunk)
+            if fixed_batch and n != fixed_batch:
+                chunk = np.concatenate([chunk, np.zeros((fixed_batch - n, *chunk.shape[1:]), chunk.dtype)])
+            outs.append(run(chunk)[:n])
+        emb = np.concatenate(outs).astype(np.float32, copy=False)
+        if not np.isfinite(emb).all():
+            raise NonFiniteError(f"recognizer {self.name} produced NaN/Inf embeddings; check the model and preprocessing")
+        return emb
 
     def to_torch(self):
         """A differentiable torch copy taking RGB float images in [0, 1], ``(N, 3, H, W)``."""

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import ModelLoadError, NonFiniteError
+from ..errors import ModelLoadError
 from ..images import as_image_batch
 from .base import Preprocessing, Recognizer, file_sha256, make_fingerprint
 
@@ -85,19 +85,7 @@ class OnnxRecognizer(Recognizer):
 
     def embed(self, aligned_images) -> np.ndarray:
         batch = as_image_batch(aligned_images, self._pre.input_size)
-        step = self.fixed_batch or self.batch_size
-        outs = []
-        for start in range(0, len(batch), step):
-            x = self._pre.apply(batch[start : start + step])
-            if self.fixed_batch and len(x) != self.fixed_batch:
-                x = np.concatenate([x, np.zeros((self.fixed_batch - len(x),) + x.shape[1:], np.float32)])
-                outs.append(self._run(x)[: len(batch) - start])
-            else:
-                outs.append(self._run(x))
-        emb = np.concatenate(outs).astype(np.float32, copy=False)
-        if not np.isfinite(emb).all():
-            raise NonFiniteError(f"recognizer {self.name} produced NaN/Inf embeddings; check the model and preprocessing")
-        return emb
+        return self._embed_in_batches(batch, lambda chunk: self._run(self._pre.apply(chunk)), self.fixed_batch, self.batch_size)
 
     def to_torch(self, trainable: bool = False):
         from .torch_graph import DifferentiableRecognizer, load_onnx_as_torch
