@@ -353,3 +353,21 @@ def test_torchrun_two_process_gloo_training(tmp_path):
     assert state["step"] == 3
     pipe = VIGFacePipeline.from_pretrained(tmp_path / "pipe")
     assert pipe.metadata["condition"]["backbone_fingerprint"] == "fp" and pipe.unet.cond_dim == 8
+
+
+def test_benchmark_training_script_tiny_cpu_run(lfw_root, tmp_path):
+    """benchmarks/vigface_train.py in its tiny CPU configuration writes a loadable pipeline and a log."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "vigface_train.py"
+    proc = subprocess.run([sys.executable, str(script), "--data-root", str(lfw_root), "--out", str(tmp_path / "pipe"),
+                           "--tiny", "--max-steps", "2", "--batch-size", "4", "--identity-weight", "0", "--device", "cpu"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = json.loads((tmp_path / "pipe" / "train_log.json").read_text())
+    assert log["steps"] == 2 and log["identities"] == 20 and log["condition"]["source"] == "mean-embedding"
+    pipe = VIGFacePipeline.from_pretrained(tmp_path / "pipe")
+    held = set(json.loads((tmp_path / "pipe" / "model_index.json").read_text())["training_identities"])
+    from facecore.data import read_pairs
+
+    assert not held & read_pairs(lfw_root.parent / "pairs.txt").identities_in_folds(range(5, 10))
+    assert pipe(pipe.virtual_prototypes(1), 1, num_inference_steps=2, seed=0).shape == (1, 64, 64, 3)

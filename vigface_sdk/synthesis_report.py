@@ -22,8 +22,17 @@ from facecore.metrics import cosine_scores, kfold_accuracy, threshold_at_far
 from facecore.recognizers.base import Recognizer
 
 
-def embed_faces(recognizer: Recognizer, images_rgb: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Embed generated uint8 RGB faces of any size: resized to the recognizer's input (cubic), as BGR."""
+def embed_faces(recognizer: Recognizer, images_rgb: np.ndarray, batch_size: int = 256, device=None) -> np.ndarray:
+    """Embed uint8 RGB faces of any size: resized to the recognizer's input (cubic), as BGR. With a
+    ``device`` the recognizer's torch copy runs there instead (bilinear resize; for GPUs)."""
+    if device is not None:
+        import torch
+
+        module = recognizer.to_torch().to(device)
+        with torch.no_grad():
+            return np.concatenate([module(torch.from_numpy(images_rgb[lo:lo + batch_size]).to(device).permute(0, 3, 1, 2).contiguous()
+                                          .float().div(255)).float().cpu().numpy()
+                                   for lo in range(0, len(images_rgb), batch_size)])
     w, h = recognizer.preprocessing.input_size
     out = []
     for lo in range(0, len(images_rgb), batch_size):

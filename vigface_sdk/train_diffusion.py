@@ -52,6 +52,7 @@ class DiffusionTrainConfig:
     identity_weight: float = 0.0
     identity_max_timestep: int = 600  # identity loss only where the predicted x0 is informative
     identity_start_step: int = 0
+    identity_batch: int = 64  # at most this many rows per step go through the identity model
     mixed_precision: str = "no"  # "bf16": autocast on CUDA
     checkpoint_every: int = 1000
     log_every: int = 50
@@ -160,10 +161,10 @@ class DiffusionData:
 def diffusion_loss(unet: nn.Module, scheduler: _NoiseScheduler, x0: torch.Tensor, prototypes: torch.Tensor,
                    timesteps: torch.Tensor, noise: torch.Tensor, drop: torch.Tensor | None = None,
                    heatmaps: torch.Tensor | None = None, identity_model: nn.Module | None = None,
-                   identity_max_timestep: int = 600) -> dict[str, torch.Tensor]:
+                   identity_max_timestep: int = 600, identity_batch: int | None = None) -> dict[str, torch.Tensor]:
     """``{"mse": ..., "identity": ...}``: the denoising loss against the scheduler's target and, with an
-    ``identity_model``, ``1 - cos(identity_model(x0_hat), prototype)`` over conditioned rows with
-    ``t < identity_max_timestep``."""
+    ``identity_model``, ``1 - cos(identity_model(x0_hat), prototype)`` averaged over (at most
+    ``identity_batch``) conditioned rows with ``t < identity_max_timestep``."""
     noisy = scheduler.add_noise(x0, noise, timesteps)
     pred = unet(noisy, timesteps, prototypes, landmarks=heatmaps, drop_condition=drop)
     out = {"mse": F.mse_loss(pred.float(), scheduler.training_target(x0, noise, timesteps).float())}
@@ -171,9 +172,10 @@ def diffusion_loss(unet: nn.Module, scheduler: _NoiseScheduler, x0: torch.Tensor
         mask = timesteps < identity_max_timestep
         if drop is not None:
             mask = mask & ~drop
-        x0_hat = scheduler.predict_original(pred.float(), timesteps, noisy.float()).clamp(-1, 1)
-        cos = F.cosine_similarity(identity_model((x0_hat + 1) / 2).float(), prototypes.float(), dim=1)
-        out["identity"] = ((1 - cos) * mask).sum() / mask.sum().clamp(min=1)
+        rows = torch.nonzero(mask).flatten()[:identity_batch]
+        x0_hat = scheduler.predict_original(pred[rows].float(), timesteps[rows], noisy[rows].float()).clamp(-1, 1)
+        cos = F.cosine_similarity(identity_model((x0_hat + 1) / 2).float(), prototypes[rows].float(), dim=1)
+        out["identity"] = (1 - cos).sum() / max(1, len(rows))
     return out
 
 
@@ -256,7 +258,7 @@ def train_diffusion(
         noise = torch.randn((bsz, 3, size, size), generator=g, device=dev)
         u = torch.rand((bsz, 2), generator=g, device=dev)
         drop, flip = u[:, 0] < config.cond_drop_prob, (u[:, 1] < 0.5) & config.hflip
-        x0 = images[idx].permute(0, 3, 1, 2).float().div(127.5).sub(1)
+        x0 = images[idx].permute(0, 3, 1, 2).contiguous().float().div(127.5).sub(1)  # NCHW (channels-last breaks CPU conv backward)
         x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
         heat = None
         if marks is not None:
@@ -267,7 +269,7 @@ def train_diffusion(
         with autocast:
             terms = diffusion_loss(net, scheduler, x0, protos[labels[idx]], t, noise, drop, heat,
                                    identity_model if use_id and step >= config.identity_start_step else None,
-                                   config.identity_max_timestep)
+                                   config.identity_max_timestep, config.identity_batch)
             loss = terms["mse"] + config.identity_weight * terms.get("identity", 0.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -280,14 +282,14 @@ def train_diffusion(
             sums[k] = sums.get(k, 0.0) + v.detach().float()
         count += 1
         bar.update(1)
-        if step % config.log_every == 0 or step == config.max_steps:
+        out_of_time = bool(config.max_minutes) and (time.monotonic() - start) / 60 > config.max_minutes
+        stop = any_rank(out_of_time, ctx) if ctx.distributed else out_of_time
+        if step % config.log_every == 0 or step == config.max_steps or stop:
             entry = {"step": step, "minutes": round((time.monotonic() - start) / 60, 3),
                      **{k: round(float(v) / count, 6) for k, v in sums.items()}}
             state["history"].append(entry)
             bar.set_postfix({k: f"{v:.4f}" for k, v in entry.items() if k not in ("step", "minutes")})
             sums, count = {}, 0
-        out_of_time = bool(config.max_minutes) and (time.monotonic() - start) / 60 > config.max_minutes
-        stop = any_rank(out_of_time, ctx) if ctx.distributed else out_of_time
         if ckpt and (step % config.checkpoint_every == 0 or step == config.max_steps or stop):
             state = {**state, **meta, "step": step, "config": asdict(config)}
             if ctx.is_main:
