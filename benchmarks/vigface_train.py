@@ -34,10 +34,10 @@ from advface_sdk.training.data import FaceTrainingSet
 from facecore.data import IdentityFolderDataset, read_pairs
 from facecore.errors import DataError
 from facecore.recognizers import create_recognizer
-from vigface_sdk.prototypes import PrototypeStore
 from vigface_sdk.schedulers import DDPMScheduler
 from vigface_sdk.train_diffusion import DiffusionData, DiffusionTrainConfig, build_pipeline, train_diffusion
 from vigface_sdk.unet import PrototypeUNet, UNetConfig, count_parameters
+from vigface_sdk.virtual import load_prototype_store
 
 TINY_UNET = dict(block_out_channels=(8, 16), attention_levels=(False, False), attention_head_dim=8, layers_per_block=1)
 
@@ -65,8 +65,7 @@ def save_packs(data_root: Path, out: Path, size: int) -> None:
 def load_data(data_root: Path, pairs: Path | None, size: int, prototypes: Path | None, landmarks: Path | None,
               limit_identities: int | None) -> DiffusionData:
     held = read_pairs(pairs).identities_in_folds(range(5, 10)) if pairs else set()
-    store = PrototypeStore.from_pretrained(prototypes / "prototypes" if (prototypes and (prototypes / "prototypes").is_dir())
-                                           else prototypes) if prototypes else None
+    store = load_prototype_store(prototypes) if prototypes else None
     if data_root.suffix == ".npz":
         train = FaceTrainingSet.load(data_root)
         keep = sorted(set(train.identities) - held)[:limit_identities]

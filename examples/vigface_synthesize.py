@@ -19,10 +19,10 @@ import torch
 
 from facecore.recognizers import create_recognizer
 from vigface_sdk.pipeline import VIGFacePipeline, sample_seed
-from vigface_sdk.prototypes import PrototypeStore
 from vigface_sdk.schedulers import DDIMScheduler, DDPMScheduler
 from vigface_sdk.synthesis_report import embed_faces, identity_consistency, save_grid
 from vigface_sdk.synthesize import synthesize
+from vigface_sdk.virtual import load_prototype_store
 
 
 @click.command()
@@ -40,7 +40,7 @@ def main(pipe_dir: Path, prototypes: Path | None, out: Path, identities: int, pe
     pipe = VIGFacePipeline.from_pretrained(pipe_dir, device=device)
     # 2. virtual identities: the pipeline's sampler, or a stage-1 store checked against the pipeline's space
     if prototypes is not None:
-        store = PrototypeStore.from_pretrained(prototypes / "prototypes" if (prototypes / "prototypes").is_dir() else prototypes)
+        store = load_prototype_store(prototypes)
         protos = pipe.check_prototypes(store.virtual[:identities], store.backbone_fingerprint)
     else:
         protos = pipe.virtual_prototypes(identities, seed=0)

@@ -93,7 +93,7 @@ def test_insightface_recordio_as_arcface_torch_reads_it(tmp_path):
 def test_same_seeds_same_images_and_any_image_regenerates_alone(pipe, tmp_path):
     a = synthesize(pipe, tmp_path / "a", 3, 2, **FAST)
     b = synthesize(pipe, tmp_path / "b", 3, 2, **FAST)
-    assert a.complete and a.num_images == 6
+    assert a.complete and b.complete and a.num_images == 6
     rows = read_manifest(tmp_path / "a" / "manifest.jsonl")
     assert [r["file"] for r in rows] == [f"id_{i:06d}/{m:04d}.jpg" for i in range(3) for m in range(2)]
     for r in rows:

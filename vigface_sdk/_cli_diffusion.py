@@ -10,12 +10,7 @@ import click
 
 from facecore._cli import friendly_errors
 
-
-def _load_store(path: Path):
-    """A prototype store folder, or a stage-1 space folder holding ``prototypes/``."""
-    from .prototypes import PrototypeStore
-
-    return PrototypeStore.from_pretrained(path / "prototypes" if (path / "prototypes").is_dir() else path)
+from .virtual import load_prototype_store
 
 
 def _identity_module(spec: str):
@@ -81,7 +76,7 @@ def train_diffusion_cmd(data, out, prototypes, recognizer, size, channels, landm
 
     ctx = init_distributed(device)
     size = int(size)
-    store = _load_store(prototypes) if prototypes else None
+    store = load_prototype_store(prototypes) if prototypes else None
     held = read_pairs(holdout_pairs).identities_in_folds(_folds(holdout_folds)) if holdout_pairs else set()
     if data.suffix == ".npz":
         train = FaceTrainingSet.load(data)
@@ -146,7 +141,7 @@ def synthesize_cmd(pipeline, identities, per_identity, out, fmt, prototypes, see
     pipe = VIGFacePipeline.from_pretrained(pipeline, device=ctx.device)
     protos = None
     if prototypes:
-        store = _load_store(prototypes)
+        store = load_prototype_store(prototypes)
         protos = pipe.check_prototypes(store.virtual, store.backbone_fingerprint)
     rec = None if evaluator == "none" else create_recognizer(evaluator)
     res = synthesize(pipe, out, identities, per_identity, protos, seed, guidance_scale, steps, fmt, shard_size, batch_size,

@@ -12,6 +12,7 @@ import hashlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -34,6 +35,9 @@ from .landmarks import flip_landmarks, landmark_heatmaps, landmarks_from_json
 from .prototypes import PrototypeStore
 from .schedulers import DDPMScheduler, _NoiseScheduler
 from .unet import PrototypeUNet, UNetConfig
+
+if TYPE_CHECKING:
+    from .pipeline import VIGFacePipeline
 
 
 @dataclass

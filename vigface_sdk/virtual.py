@@ -71,3 +71,11 @@ class VirtualPrototypeSampler:
             return cls(t["mean"], t["scale_tril"], {k: v for k, v in config.items() if k not in ("_class_name", "dim")})
         except (KeyError, InvalidInputError) as exc:
             raise ArtifactError(f"{directory}: not a virtual prototype sampler: {exc}") from exc
+
+
+def load_prototype_store(path: str | Path):
+    """A ``PrototypeStore`` folder, or a stage-1 space folder holding one in ``prototypes/``."""
+    from .prototypes import PrototypeStore
+
+    path = Path(path)
+    return PrototypeStore.from_pretrained(path / "prototypes" if (path / "prototypes").is_dir() else path)
