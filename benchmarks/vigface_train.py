@@ -45,12 +45,12 @@ TINY_UNET = dict(block_out_channels=(8, 16), attention_levels=(False, False), at
 def save_packs(data_root: Path, out: Path, size: int) -> None:
     """Two ``FaceTrainingSet`` packs of LFW at ``size`` px (each under the device's transfer limit with the
     repository): ``lfw{size}_train.npz``, the identities outside folds 6-10 with fp16 fr512 embeddings (JPEG
-    q95; for training), and ``lfw{size}_eval.npz``, every image with fp16 fr128 embeddings (JPEG q90; for
+    q95; for training), and ``lfw{size}_eval.npz``, every image with fp16 fr128 embeddings (JPEG q85; for
     evaluation); plus ``att{size}.npz`` and ``pairs.txt``."""
     out.mkdir(parents=True, exist_ok=True)
     ds = IdentityFolderDataset.from_folder(data_root)
     held = read_pairs(data_root.parent / "pairs.txt").identities_in_folds(range(5, 10))
-    for name, subset, rec, quality in (("train", ds.subset(set(ds.identities) - held), "fr512", 95), ("eval", ds, "fr128", 90)):
+    for name, subset, rec, quality in (("train", ds.subset(set(ds.identities) - held), "fr512", 95), ("eval", ds, "fr128", 85)):
         pack = FaceTrainingSet.build(subset, create_recognizer(rec), size)
         pack.embeddings = pack.embeddings.astype(np.float16)  # loaded back as float32
         pack.save(out / f"lfw{size}_{name}.npz", quality=quality)

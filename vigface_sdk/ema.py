@@ -23,8 +23,7 @@ class EMAModel:
     def update(self, model: nn.Module) -> None:
         self.step += 1
         d = min(self.decay, (1 + self.step) / (10 + self.step))
-        for ema_p, p in zip(self.model.parameters(), model.parameters()):
-            ema_p.lerp_(p.detach(), 1 - d)
+        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], 1 - d)
         for ema_b, b in zip(self.model.buffers(), model.buffers()):
             ema_b.copy_(b)
 
