@@ -200,7 +200,7 @@ def markdown(res: dict) -> str:
 @click.option("--pairs", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
 @click.option("--identities", "-n", default=692, show_default=True)
 @click.option("--per-identity", "-m", default=10, show_default=True)
-@click.option("--guidance-scales", default="1.5,3", show_default=True)
+@click.option("--guidance-scales", default="1.5,3,5", show_default=True)
 @click.option("--train-guidance", default=3.0, show_default=True, help="Guidance of the train-on-synthetic set.")
 @click.option("--sources", default="sampler,random", show_default=True)
 @click.option("--steps", default=25, show_default=True)
