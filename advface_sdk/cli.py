@@ -119,15 +119,19 @@ def train_shadow(pack_file, recognizer, channel_order, mean, std, out, epochs, b
 @click.option("--utility-weight", default=4.0, show_default=True)
 @click.option("--genuine-weight", default=4.0, show_default=True, help="Weight keeping same-person probes matched.")
 @click.option("--genuine-margin", default=0.15, show_default=True, help="Required margin above the clean threshold.")
+@click.option("--distortion-weight", default=0.0, show_default=True,
+              help="Weight keeping the template's cosine scores against other people unchanged (less score noise).")
+@click.option("--init", "init_artifact", default=None, help="Protector artifact (name or folder) to fine-tune from.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--max-minutes", type=float, default=None)
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 @_device_option
 @friendly_errors
 def train_generator_cmd(pack_file, recognizer, channel_order, mean, std, shadow, out, budget, hidden, epochs, batch_size, lr,
-                        utility_weight, genuine_weight, genuine_margin, seed, max_minutes, checkpoint_dir, device) -> None:
+                        utility_weight, genuine_weight, genuine_margin, distortion_weight, init_artifact, seed, max_minutes, checkpoint_dir,
+                        device) -> None:
     """Train the noise generator against a frozen shadow model and write a protector artifact."""
-    from .artifact import save_artifact
+    from .artifact import load_artifact, save_artifact
     from .models.decoders import FaceDecoder
     from .training._distributed import cleanup, init_distributed
     from .training.data import FaceTrainingSet
@@ -138,13 +142,18 @@ def train_generator_cmd(pack_file, recognizer, channel_order, mean, std, shadow,
     rec = _matching_recognizer(recognizer, channel_order, mean, std, train)
     cfg = GeneratorTrainConfig(budget=budget, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr,
                                utility_weight=utility_weight, genuine_weight=genuine_weight, genuine_margin=genuine_margin,
-                               seed=seed,
-                               max_minutes=max_minutes)
+                               distortion_weight=distortion_weight, seed=seed, max_minutes=max_minutes)
+    init = None
+    if init_artifact:
+        art = load_artifact(init_artifact)
+        art.check_recognizer(rec.fingerprint)
+        init = art.build_generator()
     gen, state = train_generator(train, FaceDecoder.from_pretrained(shadow), rec.to_torch(), cfg, ctx,
-                                 checkpoint_dir or out.parent / f"{out.name}.ckpt")
+                                 checkpoint_dir or out.parent / f"{out.name}.ckpt", init=init)
     if ctx.is_main:
         save_artifact(gen.cpu(), out, _rec_info(train, rec),
-                      {"images": len(train), "identities": int(len(set(train.labels.tolist()))), "shadow": shadow.name, **state})
+                      {"images": len(train), "identities": int(len(set(train.labels.tolist()))), "shadow": shadow.name,
+                       **({"init": str(init_artifact)} if init_artifact else {}), **state})
         click.echo(f"saved protector artifact to {out}")
     cleanup(ctx)
 

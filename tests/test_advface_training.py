@@ -117,6 +117,35 @@ def test_pgd_reference_respects_the_constraint_and_beats_random_noise():
         assert obj(prot) < obj(rand)
 
 
+def test_distortion_term_measures_score_shifts_and_training_lowers_it():
+    torch.manual_seed(0)
+    data = synthetic_set()
+    images, z, labels = data.tensors(torch.device("cpu"))
+    gen = NoiseGenerator(16, 32, 0.5)
+    shadow = FaceDecoder(16, 64, width=8).eval()
+    cfg = GeneratorTrainConfig(budget=0.5, distortion_weight=1.0)
+    with torch.no_grad():
+        prot = gen(z)
+        terms = adversarial_losses(prot, z, labels, images, shadow, None, cfg)
+    unit = F.normalize(z, dim=1)
+    delta = prot / z.norm(dim=1, keepdim=True) - unit
+    shifts = delta @ unit.t()  # how far δ moves each template's score against the other templates
+    expected = shifts.masked_fill(torch.eye(len(z), dtype=torch.bool), 0).square().mean()
+    assert torch.allclose(terms["distortion"], expected, rtol=1e-4)
+    assert "distortion" not in adversarial_losses(prot, z, labels, images, shadow, None, GeneratorTrainConfig(budget=0.5))
+
+    base = dict(budget=0.5, hidden=32, epochs=15, batch_size=16, lr=5e-3, seed=3)
+    plain, _ = train_generator(data, shadow, None, GeneratorTrainConfig(**base), progress=False)
+    tuned, state = train_generator(data, shadow, None, GeneratorTrainConfig(**base, distortion_weight=50.0),
+                                   progress=False, init=plain)
+    with torch.no_grad():
+        measure = lambda g: float(adversarial_losses(g(z), z, labels, images, shadow, None, cfg)["distortion"])
+        assert measure(tuned) < 0.7 * measure(plain)
+    assert state["history"][-1]["distortion"] < state["history"][0]["distortion"]
+    with pytest.raises(IncompatibleError):
+        train_generator(data, shadow, None, GeneratorTrainConfig(**{**base, "hidden": 64}), progress=False, init=plain)
+
+
 def test_generator_refuses_a_shadow_of_another_dimension():
     with pytest.raises(IncompatibleError):
         train_generator(synthetic_set(dim=16), FaceDecoder(8, 64, width=8), None, GeneratorTrainConfig(epochs=1), progress=False)

@@ -1,4 +1,4 @@
-"""``advface-cli embed`` on a small real dataset, CLI error lines, ``--help``/``--version`` of both CLIs."""
+"""``advface-cli embed``, ``pack`` + ``train-generator --init`` on small real data, CLI error lines, ``--help``/``--version``."""
 
 from __future__ import annotations
 
@@ -131,3 +131,24 @@ def test_embed_help_lists_options():
     assert result.exit_code == 0
     for option in ("--recognizer", "--out", "--flip", "--channel-order", "--mean", "--std"):
         assert option in result.output
+
+
+def test_pack_and_fine_tune_the_shipped_protector(tiny_lfw, tmp_path, fr128):
+    """``train-generator --init`` fine-tunes a shipped artifact on real faces; a wrong-recognizer init is refused."""
+    pack = tmp_path / "pack.npz"
+    result = CliRunner().invoke(advface_main, ["pack", str(tiny_lfw), "-r", "fr128", "--group", "all", "-o", str(pack)])
+    assert result.exit_code == 0, result.output
+    from advface_sdk.artifact import default_shadow, load_artifact
+
+    common = ["train-generator", str(pack), "-r", "fr128", "--shadow", str(default_shadow("fr128")), "--budget", "0.8",
+              "--epochs", "1", "--batch-size", "10", "--distortion-weight", "100", "--device", "cpu"]
+    out = tmp_path / "tuned"
+    result = CliRunner().invoke(advface_main, common + ["--init", "fr128", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    tuned, shipped = load_artifact(out), load_artifact("fr128")
+    assert tuned.config["training"]["init"] == "fr128" and tuned.config["training"]["config"]["distortion_weight"] == 100
+    moved = [np.abs(tuned.state[k] - shipped.state[k]).max() for k in shipped.state]
+    assert 0 < max(moved) < 0.05  # a few small steps away from the shipped weights, not a fresh network
+    result = CliRunner().invoke(advface_main, common + ["--init", "fr512", "-o", str(tmp_path / "bad")])
+    assert result.exit_code == 2 and "trained for recognizer" in _error_line(result)
+    assert not (tmp_path / "bad").exists()

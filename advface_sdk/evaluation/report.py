@@ -76,8 +76,16 @@ def markdown(result: dict) -> str:
             lines.append(f"| {p['method']}{' ' + p['artifact'] if 'artifact' in p else ''} | {p['budget']:g} | "
                          f"{100 * p['accuracy']:.2f} | {100 * p['tar@far=0.001']:.1f} % | {_pct(p['type2'])} | {_pct(p['type1'])} |")
     t = result["timing_minutes"]
-    lines += ["", f"Run time: {t['total']:.1f} min in total (" +
-              ", ".join(f"{k} {v:.1f}" for k, v in t.items() if k != "total") + ")."]
+    trained = [("non-adaptive", att["non_adaptive"])] + [
+        (_label(n, r), r["attack"]["adaptive"]["train"]) for n, r in rows.items()
+        if r["attack"]["adaptive"] and "train" in r["attack"]["adaptive"]]
+    cached = [name for name, info in trained if info.get("cached")]
+    lines += ["", "Attacker training, minutes when first trained (2 shared CPU cores): " +
+              ", ".join(f"{name} {info['train_minutes']:.1f}" for name, info in trained) + ".",
+              f"This invocation: {t['total']:.1f} min in total" +
+              (f", with these attackers loaded from the cache: {', '.join(cached)}" if cached else "") + "; slowest stages: " +
+              ", ".join(f"{k} {v:.1f}" for k, v in sorted(((k, v) for k, v in t.items() if k != "total"),
+                                                           key=lambda kv: -kv[1])[:5]) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -35,6 +35,7 @@ class GeneratorTrainConfig:
     genuine_margin: float = 0.15  # ... by this much above the clean verification threshold
     margin_weight: float = 1.0  # utility: keep z + δ closer to z than to other identities
     margin: float = 0.3
+    distortion_weight: float = 0.0  # utility: keep z + δ's cosine scores against other people's templates unchanged
     seed: int = 0
     max_minutes: float | None = None
 
@@ -62,6 +63,10 @@ def adversarial_losses(protected: torch.Tensor, z: torch.Tensor, labels: torch.T
     other = up @ u.t()
     other = other.masked_fill(labels[:, None] == labels[None, :], -2.0).max(dim=1).values
     out["margin"] = F.relu(other - own + cfg.margin).mean()
+    if cfg.distortion_weight:
+        # (up·u_j)/own − u·u_j = δ̂·u_j: how far the noise moves each verification score, up to the common rescale
+        shift = up @ u.t() / own[:, None] - u @ u.t()
+        out["distortion"] = shift.masked_fill(torch.eye(len(u), dtype=torch.bool, device=u.device), 0.0).square().mean()
     if partner is not None:
         p = F.normalize(partner, dim=1)
         target = (u * p).sum(1) if threshold is None else torch.full_like(own, threshold + cfg.genuine_margin)
@@ -86,7 +91,8 @@ def clean_threshold(embeddings: np.ndarray, labels: np.ndarray, partners: np.nda
 
 def total_loss(terms: dict, cfg: GeneratorTrainConfig) -> torch.Tensor:
     weights = {"pixel": cfg.pixel_weight, "identity": cfg.id_weight, "utility": cfg.utility_weight,
-               "margin": cfg.margin_weight, "genuine": cfg.genuine_weight}
+               "margin": cfg.margin_weight, "genuine": cfg.genuine_weight,
+               "distortion": cfg.distortion_weight}
     return sum(weights[k] * v for k, v in terms.items())
 
 
@@ -98,14 +104,22 @@ def train_generator(
     ctx: DistContext | None = None,
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
+    init: NoiseGenerator | None = None,
 ) -> tuple[NoiseGenerator, dict]:
     """Fit ``G`` so that the frozen ``shadow`` decodes ``z + G(z)`` into a different face while
-    ``z + G(z)`` still matches ``z``; resumable and DDP-aware like :func:`train_decoder`."""
+    ``z + G(z)`` still matches ``z``; resumable and DDP-aware like :func:`train_decoder`.
+    ``init`` fine-tunes an existing generator (same dimension and width) instead of starting afresh."""
     ctx = ctx or DistContext()
     if shadow.dim != train.dim:
         raise IncompatibleError(f"shadow model takes {shadow.dim}-d embeddings, training set has {train.dim}-d")
     torch.manual_seed(config.seed)
-    gen = NoiseGenerator(train.dim, config.hidden, config.budget).to(ctx.device)
+    gen = NoiseGenerator(train.dim, config.hidden, config.budget)
+    if init is not None:
+        if (init.dim, init.config["hidden"]) != (train.dim, config.hidden):
+            raise IncompatibleError(f"cannot fine-tune a {init.dim}-d generator of width {init.config['hidden']} "
+                                    f"into {train.dim}-d, width {config.hidden}")
+        gen.load_state_dict(init.state_dict())
+    gen = gen.to(ctx.device)
     opt = torch.optim.Adam(gen.parameters(), lr=config.lr)
     state = {"epoch": 0, "history": []}
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
