@@ -54,7 +54,7 @@ def pack(dataset: Path, recognizer: str, channel_order, mean, std, out: Path, si
     from facecore.data import IdentityFolderDataset, read_pairs
 
     from .protocol import lfw_identity_groups
-    from .training.data import FaceTrainingSet
+    from facecore.training.face_pack import FaceTrainingSet
 
     rec = build_recognizer(recognizer, channel_order, mean, std)
     ds = IdentityFolderDataset.from_folder(dataset, size=rec.preprocessing.input_size)
@@ -89,8 +89,8 @@ def _device_option(func):
 def train_shadow(pack_file, recognizer, channel_order, mean, std, out, epochs, batch_size, lr, id_weight, arch, width, seed,
                  max_minutes, checkpoint_dir, device) -> None:
     """Train the shadow reconstruction model (embedding → face) on a PACK; runs under torchrun too."""
-    from .training._distributed import cleanup, init_distributed
-    from .training.data import FaceTrainingSet
+    from facecore.training.distributed import cleanup, init_distributed
+    from facecore.training.face_pack import FaceTrainingSet
     from .training.reconstruction import DecoderTrainConfig, train_decoder
 
     ctx = init_distributed(device)
@@ -133,8 +133,8 @@ def train_generator_cmd(pack_file, recognizer, channel_order, mean, std, shadow,
     """Train the noise generator against a frozen shadow model and write a protector artifact."""
     from .artifact import load_artifact, save_artifact
     from .models.decoders import FaceDecoder
-    from .training._distributed import cleanup, init_distributed
-    from .training.data import FaceTrainingSet
+    from facecore.training.distributed import cleanup, init_distributed
+    from facecore.training.face_pack import FaceTrainingSet
     from .training.generator import GeneratorTrainConfig, train_generator
 
     ctx = init_distributed(device)

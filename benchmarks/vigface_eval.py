@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from advface_sdk.training.data import FaceTrainingSet
+from facecore.training.face_pack import FaceTrainingSet
 from facecore.data import IdentityFolderDataset, read_pairs
 from facecore.metrics import cosine_scores, kfold_accuracy, tar_at_far
 from facecore.recognizers import create_recognizer

@@ -29,8 +29,8 @@ import click
 import numpy as np
 import torch
 
-from advface_sdk.training._distributed import DistContext
-from advface_sdk.training.data import FaceTrainingSet
+from facecore.training.distributed import DistContext
+from facecore.training.face_pack import FaceTrainingSet
 from facecore.data import IdentityFolderDataset, read_pairs
 from facecore.errors import DataError
 from facecore.recognizers import create_recognizer

@@ -336,7 +336,7 @@ def test_build_pipeline_from_a_run(tmp_path):
 
 def test_torchrun_two_process_gloo_training(tmp_path):
     """``torchrun --nproc_per_node 2 -m vigface_sdk train-diffusion`` on a packed training set (gloo)."""
-    from advface_sdk.training.data import FaceTrainingSet
+    from facecore.training.face_pack import FaceTrainingSet
 
     rng = np.random.default_rng(0)
     n = 12

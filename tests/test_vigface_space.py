@@ -193,7 +193,7 @@ DDP_SCRIPT = textwrap.dedent("""
     import os, sys, torch
     from safetensors.torch import save_file
     torch.set_num_threads(1)
-    from advface_sdk.training._distributed import cleanup, init_distributed
+    from facecore.training.distributed import cleanup, init_distributed
     from vigface_sdk.backbones import iresnet_backbone
     from vigface_sdk.space import SpaceTrainConfig, load_training_dataset, train_space
 

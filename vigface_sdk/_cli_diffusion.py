@@ -64,8 +64,8 @@ def train_diffusion_cmd(data, out, prototypes, recognizer, size, channels, landm
                         device) -> None:
     """Train the prototype-conditioned diffusion model on DATA (identity folder of aligned crops, or a
     FaceTrainingSet .npz pack) and save a sampling pipeline to OUT. Runs under torchrun (DDP)."""
-    from advface_sdk.training._distributed import cleanup, init_distributed
-    from advface_sdk.training.data import FaceTrainingSet
+    from facecore.training.distributed import cleanup, init_distributed
+    from facecore.training.face_pack import FaceTrainingSet
     from facecore.data import read_pairs
     from facecore.errors import InvalidInputError
     from facecore.recognizers import create_recognizer
@@ -131,7 +131,7 @@ def train_diffusion_cmd(data, out, prototypes, recognizer, size, channels, landm
 def synthesize_cmd(pipeline, identities, per_identity, out, fmt, prototypes, seed, guidance_scale, steps, batch_size,
                    shard_size, evaluator, device, quiet) -> None:
     """Synthesize IDENTITIES x PER-IDENTITY faces with PIPELINE into OUT (resumable; shards across torchrun ranks)."""
-    from advface_sdk.training._distributed import cleanup, init_distributed
+    from facecore.training.distributed import cleanup, init_distributed
     from facecore.recognizers import create_recognizer
 
     from .pipeline import VIGFacePipeline

@@ -76,7 +76,7 @@ def train_space_cmd(dataset, num_virtual, out, backbone, recognizer, channel_ord
     """
     import json
 
-    from advface_sdk.training._distributed import cleanup, init_distributed
+    from facecore.training.distributed import cleanup, init_distributed
     from facecore.data import read_pairs
     from facecore.errors import InvalidInputError
 

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from advface_sdk.training._checkpoint import load_checkpoint, save_checkpoint
-from advface_sdk.training._distributed import DistContext, barrier, wrap_ddp
+from facecore.training.checkpoints import load_checkpoint, save_checkpoint
+from facecore.training.distributed import DistContext, barrier, wrap_ddp
 from facecore.artifacts import read_json
 from facecore.data.identity_folder import IMAGE_SUFFIXES, IdentityFolderDataset
 from facecore.errors import DataError, IncompatibleError, InvalidInputError

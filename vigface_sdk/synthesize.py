@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from advface_sdk.training._distributed import DistContext, barrier
+from facecore.training.distributed import DistContext, barrier
 from facecore.errors import IncompatibleError, InvalidInputError
 from facecore.recognizers.base import Recognizer
 

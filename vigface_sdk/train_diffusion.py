@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from advface_sdk.training._checkpoint import load_checkpoint, save_checkpoint
-from advface_sdk.training._distributed import DistContext, any_rank, barrier, wrap_ddp
-from advface_sdk.training.data import FaceTrainingSet
+from facecore.training.checkpoints import load_checkpoint, save_checkpoint
+from facecore.training.distributed import DistContext, any_rank, barrier, wrap_ddp
+from facecore.training.face_pack import FaceTrainingSet
 from facecore.artifacts import read_json
 from facecore.data.identity_folder import IdentityFolderDataset
 from facecore.embeddings import extract_embeddings, l2_normalize

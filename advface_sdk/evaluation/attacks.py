@@ -25,8 +25,8 @@ from facecore.errors import InvalidInputError
 from facecore.metrics import tar_at_far
 
 from ..models.decoders import FaceDecoder
-from ..training._distributed import DistContext
-from ..training.data import FaceTrainingSet
+from facecore.training.distributed import DistContext
+from facecore.training.face_pack import FaceTrainingSet
 from ..training.reconstruction import DecoderTrainConfig, train_decoder
 from .methods import ProtectionMethod
 

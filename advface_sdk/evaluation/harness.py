@@ -183,7 +183,7 @@ class Benchmark:
         return self.cfg.recognizer in default_artifacts()
 
     def _attacker_set(self):
-        from ..training.data import FaceTrainingSet
+        from facecore.training.face_pack import FaceTrainingSet
 
         names = sorted(self.ev.groups["attacker"])
         if self.cfg.quick:

@@ -16,9 +16,9 @@ from facecore.errors import IncompatibleError, InvalidInputError
 
 from ..models.decoders import FaceDecoder
 from ..models.generator import NoiseGenerator
-from ._checkpoint import load_checkpoint, save_checkpoint
-from ._distributed import DistContext, any_rank, barrier, wrap_ddp
-from .data import FaceTrainingSet
+from facecore.training.checkpoints import load_checkpoint, save_checkpoint
+from facecore.training.distributed import DistContext, any_rank, barrier, wrap_ddp
+from facecore.training.face_pack import FaceTrainingSet
 
 
 @dataclass

@@ -15,9 +15,9 @@ from tqdm.auto import tqdm
 from facecore.errors import InvalidInputError
 
 from ..models.decoders import FaceDecoder
-from ._checkpoint import load_checkpoint, save_checkpoint
-from ._distributed import DistContext, any_rank, barrier, wrap_ddp
-from .data import FaceTrainingSet
+from facecore.training.checkpoints import load_checkpoint, save_checkpoint
+from facecore.training.distributed import DistContext, any_rank, barrier, wrap_ddp
+from facecore.training.face_pack import FaceTrainingSet
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Training plumbing shared by both SDKs: (face, embedding) packs, torchrun/DDP context, safe checkpoints."""
