@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,3 +128,13 @@ def test_quick_benchmark_end_to_end(shared, tmp_path):
                                                           cache_dir=str(tmp_path / "cache"), progress=False))
     assert again["attackers"]["non_adaptive"]["cached"] is True
     assert again["methods"]["none"]["attack"]["non_adaptive"] == raw["attack"]["non_adaptive"]
+
+
+def test_results_name_no_machine_paths(tmp_path, monkeypatch):
+    from advface_sdk.evaluation import report
+
+    monkeypatch.chdir(tmp_path)
+    project = Path(report.__file__).resolve().parents[2]
+    out = report.portable({"artifact": str(project / "advface_sdk" / "defaults" / "fr128"),
+                           "runs": [str(tmp_path / "runs" / "x"), "fr128"], "other": "/opt/elsewhere", "n": 3})
+    assert out == {"artifact": "advface_sdk/defaults/fr128", "runs": ["runs/x", "fr128"], "other": "/opt/elsewhere", "n": 3}

@@ -170,12 +170,28 @@ def plot_grid(pictures: dict[str, np.ndarray], path: Path, title: str = "") -> N
     plt.close(fig)
 
 
+def portable(obj):
+    """``obj`` with absolute paths under the project or the working directory made relative, so that
+    committed results name no machine's folders."""
+    roots = [Path(__file__).resolve().parents[2], Path.cwd()]
+    if isinstance(obj, dict):
+        return {k: portable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [portable(v) for v in obj]
+    if isinstance(obj, str) and os.path.isabs(obj):
+        for root in roots:
+            if Path(obj).is_relative_to(root):
+                return Path(obj).relative_to(root).as_posix()
+    return obj
+
+
 def write_report(result: dict, pictures: dict[str, np.ndarray], out_dir: str | Path, stem: str) -> dict[str, Path]:
     """Write ``<stem>.json``, ``.md``, ``_curve.png``, ``_roc.png`` and ``_grid.png`` into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md", "curve": out / f"{stem}_curve.png",
              "roc": out / f"{stem}_roc.png", "grid": out / f"{stem}_grid.png"}
+    result = portable(result)
     for key, text in (("json", json.dumps(result, indent=1) + "\n"), ("md", markdown(result))):
         tmp = paths[key].with_name(f".{paths[key].name}.tmp")
         tmp.write_text(text)
