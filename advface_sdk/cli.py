@@ -52,9 +52,9 @@ def embed(dataset: Path, recognizer: str, channel_order, mean, std, out: Path, f
 def pack(dataset: Path, recognizer: str, channel_order, mean, std, out: Path, size: str, group: str, pairs) -> None:
     """Pack (face image, embedding) pairs of DATASET for training decoders and generators."""
     from facecore.data import IdentityFolderDataset, read_pairs
+    from facecore.training.face_pack import FaceTrainingSet
 
     from .protocol import lfw_identity_groups
-    from facecore.training.face_pack import FaceTrainingSet
 
     rec = build_recognizer(recognizer, channel_order, mean, std)
     ds = IdentityFolderDataset.from_folder(dataset, size=rec.preprocessing.input_size)
@@ -91,6 +91,7 @@ def train_shadow(pack_file, recognizer, channel_order, mean, std, out, epochs, b
     """Train the shadow reconstruction model (embedding → face) on a PACK; runs under torchrun too."""
     from facecore.training.distributed import cleanup, init_distributed
     from facecore.training.face_pack import FaceTrainingSet
+
     from .training.reconstruction import DecoderTrainConfig, train_decoder
 
     ctx = init_distributed(device)
@@ -131,10 +132,11 @@ def train_generator_cmd(pack_file, recognizer, channel_order, mean, std, shadow,
                         utility_weight, genuine_weight, genuine_margin, distortion_weight, init_artifact, seed, max_minutes, checkpoint_dir,
                         device) -> None:
     """Train the noise generator against a frozen shadow model and write a protector artifact."""
-    from .artifact import load_artifact, save_artifact
-    from .models.decoders import FaceDecoder
     from facecore.training.distributed import cleanup, init_distributed
     from facecore.training.face_pack import FaceTrainingSet
+
+    from .artifact import load_artifact, save_artifact
+    from .models.decoders import FaceDecoder
     from .training.generator import GeneratorTrainConfig, train_generator
 
     ctx = init_distributed(device)

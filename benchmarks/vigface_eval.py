@@ -33,10 +33,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from facecore.training.face_pack import FaceTrainingSet
 from facecore.data import IdentityFolderDataset, read_pairs
 from facecore.metrics import cosine_scores, kfold_accuracy, tar_at_far
 from facecore.recognizers import create_recognizer
+from facecore.training.face_pack import FaceTrainingSet
 from vigface_sdk.backbones import iresnet_backbone
 from vigface_sdk.heads import margin_logits
 from vigface_sdk.pipeline import VIGFacePipeline

@@ -29,11 +29,11 @@ import click
 import numpy as np
 import torch
 
-from facecore.training.distributed import DistContext
-from facecore.training.face_pack import FaceTrainingSet
 from facecore.data import IdentityFolderDataset, read_pairs
 from facecore.errors import DataError
 from facecore.recognizers import create_recognizer
+from facecore.training.distributed import DistContext
+from facecore.training.face_pack import FaceTrainingSet
 from vigface_sdk.schedulers import DDPMScheduler
 from vigface_sdk.train_diffusion import DiffusionData, DiffusionTrainConfig, build_pipeline, train_diffusion
 from vigface_sdk.unet import PrototypeUNet, UNetConfig, count_parameters

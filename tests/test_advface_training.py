@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from advface_sdk.models.decoders import FaceDecoder
 from advface_sdk.models.generator import NoiseGenerator
 from advface_sdk.pgd import pgd_protect
-from facecore.training.face_pack import FaceTrainingSet
 from advface_sdk.training.generator import GeneratorTrainConfig, adversarial_losses, total_loss, train_generator
 from advface_sdk.training.reconstruction import DecoderTrainConfig, train_decoder
 from facecore.errors import DataError, IncompatibleError, InvalidInputError
+from facecore.training.face_pack import FaceTrainingSet
 
 
 def synthetic_set(n=48, dim=16, size=64, ids=12, seed=0) -> FaceTrainingSet:

@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from facecore.training.checkpoints import load_checkpoint, save_checkpoint
-from facecore.training.distributed import DistContext, barrier, wrap_ddp
 from facecore.artifacts import read_json
 from facecore.data.identity_folder import IMAGE_SUFFIXES, IdentityFolderDataset
 from facecore.errors import DataError, IncompatibleError, InvalidInputError
+from facecore.training.checkpoints import load_checkpoint, save_checkpoint
+from facecore.training.distributed import DistContext, barrier, wrap_ddp
 
 from .backbones import FaceBackbone, embed_dataset, images_to_tensor, save_backbone
 from .heads import MARGINS, VirtualMarginHead

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from facecore.training.distributed import DistContext, barrier
 from facecore.errors import IncompatibleError, InvalidInputError
 from facecore.recognizers.base import Recognizer
+from facecore.training.distributed import DistContext, barrier
 
 from .pipeline import VIGFacePipeline, sample_seed
 from .synthesis_report import embed_faces, identity_consistency

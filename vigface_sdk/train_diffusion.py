@@ -21,14 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from facecore.training.checkpoints import load_checkpoint, save_checkpoint
-from facecore.training.distributed import DistContext, any_rank, barrier, wrap_ddp
-from facecore.training.face_pack import FaceTrainingSet
 from facecore.artifacts import read_json
 from facecore.data.identity_folder import IdentityFolderDataset
 from facecore.embeddings import extract_embeddings, l2_normalize
 from facecore.errors import DataError, IncompatibleError, InvalidInputError
 from facecore.recognizers.base import Recognizer
+from facecore.training.checkpoints import load_checkpoint, save_checkpoint
+from facecore.training.distributed import DistContext, any_rank, barrier, wrap_ddp
+from facecore.training.face_pack import FaceTrainingSet
 
 from .ema import EMAModel
 from .landmarks import flip_landmarks, landmark_heatmaps, landmarks_from_json

@@ -23,10 +23,10 @@ import torch
 
 from facecore.errors import InvalidInputError
 from facecore.metrics import tar_at_far
-
-from ..models.decoders import FaceDecoder
 from facecore.training.distributed import DistContext
 from facecore.training.face_pack import FaceTrainingSet
+
+from ..models.decoders import FaceDecoder
 from ..training.reconstruction import DecoderTrainConfig, train_decoder
 from .methods import ProtectionMethod
 

@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from facecore.errors import IncompatibleError, InvalidInputError
-
-from ..models.decoders import FaceDecoder
-from ..models.generator import NoiseGenerator
 from facecore.training.checkpoints import load_checkpoint, save_checkpoint
 from facecore.training.distributed import DistContext, any_rank, barrier, wrap_ddp
 from facecore.training.face_pack import FaceTrainingSet
+
+from ..models.decoders import FaceDecoder
+from ..models.generator import NoiseGenerator
 
 
 @dataclass
@@ -60,12 +60,12 @@ def adversarial_losses(protected: torch.Tensor, z: torch.Tensor, labels: torch.T
     up, u = F.normalize(protected, dim=1), F.normalize(z, dim=1)
     own = (up * u).sum(1)
     out["utility"] = (1 - own).mean()
-    other = up @ u.t()
-    other = other.masked_fill(labels[:, None] == labels[None, :], -2.0).max(dim=1).values
+    scores = up @ u.t()
+    other = scores.masked_fill(labels[:, None] == labels[None, :], -2.0).max(dim=1).values
     out["margin"] = F.relu(other - own + cfg.margin).mean()
     if cfg.distortion_weight:
         # (up·u_j)/own − u·u_j = δ̂·u_j: how far the noise moves each verification score, up to the common rescale
-        shift = up @ u.t() / own[:, None] - u @ u.t()
+        shift = scores / own[:, None] - u @ u.t()
         out["distortion"] = shift.masked_fill(torch.eye(len(u), dtype=torch.bool, device=u.device), 0.0).square().mean()
     if partner is not None:
         p = F.normalize(partner, dim=1)

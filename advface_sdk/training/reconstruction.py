@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from facecore.errors import InvalidInputError
-
-from ..models.decoders import FaceDecoder
 from facecore.training.checkpoints import load_checkpoint, save_checkpoint
 from facecore.training.distributed import DistContext, any_rank, barrier, wrap_ddp
 from facecore.training.face_pack import FaceTrainingSet
+
+from ..models.decoders import FaceDecoder
 
 
 @dataclass
