@@ -18,13 +18,13 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from facecore.errors import ArtifactError, DataError, IncompatibleError, InvalidInputError, ModelLoadError
-from vigface_sdk.backbones import (IResNet, arcface_backbone, embed_dataset, iresnet_backbone, load_backbone,
+from vigface_sdk.models.backbones import (IResNet, arcface_backbone, embed_dataset, iresnet_backbone, load_backbone,
                                    recognizer_backbone, save_backbone)
 from vigface_sdk.cli import main as cli
-from vigface_sdk.heads import VirtualMarginHead, margin_logits
-from vigface_sdk.prototypes import PrototypeStore
-from vigface_sdk.report import separability_report, write_report
-from vigface_sdk.space import EmbeddingSet, SpaceTrainConfig, check_images, load_training_dataset, train_space
+from vigface_sdk.models.heads import VirtualMarginHead, margin_logits
+from vigface_sdk.models.prototypes import PrototypeStore
+from vigface_sdk.evaluation.space_report import separability_report, write_report
+from vigface_sdk.training.space import EmbeddingSet, SpaceTrainConfig, check_images, load_training_dataset, train_space
 
 torch.set_num_threads(1)
 TINY = {"layers": (1, 1, 1, 1), "width": 4, "dim": 16, "input_size": 32}
@@ -194,8 +194,8 @@ DDP_SCRIPT = textwrap.dedent("""
     from safetensors.torch import save_file
     torch.set_num_threads(1)
     from facecore.training.distributed import cleanup, init_distributed
-    from vigface_sdk.backbones import iresnet_backbone
-    from vigface_sdk.space import SpaceTrainConfig, load_training_dataset, train_space
+    from vigface_sdk.models.backbones import iresnet_backbone
+    from vigface_sdk.training.space import SpaceTrainConfig, load_training_dataset, train_space
 
     ctx = init_distributed("cpu")
     data = load_training_dataset(sys.argv[1], size=(32, 32))

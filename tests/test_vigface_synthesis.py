@@ -19,31 +19,35 @@ import torch
 from facecore.data import IdentityFolderDataset
 from facecore.errors import ArtifactError, IncompatibleError, InvalidInputError
 from facecore.images import read_image
-from vigface_sdk.pipeline import VIGFacePipeline, sample_seed
-from vigface_sdk.prototypes import PrototypeStore
-from vigface_sdk.schedulers import DDIMScheduler
-from vigface_sdk.synthesis_report import build_report, embed_faces, identity_consistency, load_synthetic, save_grid
-from vigface_sdk.synthesize import synthesize
-from vigface_sdk.unet import PrototypeUNet, UNetConfig
-from vigface_sdk.virtual import VirtualPrototypeSampler
-from vigface_sdk.writers import (MAGIC, RecordIOReader, RecordIOWriter, encode_jpeg, pack_record,
+from diffusers import DDIMScheduler
+
+from vigface_sdk.evaluation.synthesis_report import build_report, embed_faces, identity_consistency, load_synthetic, save_grid
+from vigface_sdk.models.autoencoder import FaceAutoencoder
+from vigface_sdk.models.denoiser import PrototypeDenoiser
+from vigface_sdk.models.prototypes import PrototypeStore
+from vigface_sdk.models.virtual import VirtualPrototypeSampler
+from vigface_sdk.pipelines.pipeline import VIGFacePipeline, sample_seed
+from vigface_sdk.pipelines.synthesize import synthesize
+from vigface_sdk.pipelines.writers import (MAGIC, RecordIOReader, RecordIOWriter, encode_jpeg, pack_record,
                                  read_insightface_recordio, read_manifest, unpack_record, write_insightface_recordio)
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
-FAST = dict(num_inference_steps=3, shard_size=2, progress=False)
+FAST = dict(num_inference_steps=3, shard_size=2, fmt="folders", progress=False)
 
 
 @pytest.fixture(scope="module")
 def pipe() -> VIGFacePipeline:
     torch.manual_seed(0)
-    unet = PrototypeUNet(UNetConfig(sample_size=16, block_out_channels=(8, 16), attention_levels=(False, True),
-                                    attention_head_dim=8, norm_groups=4, layers_per_block=1, cond_dim=8))
+    ae = FaceAutoencoder(image_size=16, latent_channels=2, block_out_channels=(8, 16), cond_dim=8, cond_embed_dim=16,
+                         norm_groups=4, condition={"fingerprint": "bb"})
+    den = PrototypeDenoiser(sample_size=8, latent_channels=2, cond_dim=8, block_out_channels=(16, 32), layers_per_block=1,
+                            attention_head_dim=8, norm_num_groups=8)
     with torch.no_grad():
-        for p in unet.parameters():
+        for p in [*ae.parameters(), *den.parameters()]:
             p.add_(0.05 * torch.randn_like(p))
     sampler = VirtualPrototypeSampler.fit(np.random.default_rng(0).standard_normal((30, 8)))
-    return VIGFacePipeline(unet, DDIMScheduler(), sampler, metadata={"condition": {"backbone_fingerprint": "bb", "dim": 8}})
+    return VIGFacePipeline(ae, den, DDIMScheduler(), sampler)
 
 
 # --- RecordIO ----------------------------------------------------------------------------------
@@ -160,7 +164,7 @@ def _run_cli(args, **kw):
 
 def test_cli_killed_mid_run_resumes_to_the_same_dataset(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "pipe")
-    args = ["synthesize", str(tmp_path / "pipe"), "-n", "12", "-m", "2", "--steps", "3", "--shard-size", "1",
+    args = ["synthesize", "--pipeline", str(tmp_path / "pipe"), "-n", "12", "-m", "2", "--steps", "3", "--shard-size", "1",
             "--evaluator", "none", "--device", "cpu", "-q", "--format", "recordio"]
     proc = _run_cli(args + ["--out", str(tmp_path / "killed")])
     shards = tmp_path / "killed" / ".shards"
@@ -177,18 +181,18 @@ def test_cli_killed_mid_run_resumes_to_the_same_dataset(pipe, tmp_path):
     full = _run_cli(args + ["--out", str(tmp_path / "full")])
     assert full.wait(timeout=180) == 0
     assert (tmp_path / "killed" / "train.rec").read_bytes() == (tmp_path / "full" / "train.rec").read_bytes()
-    bad = _run_cli(args[:5] + ["3"] + args[6:] + ["--out", str(tmp_path / "full")])
+    bad = _run_cli(args[:6] + ["3"] + args[7:] + ["--out", str(tmp_path / "full")])
     _, err = bad.communicate(timeout=120)
     assert bad.returncode == 2 and err.strip().startswith("error:") and "another synthesis run" in err
 
 
 def test_corrupt_pipeline_is_an_artifact_error(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "p")
-    w = tmp_path / "p" / "unet" / "diffusion_pytorch_model.safetensors"
+    w = tmp_path / "p" / "denoiser" / "diffusion_pytorch_model.safetensors"
     w.write_bytes(w.read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.raises(ArtifactError, match="checksum"):
         VIGFacePipeline.from_pretrained(tmp_path / "p")
-    proc = _run_cli(["synthesize", str(tmp_path / "p"), "-n", "1", "-m", "1", "--out", str(tmp_path / "o")])
+    proc = _run_cli(["synthesize", "--pipeline", str(tmp_path / "p"), "-n", "1", "-m", "1", "--out", str(tmp_path / "o")])
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "checksum mismatch" in err
 
@@ -227,7 +231,7 @@ def test_report_cli_on_a_synthesized_folder(pipe, tmp_path, shared):
         (real / name).mkdir(parents=True)
         for f in sorted((shared / "data" / "lfw" / "aligned112" / name).glob("*.jpg"))[:3]:
             (real / name / f.name).symlink_to(f)
-    proc = _run_cli(["report-synthesis", str(tmp_path / "syn"), "--real-root", str(real), "--grids", "2"])
+    proc = _run_cli(["report-synthesis", str(tmp_path / "syn"), "--real-root", str(real), "--grids", "2", "-r", "fr128"])
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
     rep = json.loads((tmp_path / "syn" / "report" / "synthesis_report.json").read_text())

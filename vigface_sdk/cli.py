@@ -8,28 +8,13 @@ import click
 
 from facecore import __version__
 from facecore._cli import build_recognizer, friendly_errors, recognizer_option
+from facecore.data.lfw import parse_folds
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vigface-cli")
 def main() -> None:
     """VIGFace: virtual identities for face-recognition training sets."""
-
-
-def _folds(text: str) -> list[int]:
-    """``"6-10"`` or ``"6,7,8"`` (1-based, as in LFW's documentation) → 0-based fold numbers."""
-    from facecore.errors import InvalidInputError
-
-    try:
-        out: set[int] = set()
-        for part in text.split(","):
-            lo, _, hi = part.partition("-")
-            out.update(range(int(lo), int(hi or lo) + 1))
-    except ValueError:
-        raise InvalidInputError(f"folds must look like '6-10' or '6,7,8', got {text!r}") from None
-    if min(out) < 1:
-        raise InvalidInputError(f"folds are numbered from 1, got {text!r}")
-    return sorted(f - 1 for f in out)
 
 
 @main.command("train-space")
@@ -80,9 +65,9 @@ def train_space_cmd(dataset, num_virtual, out, backbone, recognizer, channel_ord
     from facecore.data import read_pairs
     from facecore.errors import InvalidInputError
 
-    from .backbones import arcface_backbone, iresnet_backbone, recognizer_backbone
-    from .prototypes import PrototypeStore
-    from .space import EmbeddingSet, SpaceTrainConfig, check_images, load_training_dataset, train_space
+    from .models.backbones import arcface_backbone, iresnet_backbone, recognizer_backbone
+    from .models.prototypes import PrototypeStore
+    from .training.space import EmbeddingSet, SpaceTrainConfig, check_images, load_training_dataset, train_space
 
     ctx = init_distributed(device)
     cfg = SpaceTrainConfig(num_virtual=num_virtual, margin_type=margin_type, margin=margin, scale=scale, epochs=epochs,
@@ -98,7 +83,7 @@ def train_space_cmd(dataset, num_virtual, out, backbone, recognizer, channel_ord
         net = recognizer_backbone(rec, trainable=finetune)
     ds = load_training_dataset(dataset, min_images=min_images, drop_small=drop_small, size=net.preprocessing.input_size)
     if holdout_pairs is not None:
-        held = read_pairs(holdout_pairs).identities_in_folds(_folds(holdout_folds))
+        held = read_pairs(holdout_pairs).identities_in_folds(parse_folds(holdout_folds))
         ds = ds.subset(set(ds.identities) - held)
     if backbone == "recognizer" and not finetune:
         data = EmbeddingSet.from_recognizer(rec, ds)  # cached; mirrored crops as augmentation
@@ -130,8 +115,8 @@ def train_space_cmd(dataset, num_virtual, out, backbone, recognizer, channel_ord
 @friendly_errors
 def report_space_cmd(prototypes: Path, out, name: str, seed: int) -> None:
     """Separability of the virtual prototypes in PROTOTYPES (a prototype store folder) from the real ones."""
-    from .prototypes import PrototypeStore
-    from .report import separability_report, write_report
+    from .models.prototypes import PrototypeStore
+    from .evaluation.space_report import separability_report, write_report
 
     report = separability_report(PrototypeStore.from_pretrained(prototypes), seed=seed)
     paths = write_report(report, out or prototypes.parent / "report", name)
@@ -141,8 +126,10 @@ def report_space_cmd(prototypes: Path, out, name: str, seed: int) -> None:
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
-from ._cli_diffusion import report_synthesis_cmd, synthesize_cmd, train_diffusion_cmd  # noqa: E402
+from ._cli_synthesis import (report_synthesis_cmd, synthesize_cmd, train_autoencoder_cmd,  # noqa: E402
+                             train_diffusion_cmd)
 
+main.add_command(train_autoencoder_cmd)
 main.add_command(train_diffusion_cmd)
 main.add_command(synthesize_cmd)
 main.add_command(report_synthesis_cmd)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, InvalidInputError
 
 
 @dataclass
@@ -67,3 +67,17 @@ def pair_indices(dataset, protocol: PairsProtocol) -> tuple[np.ndarray, np.ndarr
     """Indices into ``dataset`` of each pair's two images."""
     return (np.asarray([dataset.index_of(p) for p in protocol.left]),
             np.asarray([dataset.index_of(p) for p in protocol.right]))
+
+
+def parse_folds(text: str) -> list[int]:
+    """``"6-10"`` or ``"6,7,8"`` (1-based, as in LFW's documentation) → sorted 0-based fold numbers."""
+    try:
+        out: set[int] = set()
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            out.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise InvalidInputError(f"folds must look like '6-10' or '6,7,8', got {text!r}") from None
+    if not out or min(out) < 1:
+        raise InvalidInputError(f"folds are numbered from 1, got {text!r}")
+    return sorted(f - 1 for f in out)

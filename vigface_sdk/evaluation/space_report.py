@@ -16,7 +16,7 @@ import numpy as np
 from facecore.embeddings import l2_normalize
 from facecore.errors import InvalidInputError
 
-from .prototypes import PrototypeStore
+from ..models.prototypes import PrototypeStore
 
 
 def _stats(values: np.ndarray) -> dict:

@@ -222,7 +222,7 @@ def load_synthetic(directory: str | Path) -> tuple[np.ndarray, np.ndarray, list[
     """``(uint8 RGB images, labels, manifest rows)`` of a finished ``vigface-cli synthesize`` folder."""
     from facecore.images import read_image
 
-    from .writers import read_insightface_recordio, read_manifest
+    from ..pipelines.writers import read_insightface_recordio, read_manifest
 
     directory = Path(directory)
     rows = read_manifest(directory / "manifest.jsonl")

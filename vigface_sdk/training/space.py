@@ -26,9 +26,9 @@ from facecore.errors import DataError, IncompatibleError, InvalidInputError
 from facecore.training.checkpoints import load_checkpoint, save_checkpoint
 from facecore.training.distributed import DistContext, barrier, wrap_ddp
 
-from .backbones import FaceBackbone, embed_dataset, images_to_tensor, save_backbone
-from .heads import MARGINS, VirtualMarginHead
-from .prototypes import PrototypeStore
+from ..models.backbones import FaceBackbone, embed_dataset, images_to_tensor, save_backbone
+from ..models.heads import MARGINS, VirtualMarginHead
+from ..models.prototypes import PrototypeStore
 
 
 @dataclass

@@ -5,8 +5,8 @@ image can be regenerated alone. Identities are grouped in shards of ``shard_size
 made by rank ``k % world_size`` and is finished when its marker ``.shards/<k>.json`` (its manifest
 rows and per-image scores) exists: an interrupted run loses no finished shard and, restarted with
 the same settings, skips them. ``run.json`` pins the settings; a folder holding another run is refused.
-Layout: ``folders`` → ``<id>/<m>.jpg``; ``recordio`` → ``train.rec``/``train.idx``/``property``;
-both with ``manifest.jsonl``.
+Layout: ``folders`` → ``<id>/<m>.jpg``; ``recordio`` → ``train.rec``/``train.idx``/``property``
+(InsightFace / arcface_torch); ``both`` writes the two; always ``manifest.jsonl``.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from facecore.errors import IncompatibleError, InvalidInputError
 from facecore.recognizers.base import Recognizer
 from facecore.training.distributed import DistContext, barrier
 
-from .pipeline import VIGFacePipeline, sample_seed
-from .synthesis_report import embed_faces, identity_consistency
+from .pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, VIGFacePipeline, sample_seed
+from ..evaluation.synthesis_report import embed_faces, identity_consistency
 from .writers import (RecordIOReader, RecordIOWriter, atomic_write, encode_jpeg, pack_record, unpack_record,
                       write_image, write_insightface_recordio, write_manifest)
 
 RUN_FILE = "run.json"
 SHARDS = ".shards"
-FORMATS = ("folders", "recordio")
+FORMATS = ("both", "folders", "recordio")
 
 
 @dataclass
@@ -82,9 +82,9 @@ def synthesize(
     per_identity: int,
     prototypes: np.ndarray | None = None,
     seed: int = 0,
-    guidance_scale: float = 2.0,
-    num_inference_steps: int = 25,
-    fmt: str = "folders",
+    guidance_scale: float = DEFAULT_GUIDANCE,
+    num_inference_steps: int = DEFAULT_STEPS,
+    fmt: str = "both",
     shard_size: int = 16,
     batch_size: int = 64,
     evaluator: Recognizer | None = None,
@@ -139,11 +139,11 @@ def synthesize(
                    "seed": sample_seed(seed, i, m), "scores": {}}
             if scores is not None and np.isfinite(scores[r]):
                 row["scores"]["consistency"] = round(float(scores[r]), 6)
-            if fmt == "folders":
+            if fmt in ("folders", "both"):
                 row["file"] = f"{identity_name(i)}/{m:04d}.jpg"
                 write_image(out / row["file"], images[r], jpeg_quality)
             rows.append(row)
-        if fmt == "recordio":
+        if fmt in ("recordio", "both"):
             with RecordIOWriter(shard_dir / f"{k:06d}.rec", shard_dir / f"{k:06d}.idx") as w:
                 for r, row in enumerate(rows):
                     w.write_idx(r, pack_record(float(row["label"]), encode_jpeg(images[r], jpeg_quality)))
@@ -170,7 +170,7 @@ def _finalize(out: Path, run: dict, n_shards: int) -> None:
     if (out / "manifest.jsonl").is_file():
         return
     rows = [row for k in range(n_shards) for row in _shard_rows(shard_dir, k)]
-    if run["format"] == "recordio":
+    if run["format"] in ("recordio", "both"):
         def items():
             for k in range(n_shards):
                 reader = RecordIOReader(shard_dir / f"{k:06d}.rec", shard_dir / f"{k:06d}.idx")

@@ -1,0 +1,1 @@
+"""VIGFace models."""
