@@ -28,15 +28,25 @@ def embed(dataset: Path, recognizer: str, channel_order, mean, std, out: Path, f
     from facecore.data import IdentityFolderDataset
     from facecore.embeddings import atomic_save_npz, extract_embeddings
 
+    import warnings
+
+    from facecore.errors import DegenerateImageWarning
+
     rec = build_recognizer(recognizer, channel_order, mean, std)
     ds = IdentityFolderDataset.from_folder(dataset, size=rec.preprocessing.input_size)
-    arrays = {"embeddings": extract_embeddings(rec, ds), "relpaths": np.asarray(ds.relpaths),
-              "labels": ds.labels, "identities": np.asarray(ds.identities),
-              "fingerprint": np.asarray(rec.fingerprint)}
-    if flip:
-        arrays["embeddings_flip"] = extract_embeddings(rec, ds, flip=True)
+    with warnings.catch_warnings(record=True) as caught:  # degenerate images are flagged one line each, the run goes on
+        warnings.simplefilter("always", DegenerateImageWarning)
+        arrays = {"embeddings": extract_embeddings(rec, ds), "relpaths": np.asarray(ds.relpaths),
+                  "labels": ds.labels, "identities": np.asarray(ds.identities),
+                  "fingerprint": np.asarray(rec.fingerprint)}
+        if flip:
+            arrays["embeddings_flip"] = extract_embeddings(rec, ds, flip=True)
+    flagged = sorted({str(w.message) for w in caught if issubclass(w.category, DegenerateImageWarning)})
+    for message in flagged:
+        click.echo(f"warning: {message}", err=True)
     atomic_save_npz(out, **arrays)
-    click.echo(f"wrote {len(ds)} embeddings of dim {rec.dim} ({len(ds.identities)} identities) to {out}")
+    click.echo(f"wrote {len(ds)} embeddings of dim {rec.dim} ({len(ds.identities)} identities) to {out}"
+               + (f"; {len(flagged)} degenerate image(s) flagged above" if flagged else ""))
 
 
 @main.command()
