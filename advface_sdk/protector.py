@@ -142,7 +142,8 @@ class Protector:
         norm = np.sqrt(((x64 / scale) ** 2).sum(axis=1, keepdims=True)) * scale  # no overflow even at |x| ~ 1e300
         unit = (x64 / norm).astype(np.float32)
         y = self._backend(self._host_backend, self.device).run(unit)
-        out = (y.astype(np.float64) * norm).astype(x.dtype)
+        with np.errstate(over="ignore"):  # overflow is reported below, naming the rows
+            out = (y.astype(np.float64) * norm).astype(x.dtype)
         if not np.isfinite(out).all():
             bad = (np.flatnonzero(~np.isfinite(out).all(axis=1))[:5] + offset).tolist()
             raise NonFiniteError(f"protected embeddings of rows {bad} overflow {x.dtype}: their norms are too large for the "

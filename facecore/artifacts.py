@@ -163,7 +163,7 @@ def read_json(directory: str | Path, name: str = "config.json", expect: type = d
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(value, expect):
-        kind = {dict: "an object", list: "an array"}.get(expect, expect.__name__)
+        kind = {dict: "object", list: "array"}.get(expect, expect.__name__)
         raise ArtifactError(f"{path} must hold a JSON {kind}, got {type(value).__name__}: damaged or edited")
     return value
 
