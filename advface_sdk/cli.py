@@ -238,11 +238,18 @@ def export_onnx(artifact: str, out: Path, precision: str) -> None:
     from ._onnx_export import generator_to_onnx
     from .artifact import load_artifact
 
+    from facecore.tempfiles import remove_stale, temp_path, terminate_as_interrupt
+
     art = load_artifact(artifact)
     model = generator_to_onnx(art.state, art.config, precision)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_bytes(model.SerializeToString())
-    os.replace(tmp, out)
+    remove_stale(out)
+    tmp = temp_path(out)
+    try:
+        with terminate_as_interrupt():
+            tmp.write_bytes(model.SerializeToString())
+            os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     click.echo(f"wrote {precision} ONNX for {art.dim}-d embeddings to {out}")
 
 
