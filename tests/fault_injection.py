@@ -436,7 +436,8 @@ def _signal_probe(sig, suffix):
         src = tmp / "in.npy"
         np.save(src, emb(60000))
         dst = tmp / f"out{suffix}"
-        proc = subprocess.Popen([*CLI, "protect", src, dst, "--chunk", "8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen([*CLI, "protect", src, dst, "--chunk", "8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # background shells ignore it
         deadline = time.time() + 120
         while not list(tmp.glob(f".out{suffix}.tmp*")) and proc.poll() is None and time.time() < deadline:
             time.sleep(0.002)
@@ -491,12 +492,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="Also write the table (markdown) here.")
     parser.add_argument("-v", "--verbose", action="store_true", help="Print each probe.")
+    parser.add_argument("--only", default=None, help="Run one category only (e.g. signals).")
     args = parser.parse_args()
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     rows: dict[str, list[int]] = {}
     defects = []
     start = time.time()
     for category, name, func in PROBES:
+        if args.only and category != args.only:
+            continue
         t0 = time.time()
         with tempfile.TemporaryDirectory() as tmp:
             try:
