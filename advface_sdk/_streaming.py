@@ -1,31 +1,86 @@
-"""Chunked protection of ``.npy`` / ``.npz`` files without loading them whole."""
+"""Chunked protection of ``.npy`` / ``.npz`` files without loading them whole.
+
+The output is written to ``.DST.tmp<PID>`` and renamed into place on success; a failed write
+(full disk, file-size limit), Ctrl-C or SIGTERM removes it, and temp files left by killed
+runs (dead PIDs) are removed by the next run. An ``.npz`` keeps every member: only ``key`` is
+replaced by its protected version, and a stored recognizer ``fingerprint`` must match the
+protector's.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import shutil
+import signal
+import threading
 import zipfile
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
-from facecore.errors import DataError, InvalidInputError
+from facecore.errors import DataError, FacePrivacyError, IncompatibleError, InvalidInputError
+from facecore.tempfiles import describe_os_error, remove_stale, temp_path, terminate_as_interrupt
+
+_MAGIC = b"\x93NUMPY"
 
 
-def _npz_member(src: Path, key: str):
+def _read_header(fh, where: str):
+    magic = fh.read(8)
+    if len(magic) < 8 or magic[:6] != _MAGIC:
+        raise DataError(f"{where} is not a NumPy array file (no .npy header): empty, truncated or another format")
+    reader = np.lib.format.read_array_header_1_0 if magic[6] == 1 else np.lib.format.read_array_header_2_0
     try:
-        zf = zipfile.ZipFile(src)
-    except zipfile.BadZipFile as exc:
-        raise DataError(f"{src} is not a valid .npz file") from exc
-    name = f"{key}.npy"
-    if name not in zf.namelist():
-        raise DataError(f"{src} has no array {key!r} (arrays: {[n[:-4] for n in zf.namelist()]}); use --key")
-    fh = zf.open(name)
-    version = np.lib.format.read_magic(fh)
-    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, fortran, dtype = reader(fh)
+        shape, fortran, dtype = reader(fh)
+    except (ValueError, EOFError, OSError, TypeError, SyntaxError) as exc:
+        raise DataError(f"{where} has a damaged .npy header: {exc}") from exc
+    if dtype.hasobject:
+        raise DataError(f"{where} holds Python objects; embeddings must be a float array (pickles are never loaded)")
     if fortran:
-        raise DataError(f"{src}:{key} is Fortran-ordered; save it C-ordered")
-    return zf, fh, shape, dtype
+        raise DataError(f"{where} is Fortran-ordered; save it C-ordered")
+    return shape, dtype
+
+
+def _open_npz(src: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(src)
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise DataError(f"{src} is not a valid .npz file ({exc})") from exc
+
+
+def _npz_fingerprint(zf: zipfile.ZipFile, src: Path) -> str | None:
+    if "fingerprint.npy" not in zf.namelist():
+        return None
+    try:
+        with zf.open("fingerprint.npy") as fh:
+            value = np.lib.format.read_array(fh, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{src}: unreadable 'fingerprint' member: {exc}") from exc
+    return str(value.item()) if value.size == 1 else None
+
+
+@contextlib.contextmanager
+def _no_sigxfsz() -> Iterator[None]:
+    """A file-size limit makes writes fail with EFBIG (reported) instead of killing the process."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGXFSZ"):
+        yield
+        return
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+def _reserve(fh, size: int) -> None:
+    """Allocate ``size`` bytes up front: a full disk fails here, before any work, not with SIGBUS later."""
+    try:
+        os.posix_fallocate(fh.fileno(), 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
 
 
 def stream_protect(protector, src: Path, dst: Path, key: str = "embeddings", chunk: int = 65536) -> int:
@@ -35,49 +90,81 @@ def stream_protect(protector, src: Path, dst: Path, key: str = "embeddings", chu
         raise DataError(f"input file not found: {src}")
     if src.suffix not in (".npy", ".npz") or dst.suffix not in (".npy", ".npz"):
         raise InvalidInputError("input and output must be .npy or .npz files")
-    if chunk <= 0:
-        raise InvalidInputError("chunk must be positive")
-    zf = None
-    if src.suffix == ".npy":
-        try:
-            arr = np.load(src, mmap_mode="r", allow_pickle=False)
-        except ValueError as exc:
-            raise DataError(f"cannot read {src}: {exc}") from exc
-        shape, dtype = arr.shape, arr.dtype
-
-        def read(start, stop):
-            return np.asarray(arr[start:stop])
-    else:
-        zf, fh, shape, dtype = _npz_member(src, key)
-        row = int(np.prod(shape[1:])) * dtype.itemsize
-
-        def read(start, stop):
-            data = fh.read((stop - start) * row)
-            return np.frombuffer(data, dtype).reshape((stop - start,) + tuple(shape[1:]))
-    if len(shape) != 2:
-        raise InvalidInputError(f"{src}: expected a 2-d (N, D) array of embeddings, got shape {shape}")
-    protector._check(None, dtype.name, shape)
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-    try:
-        if dst.suffix == ".npy":
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
-            for start in range(0, shape[0], chunk):
-                stop = min(start + chunk, shape[0])
-                out[start:stop] = protector.protect(read(start, stop))
-            out.flush()
-            del out
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk <= 0:
+        raise InvalidInputError(f"chunk must be a positive integer, got {chunk!r}")
+    remove_stale(dst)
+    with contextlib.ExitStack() as stack:
+        zf = None
+        if src.suffix == ".npy":
+            fh = stack.enter_context(open(src, "rb"))
+            shape, dtype = _read_header(fh, str(src))
+            data_start = fh.tell()
+            row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+            if os.fstat(fh.fileno()).st_size < data_start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+                raise DataError(f"{src} is truncated: its header promises shape {shape} {dtype}")
         else:
-            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zout:
-                with zout.open(f"{key}.npy", "w", force_zip64=True) as fo:
-                    np.lib.format.write_array_header_1_0(fo, {"descr": np.lib.format.dtype_to_descr(dtype),
-                                                              "fortran_order": False, "shape": shape})
-                    for start in range(0, shape[0], chunk):
-                        stop = min(start + chunk, shape[0])
-                        fo.write(np.ascontiguousarray(protector.protect(read(start, stop))).tobytes())
-        os.replace(tmp, dst)
-    finally:
-        if zf is not None:
-            zf.close()
-        if tmp.exists():
-            tmp.unlink()
+            zf = stack.enter_context(_open_npz(src))
+            if f"{key}.npy" not in zf.namelist():
+                raise DataError(f"{src} has no array {key!r} (arrays: {[n[:-4] for n in zf.namelist()]}); use --key")
+            fingerprint = _npz_fingerprint(zf, src)
+            if fingerprint is not None and fingerprint != protector.artifact.recognizer_fingerprint:
+                raise IncompatibleError(
+                    f"{src} was embedded by recognizer {fingerprint}, but artifact {protector.artifact.directory.name} "
+                    f"protects embeddings of {protector.artifact.recognizer_fingerprint}; use the matching artifact")
+            fh = stack.enter_context(zf.open(f"{key}.npy"))
+            shape, dtype = _read_header(fh, f"{src}:{key}")
+            row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        if len(shape) != 2:
+            raise InvalidInputError(f"{src}: expected a 2-d (N, D) array of embeddings, got shape {shape}")
+        protector._check(None, dtype.name, shape)
+
+        def read(start: int, stop: int) -> np.ndarray:
+            data = fh.read((stop - start) * row)
+            if len(data) != (stop - start) * row:
+                raise DataError(f"{src} is truncated at row {start}")
+            return np.frombuffer(data, dtype).reshape((stop - start,) + tuple(shape[1:]))
+
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
+        body = int(shape[0]) * row
+        others = [i for i in zf.infolist() if i.filename != f"{key}.npy"] if zf is not None else []
+        need = body + 4096 + sum(i.file_size for i in others)
+        free = shutil.disk_usage(dst.parent if dst.parent.exists() else Path.cwd()).free
+        if free < need:
+            raise DataError(f"not enough disk space for {dst}: needs {need / 1e6:.1f} MB, {free / 1e6:.1f} MB free "
+                            "(nothing was written)")
+        tmp = temp_path(dst)
+        try:
+            with terminate_as_interrupt(), _no_sigxfsz():
+                if dst.suffix == ".npy":
+                    with open(tmp, "wb") as out:
+                        np.lib.format.write_array_header_1_0(out, header) if body < 2**32 else \
+                            np.lib.format.write_array_header_2_0(out, header)
+                        _reserve(out, out.tell() + body)
+                        _protect_chunks(protector, read, shape[0], chunk, out.write)
+                        out.flush()
+                        os.fsync(out.fileno())
+                else:
+                    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zout:
+                        with zout.open(f"{key}.npy", "w", force_zip64=True) as fo:
+                            np.lib.format.write_array_header_1_0(fo, header)
+                            _protect_chunks(protector, read, shape[0], chunk, fo.write)
+                        for info in others:  # every other member (relpaths, labels, fingerprint, ...) verbatim
+                            copy = zipfile.ZipInfo(info.filename, info.date_time)
+                            copy.compress_type, copy.external_attr = info.compress_type, info.external_attr
+                            with zf.open(info) as fi, zout.open(copy, "w", force_zip64=True) as fo:
+                                shutil.copyfileobj(fi, fo, 1 << 20)
+                os.replace(tmp, dst)
+        except OSError as exc:
+            if isinstance(exc, FacePrivacyError):
+                raise
+            raise DataError(describe_os_error(exc, str(dst))) from exc
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
     return int(shape[0])
+
+
+def _protect_chunks(protector, read, rows: int, chunk: int, write) -> None:
+    for start in range(0, rows, chunk):
+        stop = min(start + chunk, rows)
+        write(np.ascontiguousarray(protector._protect_rows(read(start, stop), start)).tobytes())

@@ -28,15 +28,25 @@ def embed(dataset: Path, recognizer: str, channel_order, mean, std, out: Path, f
     from facecore.data import IdentityFolderDataset
     from facecore.embeddings import atomic_save_npz, extract_embeddings
 
+    import warnings
+
+    from facecore.errors import DegenerateImageWarning
+
     rec = build_recognizer(recognizer, channel_order, mean, std)
     ds = IdentityFolderDataset.from_folder(dataset, size=rec.preprocessing.input_size)
-    arrays = {"embeddings": extract_embeddings(rec, ds), "relpaths": np.asarray(ds.relpaths),
-              "labels": ds.labels, "identities": np.asarray(ds.identities),
-              "fingerprint": np.asarray(rec.fingerprint)}
-    if flip:
-        arrays["embeddings_flip"] = extract_embeddings(rec, ds, flip=True)
+    with warnings.catch_warnings(record=True) as caught:  # degenerate images are flagged one line each, the run goes on
+        warnings.simplefilter("always", DegenerateImageWarning)
+        arrays = {"embeddings": extract_embeddings(rec, ds), "relpaths": np.asarray(ds.relpaths),
+                  "labels": ds.labels, "identities": np.asarray(ds.identities),
+                  "fingerprint": np.asarray(rec.fingerprint)}
+        if flip:
+            arrays["embeddings_flip"] = extract_embeddings(rec, ds, flip=True)
+    flagged = sorted({str(w.message) for w in caught if issubclass(w.category, DegenerateImageWarning)})
+    for message in flagged:
+        click.echo(f"warning: {message}", err=True)
     atomic_save_npz(out, **arrays)
-    click.echo(f"wrote {len(ds)} embeddings of dim {rec.dim} ({len(ds.identities)} identities) to {out}")
+    click.echo(f"wrote {len(ds)} embeddings of dim {rec.dim} ({len(ds.identities)} identities) to {out}"
+               + (f"; {len(flagged)} degenerate image(s) flagged above" if flagged else ""))
 
 
 @main.command()
@@ -66,6 +76,28 @@ def pack(dataset: Path, recognizer: str, channel_order, mean, std, out: Path, si
     click.echo(f"packed {len(train)} faces of {len(ds.identities)} identities ({group}) at {size}x{size} into {out}")
 
 
+def _trust_options(func):
+    func = click.option("--require-signature", is_flag=True, default=False,
+                        help="Refuse artifacts not signed by a trusted key (default: warn).")(func)
+    return click.option("--trust", multiple=True, metavar="KEY",
+                        help="Also trust artifacts signed by this ed25519 public key (PEM file or base64); repeatable.")(func)
+
+
+def _load(artifact: str, trust, require_signature: bool):
+    import warnings
+
+    from facecore.errors import UnsignedArtifactWarning
+
+    from .artifact import load_artifact
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UnsignedArtifactWarning)
+        art = load_artifact(artifact, trust=tuple(trust), require_signature=require_signature or None)
+    for w in caught:
+        click.echo(f"warning: {w.message}", err=True)
+    return art
+
+
 def _device_option(func):
     return click.option("--device", default="auto", show_default=True, help="cpu, cuda, or auto.")(func)
 
@@ -80,7 +112,7 @@ def _device_option(func):
 @click.option("--id-weight", default=1.0, show_default=True, help="Identity-loss weight (0: pixel-only decoder).")
 @click.option("--arch", type=click.Choice(["upconv", "deconv"]), default="upconv", show_default=True)
 @click.option("--width", default=32, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--max-minutes", type=float, default=None, help="Stop after this many minutes (at an epoch end).")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Resume from / save checkpoints here (default: OUT.ckpt).")
@@ -123,7 +155,7 @@ def train_shadow(pack_file, recognizer, channel_order, mean, std, out, epochs, b
 @click.option("--distortion-weight", default=0.0, show_default=True,
               help="Weight keeping the template's cosine scores against other people unchanged (less score noise).")
 @click.option("--init", "init_artifact", default=None, help="Protector artifact (name or folder) to fine-tune from.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--max-minutes", type=float, default=None)
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 @_device_option
@@ -180,14 +212,17 @@ def _rec_info(train, rec) -> dict:
 @click.option("--key", default="embeddings", show_default=True, help="Array name inside an .npz input.")
 @click.option("--backend", default="auto", show_default=True)
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--chunk", default=65536, show_default=True, help="Rows per chunk (memory bound).")
+@click.option("--chunk", default=65536, show_default=True, type=click.IntRange(min=1), help="Rows per chunk (memory bound).")
+@_trust_options
 @friendly_errors
-def protect_cmd(src: Path, dst: Path, model: str, key: str, backend: str, device: str, chunk: int) -> None:
-    """Protect embeddings from SRC (.npy or .npz) into DST, streaming in chunks."""
+def protect_cmd(src: Path, dst: Path, model: str, key: str, backend: str, device: str, chunk: int, trust,
+                require_signature: bool) -> None:
+    """Protect embeddings from SRC (.npy or .npz) into DST, streaming in chunks (other .npz members are kept)."""
     from ._streaming import stream_protect
     from .protector import Protector
 
-    n = stream_protect(Protector(model, backend=backend, device=device), src, dst, key=key, chunk=chunk)
+    art = _load(model, trust, require_signature)
+    n = stream_protect(Protector(art, backend=backend, device=device, batch_size=chunk), src, dst, key=key, chunk=chunk)
     click.echo(f"protected {n} embeddings into {dst}")
 
 
@@ -203,11 +238,18 @@ def export_onnx(artifact: str, out: Path, precision: str) -> None:
     from ._onnx_export import generator_to_onnx
     from .artifact import load_artifact
 
+    from facecore.tempfiles import remove_stale, temp_path, terminate_as_interrupt
+
     art = load_artifact(artifact)
     model = generator_to_onnx(art.state, art.config, precision)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_bytes(model.SerializeToString())
-    os.replace(tmp, out)
+    remove_stale(out)
+    tmp = temp_path(out)
+    try:
+        with terminate_as_interrupt():
+            tmp.write_bytes(model.SerializeToString())
+            os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     click.echo(f"wrote {precision} ONNX for {art.dim}-d embeddings to {out}")
 
 
@@ -242,19 +284,43 @@ def export_trt(artifact: str, out: Path, min_batch: int, opt_batch: int, max_bat
 
 @main.command()
 @click.argument("artifact")
+@_trust_options
 @friendly_errors
-def info(artifact: str) -> None:
-    """Show an artifact's configuration (checksums verified)."""
+def info(artifact: str, trust, require_signature: bool) -> None:
+    """Show an artifact's signer, verification and configuration (checksums, signature, ONNX graph and config verified)."""
     import json
 
-    from .artifact import load_artifact
-
-    art = load_artifact(artifact)
+    art = _load(artifact, trust, require_signature)
     cfg = {k: v for k, v in art.config.items() if k != "training"}
     training = art.config.get("training", {})
     cfg["training"] = {k: v for k, v in training.items() if k != "history"}
     click.echo(f"artifact: {art.directory}")
+    click.echo(f"signature: {art.signature.describe()}")
+    click.echo("verified: checksums, config ranges, weights, ONNX graph == weights, noise budget on the probe set")
     click.echo(json.dumps(cfg, indent=2, sort_keys=True))
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--key", "key", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="ed25519 private key (PEM); keep it outside the repository.")
+@click.option("--signer", default=None, help="Name recorded as the signer (default: the key file's name).")
+@friendly_errors
+def sign(artifact: Path, key: Path, signer) -> None:
+    """Sign ARTIFACT's checksum manifest (signature.json) after verifying the artifact; see README, 'Signed artifacts'."""
+    import warnings
+
+    from facecore.errors import UnsignedArtifactWarning
+    from facecore.signing import check_signature, public_key_raw, sign_artifact
+
+    from .artifact import load_artifact
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnsignedArtifactWarning)
+        load_artifact(artifact, trust=(str(key),))  # never sign something that does not verify
+    record = sign_artifact(artifact, key, signer or key.stem)
+    status = check_signature(artifact, {record["signer"]: public_key_raw(str(key))})
+    click.echo(f"signed {artifact} as {record['signer']!r} (ed25519 key {record['key_id']}); {status.describe()}")
 
 
 @main.command()
@@ -293,7 +359,7 @@ def _epochs(value: str, name: str) -> tuple[int, int]:
 @click.option("--shadow", default=None, help="Shadow decoder folder for advface-pgd (default: from the artifact's training record).")
 @click.option("--curve-artifact", multiple=True, help="More AdvFace artifacts (other budgets) for the privacy-utility curve.")
 @click.option("--quick", is_flag=True, help="CI-sized smoke run: few faces, few victims, short training.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--attacker-epochs", default=None, help="Non-adaptive attacker: PIXEL+IDENTITY epochs [default 10+3; quick 3+1].")
 @click.option("--adaptive-epochs", default=None, help="Adaptive attackers (warm start): PIXEL+IDENTITY epochs [default 2+1; quick 1+0].")
 @click.option("--max-victims", type=int, default=None, help="Cap the number of victims (default: all of folds 9-10).")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -9,38 +12,66 @@ import numpy as np
 from facecore.errors import InvalidInputError, NonFiniteError
 
 from .artifact import ProtectorArtifact, load_artifact
-from .backends import create_backend
+from .backends import create_backend, resolve_backend
 
 DEFAULT_MODEL = "fr128"
 _FLOATS = ("float16", "float32", "float64")
 _NP_FLOATS = {np.dtype(name): name for name in _FLOATS}  # dtype.name costs ~2 µs a call; a dict lookup ~0.1 µs
+#: largest batch protected at once on the host: extra memory is bounded by this many rows whatever the input size
+DEFAULT_BATCH = 65536
 
 
 def _is_torch(x) -> bool:
     return type(x).__module__.startswith("torch")
 
 
+def _require_device(device) -> str:
+    if not isinstance(device, str) or not device:
+        raise InvalidInputError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return device
+
+
 class Protector:
     """Maps embeddings of one recognizer to adversarial embeddings to store instead.
 
-    ``backend`` is ``"auto"`` (ONNX Runtime on CPU inputs, torch on CUDA tensors), or any name of
-    :func:`advface_sdk.backends.list_backends`; ``device`` is ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-    ``recognizer_fingerprint``, when given, must match the recognizer the artifact was trained for.
+    ``backend`` is ``"auto"`` (ONNX Runtime on CPU, torch on CUDA), or any name of
+    :func:`advface_sdk.backends.list_backends`; ``device`` is ``"cpu"``, ``"cuda"`` or ``"cuda:N"``
+    (refused when there is no GPU). ``recognizer_fingerprint``, when given, must match the
+    recognizer the artifact was trained for. ``trust`` / ``require_signature``: see
+    :func:`~advface_sdk.artifact.load_artifact`. Every backend is checked against the weights'
+    reference on a fixed probe set before its first use. Embeddings are protected in batches of
+    ``batch_size`` rows, so extra memory is bounded by the batch, not the input.
     """
 
     def __init__(self, model: str | Path | ProtectorArtifact = DEFAULT_MODEL, backend: str = "auto", device: str = "cpu",
-                 recognizer_fingerprint: str | None = None, batch_size: int = 65536, **backend_options):
-        self.artifact = model if isinstance(model, ProtectorArtifact) else load_artifact(model)
+                 recognizer_fingerprint: str | None = None, batch_size: int = DEFAULT_BATCH, trust: tuple = (),
+                 require_signature: bool | None = None, **backend_options):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+            raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if not isinstance(backend, str):
+            raise InvalidInputError(f"backend must be a name such as 'auto', 'onnxruntime' or 'torch', got {backend!r}")
+        self.device = _require_device(device)
+        self.artifact = model if isinstance(model, ProtectorArtifact) else load_artifact(model, trust, require_signature)
         self.artifact.check_recognizer(recognizer_fingerprint)
-        if batch_size <= 0:
-            raise InvalidInputError(f"batch_size must be positive, got {batch_size}")
         self.batch_size = int(batch_size)
-        self.device = device
         self._options = backend_options
         self._backends: dict[tuple[str, str], object] = {}
+        self._lock = threading.Lock()
         self.backend_name = backend
-        if backend != "auto":
-            self._backend(backend, device)  # fail now, not on first call
+        self._host_backend = ("torch" if device.startswith("cuda") else "onnxruntime") if backend == "auto" else backend
+        self._check_options(self._host_backend)
+        self._backend(self._host_backend, self.device)  # fail now, not on first call
+
+    def _check_options(self, name: str) -> None:
+        if not self._options:
+            return
+        params = inspect.signature(resolve_backend(name)).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return
+        unknown = sorted(set(self._options) - set(params) - {"device"})
+        if unknown:
+            accepted = sorted(k for k in params if k not in ("self", "artifact", "device"))
+            raise InvalidInputError(f"backend {name!r} takes no option(s) {unknown}; it accepts {accepted}")
 
     @property
     def dim(self) -> int:
@@ -48,9 +79,18 @@ class Protector:
 
     def _backend(self, name: str, device: str):
         key = (name, device)
-        if key not in self._backends:
-            self._backends[key] = create_backend(name, self.artifact, device=device, **self._options)
-        return self._backends[key]
+        backend = self._backends.get(key)
+        if backend is None:
+            with self._lock:
+                backend = self._backends.get(key)
+                if backend is None:
+                    backend = create_backend(name, self.artifact, device=device, **self._options)
+                    fp16 = self._options.get("precision") == "fp16"
+                    run = backend.run if hasattr(backend, "run") else None
+                    if run is not None:
+                        self.artifact.check_backend(f"{name} on {device}", run, 2e-2 if fp16 else 1e-4)
+                    self._backends[key] = backend
+        return backend
 
     def _check(self, x, dtype_name: str, shape: tuple) -> None:
         if dtype_name not in _FLOATS:
@@ -66,15 +106,17 @@ class Protector:
             raise InvalidInputError("empty batch: pass at least one embedding")
 
     @staticmethod
-    def _check_values(x32: np.ndarray) -> None:
-        if np.isfinite(x32).all() and x32.any(axis=1).all():  # fast path; the checks below name the bad rows
+    def _check_values(x: np.ndarray, offset: int = 0) -> None:
+        """NaN/Inf and zero rows; ``offset`` is added to the row numbers reported (chunked callers)."""
+        if np.isfinite(x).all() and x.any(axis=1).all():  # fast path; the checks below name the bad rows
             return
-        if not np.isfinite(x32).all():
-            bad = np.flatnonzero(~np.isfinite(x32).all(axis=1))[:5].tolist()
+        if not np.isfinite(x).all():
+            bad = (np.flatnonzero(~np.isfinite(x).all(axis=1))[:5] + offset).tolist()
             raise NonFiniteError(f"embeddings contain NaN or Inf (rows {bad}); nothing was protected")
-        zero = np.flatnonzero(~np.any(x32, axis=1))
+        zero = np.flatnonzero(~np.any(x, axis=1))
         if zero.size:
-            raise InvalidInputError(f"zero embeddings cannot be protected (rows {zero[:5].tolist()}); check the recognizer output")
+            raise InvalidInputError(f"zero embeddings cannot be protected (rows {(zero[:5] + offset).tolist()}); "
+                                    "check the recognizer output")
 
     def __call__(self, embeddings):
         return self.protect(embeddings)
@@ -86,44 +128,72 @@ class Protector:
         if not isinstance(embeddings, np.ndarray):
             raise InvalidInputError(f"embeddings must be a numpy array or torch tensor, got {type(embeddings).__name__}")
         self._check(embeddings, _NP_FLOATS.get(embeddings.dtype) or embeddings.dtype.name, embeddings.shape)
-        x = np.ascontiguousarray(embeddings.reshape(-1, self.dim), dtype=np.float32)
-        self._check_values(x)
-        name = "onnxruntime" if self.backend_name == "auto" else self.backend_name
-        out = self._run(self._backend(name, self.device if self.backend_name != "auto" else "cpu"), x)
-        return out.reshape(embeddings.shape).astype(embeddings.dtype, copy=False)
+        flat = embeddings.reshape(-1, self.dim)
+        out = np.empty(flat.shape, embeddings.dtype)
+        for start in range(0, len(flat), self.batch_size):
+            out[start:start + self.batch_size] = self._protect_rows(flat[start:start + self.batch_size], start)
+        return out.reshape(embeddings.shape)
 
-    def _run(self, backend, x: np.ndarray) -> np.ndarray:
-        if len(x) <= self.batch_size:
-            return backend.run(x)
-        return np.concatenate([backend.run(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)])
+    def _protect_rows(self, x: np.ndarray, offset: int = 0) -> np.ndarray:
+        """One batch: checked, run on unit vectors (no overflow), rescaled in float64, cast back; never non-finite."""
+        self._check_values(x, offset)
+        x64 = x.astype(np.float64)
+        scale = np.abs(x64).max(axis=1, keepdims=True)
+        norm = np.sqrt(((x64 / scale) ** 2).sum(axis=1, keepdims=True)) * scale  # no overflow even at |x| ~ 1e300
+        unit = (x64 / norm).astype(np.float32)
+        y = self._backend(self._host_backend, self.device).run(unit)
+        with np.errstate(over="ignore"):  # overflow is reported below, naming the rows
+            out = (y.astype(np.float64) * norm).astype(x.dtype)
+        if not np.isfinite(out).all():
+            bad = (np.flatnonzero(~np.isfinite(out).all(axis=1))[:5] + offset).tolist()
+            raise NonFiniteError(f"protected embeddings of rows {bad} overflow {x.dtype}: their norms are too large for the "
+                                 "dtype; normalise the embeddings first (cosine matching ignores the norm) or pass float32/float64")
+        return out
 
     def _protect_torch(self, t):
         import torch
 
+        if t.layout != torch.strided or t.device.type == "meta":
+            raise InvalidInputError(f"embeddings must be a dense tensor with data (got layout {t.layout}, device "
+                                    f"{t.device.type}); call .to_dense() or materialise it first")
         self._check(t, str(t.dtype).replace("torch.", ""), tuple(t.shape))
-        flat = t.reshape(-1, self.dim).to(torch.float32)
-        if not bool(torch.isfinite(flat).all() & flat.any(dim=1).all()):  # one device sync on the happy path
-            self._check_values(flat.detach().cpu().numpy())
         name = self.backend_name
         if name == "auto":
-            name = "torch" if t.is_cuda else "onnxruntime"
-        device = str(t.device) if (t.is_cuda and self.backend_name == "auto") else (self.device if self.backend_name != "auto" else "cpu")
+            name = "torch" if t.is_cuda else self._host_backend
+        device = str(t.device) if (t.is_cuda and self.backend_name == "auto") else self.device
         backend = self._backend(name, device)
-        if hasattr(backend, "run_torch") and (t.is_cuda or name == "torch"):
-            out = torch.cat([backend.run_torch(flat[i:i + self.batch_size]) for i in range(0, len(flat), self.batch_size)])
-        else:
-            out = torch.from_numpy(self._run(backend, flat.detach().cpu().numpy()))
-        return out.to(device=t.device, dtype=t.dtype).reshape(t.shape)
+        flat = t.detach().reshape(-1, self.dim)
+        if not (hasattr(backend, "run_torch") and (t.is_cuda or name == "torch")):
+            return torch.from_numpy(self.protect(flat.cpu().numpy())).to(t.device).reshape(t.shape)
+        out = torch.empty_like(flat)
+        for start in range(0, len(flat), self.batch_size):
+            x = flat[start:start + self.batch_size].to(torch.float64)
+            if not bool(torch.isfinite(x).all() & x.any(dim=1).all()):  # one device sync on the happy path
+                self._check_values(x.cpu().numpy(), start)
+            scale = x.abs().amax(dim=1, keepdim=True)
+            norm = torch.sqrt(((x / scale) ** 2).sum(dim=1, keepdim=True)) * scale
+            y = backend.run_torch((x / norm).to(torch.float32)).to(torch.float64) * norm
+            out[start:start + self.batch_size] = y.to(t.dtype)
+        if not bool(torch.isfinite(out).all()):
+            raise NonFiniteError(f"protected embeddings overflow {t.dtype}: normalise the embeddings first or pass float32")
+        return out.reshape(t.shape)
 
 
 _CACHE: dict[tuple, Protector] = {}
+_CACHE_LOCK = threading.Lock()
 
 
 def protect(embeddings, model: str | Path | Protector = DEFAULT_MODEL, backend: str = "auto", device: str = "cpu"):
-    """Protect embeddings with a (cached) :class:`Protector`; see its docstring."""
+    """Protect embeddings with a (cached, built once even under concurrent first calls) :class:`Protector`."""
     if isinstance(model, Protector):
         return model.protect(embeddings)
+    if not isinstance(model, (str, os.PathLike)):
+        raise InvalidInputError(f"model must be an artifact name, a folder or a Protector, got {type(model).__name__}")
     key = (str(model), backend, device)
-    if key not in _CACHE:
-        _CACHE[key] = Protector(model, backend=backend, device=device)
-    return _CACHE[key].protect(embeddings)
+    protector = _CACHE.get(key)
+    if protector is None:
+        with _CACHE_LOCK:
+            protector = _CACHE.get(key)
+            if protector is None:
+                protector = _CACHE[key] = Protector(model, backend=backend, device=device)
+    return protector.protect(embeddings)

@@ -23,6 +23,17 @@ def friendly_errors(func):
         except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
             click.echo(f"error: {exc.strerror or exc}: {exc.filename}", err=True)
             sys.exit(2)
+        except OSError as exc:  # full disk, file-size limit, I/O errors: one line, not a traceback
+            from .tempfiles import describe_os_error
+
+            click.echo(f"error: {describe_os_error(exc, exc.filename or 'the output')}", err=True)
+            sys.exit(2)
+        except EOFError as exc:  # click would print "Aborted!": an input file ended early
+            click.echo(f"error: unexpected end of file ({exc or 'truncated input'})", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted; partial outputs were removed", err=True)
+            sys.exit(130)
 
     return wrapper
 

@@ -18,16 +18,21 @@ from .data.identity_folder import IdentityFolderDataset
 from .errors import DataError
 from .paths import cache_dir
 from .recognizers.base import Recognizer
+from .tempfiles import describe_os_error, remove_stale, temp_path, terminate_as_interrupt
 
 
 def atomic_save_npz(path: str | Path, **arrays) -> None:
     """Write an ``.npz`` to a temporary file, then rename: never half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
+    remove_stale(path)
+    tmp = temp_path(path, ".npz")
     try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+        with terminate_as_interrupt():
+            np.savez(tmp, **arrays)
+            os.replace(tmp, path)
+    except OSError as exc:
+        raise DataError(describe_os_error(exc, str(path))) from exc
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -40,3 +40,19 @@ class IncompatibleError(ArtifactError, ValueError):
 
 class BackendUnavailableError(FacePrivacyError, RuntimeError):
     """A requested execution backend or device is not available here."""
+
+
+class SignatureError(ArtifactError):
+    """An artifact's signature is missing where required, invalid, or by an untrusted key."""
+
+
+class FacePrivacyWarning(UserWarning):
+    """Base class of the project's warnings."""
+
+
+class UnsignedArtifactWarning(FacePrivacyWarning):
+    """An artifact was loaded without a signature by a trusted key."""
+
+
+class DegenerateImageWarning(FacePrivacyWarning):
+    """An image was embedded although its content is degenerate (tiny, constant, no face)."""

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import cv2
 import numpy as np
 
-from .errors import DataError, InvalidInputError
+from .errors import DataError, DegenerateImageWarning, InvalidInputError
+
+#: smallest side (pixels) that can hold a recognisable face; spread of values below which an image is blank
+MIN_SIDE, MIN_SPREAD = 16, 8
 
 
 def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -23,6 +27,7 @@ def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise DataError(f"cannot decode image (corrupt or not an image): {path}")
+    flag_degenerate(image, str(path))
     if size is not None and (image.shape[1], image.shape[0]) != tuple(size):
         image = cv2.resize(image, tuple(size), interpolation=cv2.INTER_AREA)
     return image
@@ -62,3 +67,24 @@ def as_image_batch(images: np.ndarray | Sequence[np.ndarray], size: tuple[int, i
             raise InvalidInputError("image values must lie in 0..255 (uint8 BGR as cv2 reads them)")
         batch = batch.astype(np.uint8)
     return batch
+
+
+def degenerate_reason(image: np.ndarray) -> str | None:
+    """Why ``image`` cannot show a face (too small, blank/constant), or ``None``."""
+    h, w = image.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        return f"{w}x{h} pixels is too small to hold a face"
+    step = max(1, max(h, w) // 512)  # a strided look is enough to find a blank image, even at 6000x6000
+    sample = image[::step, ::step]
+    if int(sample.max()) - int(sample.min()) < MIN_SPREAD:
+        return f"the image is blank (all values {int(sample.min())}..{int(sample.max())})"
+    return None
+
+
+def flag_degenerate(image: np.ndarray, label: str) -> bool:
+    """Warn (:class:`DegenerateImageWarning`, one per image) when ``image`` cannot show a face; the run goes on."""
+    reason = degenerate_reason(image)
+    if reason:
+        warnings.warn(f"{label}: {reason}; its embedding is meaningless (no face detectable)", DegenerateImageWarning,
+                      stacklevel=3)
+    return reason is not None

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from facecore.errors import InvalidInputError, ModelLoadError, NoFaceError
-from facecore.images import as_image_batch, read_image
+from facecore.images import as_image_batch, flag_degenerate, read_image
 from facecore.paths import ENV_VAR, shared_root
 from facecore.recognizers.base import Preprocessing, Recognizer, file_sha256, make_fingerprint
 from facecore.recognizers.registry import BUILTIN
@@ -229,4 +229,5 @@ def _load(image, default_label: str) -> tuple[np.ndarray, str]:
     if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
         raise InvalidInputError(f"{default_label} must be a uint8 BGR (H, W, 3) array as cv2 reads it, "
                                 f"got {image.dtype} {image.shape}")
+    flag_degenerate(image, default_label)
     return np.ascontiguousarray(image), default_label

@@ -30,7 +30,14 @@ def list_backends() -> list[str]:
     return sorted(set(_REGISTRY) | set(_BUILTIN) | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
 
 
+def resolve_backend(name: str) -> Callable:
+    """The factory registered under ``name`` (imported on first use)."""
+    return _resolve(name)
+
+
 def _resolve(name: str) -> Callable:
+    if not isinstance(name, str):
+        raise BackendUnavailableError(f"backend must be a name, got {name!r}")
     if name in _REGISTRY:
         return _REGISTRY[name]
     target = _BUILTIN.get(name)
@@ -50,4 +57,10 @@ def _resolve(name: str) -> Callable:
 
 
 def create_backend(name: str, artifact, device: str = "cpu", **options):
-    return _resolve(name)(artifact, device=device, **options)
+    factory = _resolve(name)
+    try:
+        return factory(artifact, device=device, **options)
+    except TypeError as exc:
+        from facecore.errors import InvalidInputError
+
+        raise InvalidInputError(f"backend {name!r}: bad option ({exc})") from exc

@@ -95,8 +95,9 @@ class OnnxRuntimeBackend:
             providers = [(provider, options)]
             if kind == "tensorrt":  # nodes TensorRT cannot take run on CUDA, never on the CPU
                 providers.append(("CUDAExecutionProvider", {"device_id": options["device_id"]}))
-        model = str(artifact.onnx_path) if precision == "fp32" else \
-            generator_to_onnx(artifact.state, artifact.config, precision).SerializeToString()
+        # the verified bytes (checked against the weights at load), never the file again: no swap after the check
+        model = (getattr(artifact, "onnx_bytes", b"") or generator_to_onnx(artifact.state, artifact.config).SerializeToString()) \
+            if precision == "fp32" else generator_to_onnx(artifact.state, artifact.config, precision).SerializeToString()
         self.session = ort.InferenceSession(model, opts, providers=providers)
         active = self.session.get_providers()
         if not active or active[0] != provider:

@@ -93,9 +93,17 @@ class Recognizer(ABC):
             if fixed_batch and n != fixed_batch:
                 chunk = np.concatenate([chunk, np.zeros((fixed_batch - n, *chunk.shape[1:]), chunk.dtype)])
             outs.append(run(chunk)[:n])
-        emb = np.concatenate(outs).astype(np.float32, copy=False)
+        emb = np.concatenate(outs)
+        if emb.ndim != 2 or emb.shape[0] != len(batch) or emb.shape[1] != self.dim or not np.issubdtype(emb.dtype, np.number):
+            raise ModelLoadError(f"recognizer {self.name} returned {emb.dtype} {emb.shape}, not embeddings "
+                                 f"({len(batch)}, {self.dim}): is it a face recognizer?")
+        emb = emb.astype(np.float32, copy=False)
         if not np.isfinite(emb).all():
             raise NonFiniteError(f"recognizer {self.name} produced NaN/Inf embeddings; check the model and preprocessing")
+        zero = np.flatnonzero(~emb.any(axis=1))
+        if zero.size:
+            raise ModelLoadError(f"recognizer {self.name} produced all-zero embeddings for {zero.size} of {len(emb)} images "
+                                 f"(rows {zero[:5].tolist()}): the model or its preprocessing is broken; nothing was written")
         return emb
 
     def to_torch(self):

@@ -12,6 +12,26 @@ from ..images import as_image_batch
 from .base import Preprocessing, Recognizer, file_sha256, make_fingerprint
 
 
+def check_external_data(path: Path) -> None:
+    """Refuse an ONNX file whose external-data paths lead outside its folder (absolute, ``..``, symlinks)."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load ONNX model {path}: {exc}") from exc
+    root = path.parent.resolve()
+    for tensor in _get_all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+        target = (path.parent / location).resolve()
+        if not location or Path(location).is_absolute() or ".." in Path(location).parts or root not in target.parents:
+            raise ModelLoadError(f"{path}: tensor {tensor.name} points to external data {location!r} outside the "
+                                 "model's folder; refusing it")
+
+
 def _session(path: Path, providers: Sequence[str] | None, threads: int | None):
     import onnxruntime as ort
 
@@ -50,6 +70,7 @@ class OnnxRecognizer(Recognizer):
         self.name = name or self.model_path.stem
         self.batch_size = int(batch_size)
         self._sha = file_sha256(self.model_path)
+        check_external_data(self.model_path)
         self.session = _session(self.model_path, providers, threads)
         inp = self.session.get_inputs()[0]
         self._input_name = inp.name
@@ -63,6 +84,9 @@ class OnnxRecognizer(Recognizer):
             )
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
         out_shape = self.session.get_outputs()[0].shape
+        if len(out_shape) != 2 and not (len(out_shape) == 4 and out_shape[2:] == [1, 1]):
+            raise ModelLoadError(f"{self.model_path}: the output has shape {out_shape}, not (N, D) embeddings: "
+                                 "is it a face recognizer?")
         if isinstance(out_shape[-1], int):
             self._dim = int(out_shape[-1])
         else:
