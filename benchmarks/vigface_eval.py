@@ -1,23 +1,13 @@
-"""Evaluate a trained VIGFace pipeline: identity control, leakage, throughput, and train-on-synthetic.
+"""Evaluate a VIGFace pipeline as its users would: face-ness, identity control, variation, privacy,
+speed, and train-on-synthetic — judged by a recognizer (fr512) and a detector (YuNet) that the model
+was not trained with (it was conditioned on and trained through fr128; LFW was aligned with SCRFD).
 
-1. Synthesize N virtual identities x M images (64x64, DDIM) from each prototype source (the
-   pipeline's sampler fitted to real prototypes; isotropic random unit vectors, which is where the
-   stage-1 frozen-fr512 space's learned virtual prototypes lie) at each guidance scale; time it.
-2. Judge them with the evaluator fr128 (not fr512, the prototypes' backbone): same-vs-different
-   virtual identity 10-fold accuracy (facecore.metrics), consistency, and leakage against the
-   pipeline's real training identities at fr128's FAR=1e-3 threshold on LFW impostor pairs (all
-   real faces go through the same 64px -> 112px path as generated ones).
-3. Train the same small recognizer (stage 1's IResNet, ArcFace loss) on the synthetic set and on as
-   many real LFW training images; compare on LFW View-2 folds 6-10 and AT&T (every genuine pair and as many impostor pairs).
+    export FACEPRIV_SHARED=/path/to/shared FACEPRIV_CACHE=~/.cache/face-privacy
+    python benchmarks/vigface_eval.py --pack runs/vigface/lfw64_fr128.npz --out benchmarks/results
 
-    # GPU machine, with the packs from benchmarks/vigface_train.py --save-pack and its pipeline
-    # (results merge into the repository's benchmarks/results/vigface_synthesis.json; copy them back):
-    python benchmarks/vigface_eval.py --pipeline runs/vigface_pipe --lfw .carry/vigface/lfw64_eval.npz \\
-        --att .carry/vigface/att64.npz --pairs .carry/vigface/pairs.txt --device cuda
-    # CPU throughput (2 cores) of the same architecture:
-    python benchmarks/vigface_eval.py --pipeline runs/vigface_pipe --throughput-only --device cpu
-
-Writes RESULTS/vigface_synthesis.json/.md (merged with what is there) and vigface_synthesis_grid.png.
+(``--pack``: every LFW image at 64 px, from ``benchmarks/vigface_train.py pack``.) Real faces go through
+the generated faces' path (64 px, resized for the evaluator and the detector). Writes
+``vigface_synthesis.json`` / ``.md``, ``vigface_synthesis_grid.png`` and ``vigface_privacy.png``.
 """
 
 from __future__ import annotations
@@ -29,263 +19,363 @@ import time
 from pathlib import Path
 
 import click
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from facecore.data import IdentityFolderDataset, read_pairs
 from facecore.metrics import cosine_scores, kfold_accuracy, tar_at_far
+from facecore.paths import shared_path
 from facecore.recognizers import create_recognizer
 from facecore.training.face_pack import FaceTrainingSet
-from vigface_sdk.backbones import iresnet_backbone
-from vigface_sdk.heads import margin_logits
-from vigface_sdk.pipeline import VIGFacePipeline
-from vigface_sdk.synthesis_report import build_report, embed_faces, save_grid
+from vigface_sdk.evaluation.synthesis_report import embed_faces, identity_control, save_grid
+from vigface_sdk.models.backbones import iresnet_backbone
+from vigface_sdk.models.heads import margin_logits
+from vigface_sdk.pipelines.pipeline import DEFAULT_GUIDANCE, DEFAULT_PIPELINE, DEFAULT_STEPS, load_pipeline
 
 RESULT = "vigface_synthesis"
+HELD_OUT_FOLDS = range(5, 10)
 
 
-def load_pack(path: Path, size: int) -> FaceTrainingSet:
-    """A ``FaceTrainingSet`` pack, or a face folder packed on the fly (fr128 embeddings, cached)."""
-    if path.suffix == ".npz":
-        return FaceTrainingSet.load(path)
-    return FaceTrainingSet.build(IdentityFolderDataset.from_folder(path), create_recognizer("fr128"), size)
+# --- face-ness -----------------------------------------------------------------------------------
+def face_found(images_rgb: np.ndarray, scale: int = 2, pad: int = 32, score: float = 0.5) -> np.ndarray:
+    """YuNet (OpenCV) on each face, upscaled ``scale``× and padded by ``pad`` repeated border pixels."""
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    s = images_rgb.shape[1] * scale + 2 * pad
+    det = cv2.FaceDetectorYN.create(str(shared_path("models", "yunet", "face_detection_yunet_2026may.onnx")), "", (s, s),
+                                    score, 0.3, 50)
+    found = np.zeros(len(images_rgb), bool)
+    for i, im in enumerate(images_rgb):
+        big = cv2.resize(np.ascontiguousarray(im[..., ::-1]), None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+        _, faces = det.detect(cv2.copyMakeBorder(big, pad, pad, pad, pad, cv2.BORDER_REPLICATE))
+        found[i] = faces is not None and len(faces) > 0
+    return found
 
 
-def device_name(dev: torch.device) -> str:
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    return f"cpu ({torch.get_num_threads()} threads)"
+# --- variation -----------------------------------------------------------------------------------
+def same_identity_pairs(labels: np.ndarray, max_pairs: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(labels == lab) for lab in np.unique(labels)]
+    pairs = [(a, b) for g in groups if len(g) > 1 for i, a in enumerate(g) for b in g[i + 1:]]
+    pick = rng.choice(len(pairs), min(max_pairs, len(pairs)), replace=False)
+    return np.asarray([pairs[k][0] for k in pick]), np.asarray([pairs[k][1] for k in pick])
 
 
-def generate(pipe: VIGFacePipeline, protos: np.ndarray, per_identity: int, guidance: float, steps: int, seed: int,
-             batch_size: int) -> tuple[np.ndarray, float]:
-    """Images (prototype-major) and images/second (after a warm-up call)."""
-    pipe(protos[:1], 1, guidance, steps, seed=seed, batch_size=batch_size)
-    if pipe.device.type == "cuda":
-        torch.cuda.synchronize()
+def pixel_ssim(images: np.ndarray, left: np.ndarray, right: np.ndarray) -> float:
+    from skimage.metrics import structural_similarity
+
+    return float(np.mean([structural_similarity(images[a], images[b], channel_axis=2) for a, b in zip(left, right)]))
+
+
+# --- privacy -------------------------------------------------------------------------------------
+def nearest_other(queries: np.ndarray, q_labels: np.ndarray | None, gallery: np.ndarray, g_labels: np.ndarray,
+                  chunk: int = 1024) -> np.ndarray:
+    """Each query's highest cosine to a gallery row of *another* identity (all rows when ``q_labels`` is None)."""
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    g = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
+    out = np.empty(len(q), np.float32)
+    for lo in range(0, len(q), chunk):
+        sims = q[lo:lo + chunk] @ g.T
+        if q_labels is not None:
+            sims[q_labels[lo:lo + chunk, None] == g_labels[None]] = -1
+        out[lo:lo + chunk] = sims.max(1)
+    return out
+
+
+def templates(emb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    e = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    names = np.unique(labels)
+    t = np.stack([e[labels == n].mean(0) for n in names])
+    return t / np.linalg.norm(t, axis=1, keepdims=True), names
+
+
+def quantiles(x: np.ndarray) -> dict:
+    return {f"q{int(q * 1000):03d}" if q < 0.1 or q > 0.9 else f"q{int(q * 100):02d}": float(np.quantile(x, q))
+            for q in (0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 0.999)} | {"mean": float(x.mean()), "max": float(x.max())}
+
+
+def privacy_plot(synthetic: np.ndarray, strangers: np.ndarray, threshold: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bins = np.linspace(min(synthetic.min(), strangers.min()), max(synthetic.max(), strangers.max(), threshold) + 0.02, 60)
+    ax.hist(strangers, bins, density=True, alpha=0.55, label="real LFW image → nearest other real identity")
+    ax.hist(synthetic, bins, density=True, alpha=0.55, label="virtual sample → nearest real identity")
+    ax.axvline(threshold, color="k", ls="--", lw=1, label=f"99.9th percentile of real strangers ({threshold:.3f})")
+    ax.set_xlabel("cosine similarity (fr512, not the conditioning recognizer)")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --- speed ---------------------------------------------------------------------------------------
+def images_per_second(fn, n: int) -> float:
+    fn(1)  # warm-up
     t = time.perf_counter()
-    images = pipe(protos, per_identity, guidance, steps, seed=seed, batch_size=batch_size, progress=True)
-    if pipe.device.type == "cuda":
-        torch.cuda.synchronize()
-    return images, len(images) / (time.perf_counter() - t)
+    fn(n)
+    return n / (time.perf_counter() - t)
 
 
-def random_unit(n: int, dim: int, seed: int) -> np.ndarray:
-    v = np.random.default_rng(seed).standard_normal((n, dim))
-    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+@torch.no_grad()
+def pixel_baseline_speed(n: int, steps: int = 25) -> dict:
+    """The replaced design: a 5.9 M-parameter pixel-space UNet at 64×64 (diffusers' UNet2DModel with the old default
+    widths 32/64/96/128, attention at the two lowest resolutions), DDIM 25 steps with classifier-free guidance."""
+    from diffusers import DDIMScheduler, UNet2DModel
+
+    unet = UNet2DModel(sample_size=64, in_channels=3, out_channels=3, block_out_channels=(32, 64, 96, 128),
+                       down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), layers_per_block=2,
+                       attention_head_dim=32, norm_num_groups=8, class_embed_type="identity").eval()
+    sched = DDIMScheduler(num_train_timesteps=1000)
+
+    def run(k: int) -> None:
+        sched.set_timesteps(steps)
+        x = torch.randn(k, 3, 64, 64)
+        cond = torch.randn(2 * k, 128)
+        for t in sched.timesteps:
+            eps = unet(torch.cat([x, x]), t, class_labels=cond).sample.chunk(2)
+            x = sched.step(eps[1] + 2 * (eps[1] - eps[0]), t, x).prev_sample
+
+    return {"images_per_second": images_per_second(run, n), "params": sum(p.numel() for p in unet.parameters()),
+            "steps": steps, "images": n}
 
 
-# --- train-on-synthetic ------------------------------------------------------------------------
-def train_recognizer(images: np.ndarray, labels: np.ndarray, dev: torch.device, minutes: float, epochs: int,
-                     batch_size: int, tiny: bool, seed: int = 0) -> torch.nn.Module:
-    """Stage 1's IResNet (r18 layout, narrow) with an ArcFace head, trained from scratch (SGD, cosine lr)."""
+# --- train-on-synthetic --------------------------------------------------------------------------
+def train_recognizer(images: np.ndarray, labels: np.ndarray, minutes: float, batch_size: int = 128,
+                     seed: int = 0) -> torch.nn.Module:
+    """Stage 1's IResNet (r18 layout, width 32, 128-d) with an ArcFace head, from scratch, SGD with a one-cycle
+    schedule sized to ``minutes`` (epochs estimated from the first one)."""
     torch.manual_seed(seed)
-    size = images.shape[1]
-    net = iresnet_backbone(layers=(1, 1, 1, 1) if tiny else (2, 2, 2, 2), dim=128, width=8 if tiny else 32, input_size=size).to(dev)
+    net = iresnet_backbone(layers=(2, 2, 2, 2), dim=128, width=32, input_size=images.shape[1])
     _, labels = np.unique(labels, return_inverse=True)
-    n_cls = int(labels.max()) + 1
-    head = torch.nn.Parameter(torch.randn(n_cls, 128, device=dev) * 0.01)
-    opt = torch.optim.SGD([{"params": net.parameters(), "weight_decay": 5e-4}, {"params": [head]}], lr=0.1, momentum=0.9)
-    x_all = torch.from_numpy(images).to(dev)
-    y_all = torch.from_numpy(labels).to(dev)
-    steps_per_epoch = max(1, len(images) // batch_size)
-    total = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=total, pct_start=0.1)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
-    start, step = time.monotonic(), 0
-    net.train()
-    for epoch in range(epochs):
-        perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed * 1000 + epoch)).to(dev)
-        for i in range(steps_per_epoch):
+    head = torch.nn.Parameter(torch.randn(int(labels.max()) + 1, 128) * 0.01)
+    x_all, y_all = torch.from_numpy(images), torch.from_numpy(labels)
+    per_epoch = max(1, len(images) // batch_size)
+
+    def epoch_steps(opt, sched, epoch: int) -> float:
+        perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+        for i in range(per_epoch):
             idx = perm[i * batch_size:(i + 1) * batch_size]
-            x = x_all[idx].permute(0, 3, 1, 2).contiguous().float().div(255)  # channels-last conv backward crashes on CPU (torch 2.13)
-            flip = torch.rand(len(idx), device=dev) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
-            with autocast:
-                emb = net(x)
-                cos = F.normalize(emb.float(), dim=1) @ F.normalize(head, dim=1).t()
-                loss = F.cross_entropy(margin_logits(cos, y_all[idx], "arcface", 0.5, 32.0), y_all[idx])
+            x = x_all[idx].permute(0, 3, 1, 2).float().div(255)
+            x = torch.where((torch.rand(len(idx)) < 0.5)[:, None, None, None], x.flip(3), x)
+            cos = F.normalize(net(x), dim=1) @ F.normalize(head, dim=1).t()
+            loss = F.cross_entropy(margin_logits(cos, y_all[idx], "arcface", 0.5, 32.0), y_all[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
-            step += 1
-        if (time.monotonic() - start) / 60 > minutes:
-            break
-    print(f"  recognizer: {step} steps, {epoch + 1} epochs, last loss {loss.item():.3f}, {time.monotonic() - start:.0f} s",
-          flush=True)
+            if sched is not None:
+                sched.step()
+        return loss.item()
+
+    net.train()
+    opt = torch.optim.SGD([{"params": net.parameters(), "weight_decay": 5e-4}, {"params": [head]}], lr=0.02, momentum=0.9)
+    t = time.monotonic()
+    epoch_steps(opt, None, 0)  # warm-up epoch at a low rate; its time sizes the schedule
+    epochs = max(1, int(minutes * 60 / (time.monotonic() - t)) - 1)
+    for group in opt.param_groups:
+        group["lr"] = 0.1
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=epochs * per_epoch, pct_start=0.1)
+    for epoch in range(1, epochs + 1):
+        loss = epoch_steps(opt, sched, epoch)
+    print(f"  recognizer: {epochs + 1} epochs of {len(images)} images, last loss {loss:.3f}, "
+          f"{time.monotonic() - t:.0f} s", flush=True)
+    net.epochs = epochs + 1
     return net.eval()
 
 
 @torch.no_grad()
-def embed_with(net: torch.nn.Module, images: np.ndarray, dev: torch.device, batch_size: int = 512) -> np.ndarray:
-    """Embedding of each image plus its mirror (the arcface_torch evaluation habit)."""
+def embed_with(net: torch.nn.Module, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
     out = []
     for lo in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[lo:lo + batch_size]).to(dev).permute(0, 3, 1, 2).contiguous().float().div(255)
-        out.append((net(x) + net(x.flip(3))).float().cpu().numpy())
+        x = torch.from_numpy(images[lo:lo + batch_size]).permute(0, 3, 1, 2).float().div(255)
+        out.append((net(x) + net(x.flip(3))).numpy())
     return np.concatenate(out)
 
 
-def verification(net, lfw: FaceTrainingSet, pairs_path: Path, att: FaceTrainingSet | None, dev) -> dict:
-    pairs = read_pairs(pairs_path).select(range(5, 10))
+def verification(net, lfw: FaceTrainingSet, att: FaceTrainingSet) -> dict:
+    pairs = read_pairs(shared_path("data", "lfw", "pairs.txt")).select(HELD_OUT_FOLDS)
     index = {r: i for i, r in enumerate(lfw.relpaths)}
     left = np.asarray([index[p] for p in pairs.left])
     right = np.asarray([index[p] for p in pairs.right])
     used = np.unique(np.r_[left, right])
     emb = np.zeros((len(lfw), 128), np.float32)
-    emb[used] = embed_with(net, lfw.images[used], dev)
-    s = cosine_scores(emb[left], emb[right])
-    out = {"lfw_folds_6_10": {**kfold_accuracy(s, pairs.issame, pairs.folds).to_dict(), "pairs": int(len(s))}}
-    if att is not None:
-        e = embed_with(net, att.images, dev)
-        i, j = np.triu_indices(len(att), 1)
-        s, same = cosine_scores(e[i], e[j]), att.labels[i] == att.labels[j]
-        # accuracy on every genuine pair and as many seeded impostor pairs (all pairs are 98 % impostors)
-        pick = np.r_[np.flatnonzero(same), np.random.default_rng(0).choice(np.flatnonzero(~same), same.sum(), replace=False)]
-        out["att"] = {**kfold_accuracy(s[pick], same[pick], np.arange(len(pick)) % 10).to_dict(), "pairs": int(len(pick)),
-                      "all_pairs": int(len(s)), **tar_at_far(s, same, (1e-3,))}
+    emb[used] = embed_with(net, lfw.images[used])
+    out = {"lfw_folds_6_10": kfold_accuracy(cosine_scores(emb[left], emb[right]), pairs.issame, pairs.folds).to_dict()}
+    e = embed_with(net, att.images)
+    i, j = np.triu_indices(len(att), 1)
+    s, same = cosine_scores(e[i], e[j]), att.labels[i] == att.labels[j]
+    pick = np.r_[np.flatnonzero(same), np.random.default_rng(0).choice(np.flatnonzero(~same), same.sum(), replace=False)]
+    out["att"] = {**kfold_accuracy(s[pick], same[pick], np.arange(len(pick)) % 10).to_dict(), "pairs": int(len(pick)),
+                  **tar_at_far(s, same, (1e-3,))}
     return out
 
 
-def markdown(res: dict) -> str:
-    lines = ["# VIGFace stage 2: synthetic dataset evaluation", ""]
-    if "command" in res:
-        lines += ["Command:", "", "```", res["command"], "```", ""]
-    if "pipeline" in res:
-        p = res["pipeline"]
-        lines += [f"Pipeline `{p['path']}`: UNet {p['unet_params'] / 1e6:.2f} M params, {p['image_size']}px, trained "
-                  f"{p.get('training', {}).get('steps')} steps on {p.get('training', {}).get('images')} faces of "
-                  f"{p['training_identities']} identities; evaluator fr128.", ""]
-    if res.get("synthesis"):
-        lines += ["## Identity control and leakage", "",
-                  "| prototypes | guidance | identities x images | identity control (10-fold acc.) | consistency | "
-                  "no real identity above FAR=1e-3 | reference (real non-training faces) | img/s |", "|---|---|---|---|---|---|---|---|"]
-        for r in res["synthesis"]:
-            lk = r["leakage"]
-            lines.append(f"| {r['source']} | {r['guidance_scale']} | {r['identities']} x {r['per_identity']} | "
-                         f"{100 * r['identity_control']['accuracy']:.2f} % ± {100 * r['identity_control']['std']:.2f} | "
-                         f"{r['consistency']['mean']:.3f} | {100 * lk['clean_rate']:.2f} % ({lk['leaks']} leaks) | "
-                         f"{100 * lk['reference']['clean_rate']:.2f} % | {r['images_per_second']:.1f} |")
-        lines += ["", f"FAR=1e-3 threshold (fr128, {res['synthesis'][0]['leakage']['impostor_pairs']} LFW impostor pairs): "
-                      f"{res['synthesis'][0]['leakage']['threshold']:.4f}.", ""]
-    if res.get("train_on_synthetic"):
-        t = res["train_on_synthetic"]
-        lines += ["## Train on synthetic vs real", "",
-                  f"Same recognizer ({t['recognizer']}), same number of images ({t['images']}).", "",
-                  "| training set | identities | LFW folds 6-10 | AT&T (genuine + as many impostor pairs) | AT&T TAR@FAR=1e-3 (all pairs) |", "|---|---|---|---|---|"]
-        for name in ("synthetic", "real"):
-            r = t[name]
-            att = r.get("att")
-            lines.append(f"| {name} | {r['identities']} | {100 * r['lfw_folds_6_10']['accuracy']:.2f} % ± "
-                         f"{100 * r['lfw_folds_6_10']['std']:.2f} | " +
-                         (f"{100 * att['accuracy']:.2f} % | {att['tar@far=0.001']:.3f}" if att else "- | -") + " |")
-        lines += ["", f"Synthetic / real on LFW folds 6-10: **{100 * t['ratio_lfw']:.1f} %** (target >= 90 %).", ""]
-    if res.get("throughput"):
-        lines += ["## Throughput (64x64, 25 DDIM steps, classifier-free guidance)", "",
-                  "| device | images/s | batch | command | note |", "|---|---|---|---|---|"]
-        for dev, r in sorted(res["throughput"].items()):
-            lines.append(f"| {dev} | {r['images_per_second']:.2f} | {r['batch_size']} | `{r['command']}` | {r.get('note', '')} |")
-        lines.append("")
-    if res.get("grid"):
-        lines += [f"![grid]({res['grid']})", ""]
+def real_training_subset(pack: FaceTrainingSet, n: int, per_identity: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """``n`` LFW training images (identities outside folds 6-10) shaped like the synthetic set: at most
+    ``per_identity`` images of each identity, the most populous identities first."""
+    held = read_pairs(shared_path("data", "lfw", "pairs.txt")).identities_in_folds(HELD_OUT_FOLDS)
+    train = pack.subset(set(pack.identities) - held)
+    labels, counts = np.unique(train.labels, return_counts=True)
+    idx = np.concatenate([np.flatnonzero(train.labels == lab)[:per_identity]
+                          for lab in labels[np.argsort(-counts, kind="stable")]])[:n]
+    return train.images[idx], train.labels[idx], len(np.unique(train.labels[idx]))
+
+
+# --- report --------------------------------------------------------------------------------------
+def markdown(r: dict) -> str:
+    p, a = r["pipeline"], r["acceptance"]
+    ok = lambda flag: "**pass**" if flag else "**FAIL**"  # noqa: E731
+    v, pr, sp, t = r["variation"], r["privacy"], r["speed"], r["train_on_synthetic"]
+    lines = ["# VIGFace on a CPU: the shipped pipeline, judged by models it was not trained with", "",
+             "Command:", "", "```", r["command"], "```", "",
+             f"Pipeline `{p['name']}` ({p['fingerprint']}): autoencoder {p['autoencoder_params'] / 1e6:.2f} M + denoiser "
+             f"{p['denoiser_params'] / 1e6:.2f} M parameters, {p['bytes'] / 1e6:.1f} MB on disk (fp16), {p['scheduler']} "
+             f"{r['settings']['steps']} steps, guidance {r['settings']['guidance_scale']}; conditioned on fr128 identity "
+             f"prototypes. {r['settings']['identities']} virtual identities × {r['settings']['per_identity']} images from the "
+             "pipeline's sampler (seed 0). Evaluator: **fr512**; detector: **YuNet** (neither seen in training). "
+             f"Machine: {r['machine']}.", "",
+             "| criterion | measured | target | |", "|---|---|---|---|",
+             f"| face-ness: YuNet finds a face | {100 * r['faceness']['synthetic']:.1f} % (real LFW 64 px, same protocol: "
+             f"{100 * r['faceness']['real']:.1f} %) | ≥ 95 % | {ok(a['faceness'])} |",
+             f"| identity control: same vs different virtual identity, 10-fold | "
+             f"{100 * r['identity_control']['accuracy']:.2f} % ± {100 * r['identity_control']['std']:.2f} | ≥ 90 % | "
+             f"{ok(a['identity_control'])} |",
+             f"| variation: mean same-identity cosine | {v['synthetic_same_mean']:.3f} (real LFW same person: "
+             f"{v['real_same_mean']:.3f}) | ≤ {v['bound']:.3f} | {ok(a['variation'])} |",
+             f"| privacy: samples with no real LFW image above the 1:N threshold | {100 * pr['clean_rate']:.2f} % | ≥ 99 % | "
+             f"{ok(a['privacy'])} |",
+             f"| speed at 64×64, default steps (2 CPU cores) | {sp['images_per_second']:.1f} img/s (old pixel UNet design "
+             f"{sp['pixel_baseline']['images_per_second']:.3f} img/s: {sp['speedup']:.0f}×) | ≥ 20 img/s | {ok(a['speed'])} |",
+             f"| train-on-synthetic / train-on-real, LFW folds 6-10 | {100 * t['ratio_lfw']:.1f} % | ≥ 90 % | "
+             f"{ok(a['train_on_synthetic'])} |", "",
+             "## Variation", "",
+             "| | mean same-identity cosine (fr512) | mean pixel SSIM of same-identity pairs |", "|---|---|---|",
+             f"| virtual identities | {v['synthetic_same_mean']:.3f} | {v['synthetic_ssim']:.3f} |",
+             f"| real LFW (64 px) | {v['real_same_mean']:.3f} | {v['real_ssim']:.3f} |", "",
+             "## Privacy", "",
+             f"1:N threshold: the 99.9th percentile of real non-mated searches (each of the {pr['real_images']:,} LFW images "
+             f"against every image of the other {pr['real_identities'] - 1:,} identities) = **{pr['threshold']:.4f}** "
+             "(FPIR 1e-3). Each virtual sample is searched against all real images.", "",
+             f"Samples with a real image above it: {pr['leaks']} of {pr['samples']}. Nearest real *identity* (mean "
+             "template) similarity, virtual samples vs real strangers (the picture: `vigface_privacy.png`):", "",
+             "| | " + " | ".join(k for k in pr["nearest_identity_synthetic"]) + " |",
+             "|---|" + "---|" * len(pr["nearest_identity_synthetic"]),
+             "| virtual sample → nearest real identity | " + " | ".join(f"{x:.3f}" for x in pr["nearest_identity_synthetic"].values()) + " |",
+             "| real image → nearest other real identity | " + " | ".join(f"{x:.3f}" for x in pr["nearest_identity_real"].values()) + " |",
+             "", "![privacy](vigface_privacy.png)", "",
+             "## Train on synthetic vs real", "",
+             f"The same recognizer ({t['recognizer']}) trained from scratch for {t['minutes']} CPU minutes each on "
+             f"{t['images']} images (real: LFW training identities, most populous first, at most {r['settings']['per_identity']} "
+             "images each — the synthetic set's shape), evaluated on LFW View-2 folds 6-10 (3,000 pairs) and AT&T (every "
+             "genuine pair and as many impostor pairs, 10 folds).", "",
+             "| training set | identities | epochs | LFW folds 6-10 | AT&T | AT&T TAR@FAR=1e-3 (all pairs) |", "|---|---|---|---|---|---|"]
+    for name in ("synthetic", "real"):
+        x = t[name]
+        lines.append(f"| {name} | {x['identities']} | {x['epochs']} | {100 * x['lfw_folds_6_10']['accuracy']:.2f} % ± "
+                     f"{100 * x['lfw_folds_6_10']['std']:.2f} | {100 * x['att']['accuracy']:.2f} % | {x['att']['tar@far=0.001']:.3f} |")
+    lines += ["", f"Ratio synthetic / real: LFW {100 * t['ratio_lfw']:.1f} %, AT&T {100 * t['ratio_att']:.1f} %.", "",
+              "## Speed", "", f"{sp['images']} images in {sp['seconds']:.1f} s = **{sp['images_per_second']:.1f} img/s** "
+              f"(batch {sp['batch_size']}); the replaced pixel-space design (UNet2DModel, "
+              f"{sp['pixel_baseline']['params'] / 1e6:.2f} M params, 64×64, DDIM {sp['pixel_baseline']['steps']} steps with "
+              f"guidance) in the same run: {sp['pixel_baseline']['images_per_second']:.3f} img/s.", "",
+              "## Samples", "", "Rows: virtual identities; columns: samples of that identity.", "",
+              "![grid](vigface_synthesis_grid.png)", ""]
     return "\n".join(lines)
 
 
 @click.command()
-@click.option("--pipeline", "pipe_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--lfw", type=click.Path(exists=True, path_type=Path), default=None, help="lfw64_eval.npz pack or aligned112 folder.")
-@click.option("--att", type=click.Path(exists=True, path_type=Path), default=None, help="att64.npz pack or att_faces folder.")
-@click.option("--pairs", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
-@click.option("--identities", "-n", default=692, show_default=True)
-@click.option("--per-identity", "-m", default=10, show_default=True)
-@click.option("--guidance-scales", default="1.5,3,5", show_default=True)
-@click.option("--train-guidance", default=3.0, show_default=True, help="Guidance of the train-on-synthetic set.")
-@click.option("--sources", default="sampler,random", show_default=True)
-@click.option("--steps", default=25, show_default=True)
-@click.option("--batch-size", default=512, show_default=True)
-@click.option("--recognizer-minutes", default=2.0, show_default=True, help="Budget of each train-on-X run.")
-@click.option("--recognizer-epochs", default=40, show_default=True)
-@click.option("--throughput-only", is_flag=True)
-@click.option("--throughput-images", default=16, show_default=True)
-@click.option("--tiny", is_flag=True, help="Small counts and recognizer (CPU smoke run).")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--results", default="benchmarks/results", show_default=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--seed", default=0, show_default=True)
-def main(pipe_dir, lfw, att, pairs, identities, per_identity, guidance_scales, train_guidance, sources, steps, batch_size,
-         recognizer_minutes, recognizer_epochs, throughput_only, throughput_images, tiny, device, results, seed) -> None:
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
-    if dev.type == "cpu":
-        torch.set_num_threads(min(torch.get_num_threads(), 16))
-    pipe = VIGFacePipeline.from_pretrained(pipe_dir, device=dev)
-    results.mkdir(parents=True, exist_ok=True)
-    path = results / f"{RESULT}.json"
-    res = json.loads(path.read_text()) if path.is_file() else {}
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    protos = pipe.virtual_prototypes(max(identities, throughput_images), seed)
-    _, ips = generate(pipe, protos[:throughput_images], 1, 3.0, 25, seed, batch_size)
-    res.setdefault("throughput", {})[device_name(dev)] = {"images_per_second": ips, "batch_size": min(batch_size, throughput_images),
-                                                         "images": throughput_images, "command": command}
-    print(f"throughput on {device_name(dev)}: {ips:.2f} img/s", flush=True)
-    if not throughput_only:
-        if lfw is None or pairs is None:
-            raise click.UsageError("--lfw and --pairs are needed unless --throughput-only")
-        res["command"] = command
-        size = pipe.image_size
-        real = load_pack(lfw, size)
-        names = real.identities
-        training = set(pipe.metadata.get("training_identities", [])) & set(names)
-        if not training:
-            raise click.UsageError("none of the pipeline's training identities is in --lfw")
-        is_train = np.asarray([names[lab] in training for lab in real.labels])
-        fr128 = create_recognizer("fr128")
-        emb_dev = dev if dev.type == "cuda" else None
-        real_emb = embed_faces(fr128, real.images, device=emb_dev)
-        real_args = ((real_emb[is_train], real.labels[is_train], names), (real_emb, real.labels), real_emb[~is_train])
-        info = json.loads((pipe_dir / "model_index.json").read_text())
-        res["pipeline"] = {"path": str(pipe_dir), "unet_params": sum(p.numel() for p in pipe.unet.parameters()),
-                           "image_size": size, "training": info.get("training", {}), "training_identities": len(training),
-                           "fingerprint": pipe.fingerprint(), "device": device_name(dev)}
-        res["synthesis"], keep = [], None
-        for source in sources.split(","):
-            p = protos[:identities] if source == "sampler" else random_unit(identities, pipe.unet.cond_dim, seed + 1)
-            for g in (float(v) for v in guidance_scales.split(",")):
-                images, ips = generate(pipe, p, per_identity, g, steps, seed, batch_size)
-                labels = np.repeat(np.arange(identities), per_identity)
-                rep = build_report(embed_faces(fr128, images, device=emb_dev), labels, "fr128", *real_args,
-                                   n_pairs=600 if tiny else 6000, seed=seed)
-                rep["leakage"]["listed"] = rep["leakage"]["listed"][:10]
-                res["synthesis"].append({"source": source, "guidance_scale": g, "images_per_second": ips, **rep})
-                print(f"{source} g={g}: control {100 * rep['identity_control']['accuracy']:.2f} %, clean "
-                      f"{100 * rep['leakage']['clean_rate']:.2f} %, {ips:.1f} img/s", flush=True)
-                if source == "sampler" and (keep is None or g == train_guidance):
-                    keep = images
-        grid_ids = min(8, identities)
-        grid = np.concatenate([keep[i * per_identity:i * per_identity + min(8, per_identity)] for i in range(grid_ids)])
-        save_grid(grid, results / f"{RESULT}_grid.png", columns=min(8, per_identity),
-                  title=f"virtual identities (rows), sampler prototypes, guidance {train_guidance}")
-        res["grid"] = f"{RESULT}_grid.png"
-        # train on synthetic vs the same number of real training images
-        att_set = load_pack(att, size) if att is not None else None
-        train_idx = np.flatnonzero(is_train)
-        n = min(len(keep), len(train_idx))
-        real_pick = np.sort(np.random.default_rng(seed).permutation(train_idx)[:n])
-        syn_labels = np.repeat(np.arange(identities), per_identity)[:n]
-        bs, minutes, epochs = (64, recognizer_minutes, 2) if tiny else (256, recognizer_minutes, recognizer_epochs)
-        tos = {"recognizer": "IResNet r18-layout, width 32, 128-d, ArcFace m=0.5 s=32" if not tiny else "tiny IResNet",
-               "images": int(n)}
-        for name, imgs, labs in (("synthetic", keep[:n], syn_labels), ("real", real.images[real_pick], real.labels[real_pick])):
-            print(f"train on {name}: {len(imgs)} images, {len(np.unique(labs))} identities", flush=True)
-            net = train_recognizer(imgs, labs, dev, minutes, epochs, bs, tiny, seed)
-            tos[name] = {"identities": int(len(np.unique(labs))), **verification(net, real, pairs, att_set, dev)}
-        tos["ratio_lfw"] = tos["synthetic"]["lfw_folds_6_10"]["accuracy"] / tos["real"]["lfw_folds_6_10"]["accuracy"]
-        res["train_on_synthetic"] = tos
-        print(f"train-on-synthetic LFW 6-10: {100 * tos['synthetic']['lfw_folds_6_10']['accuracy']:.2f} % vs real "
-              f"{100 * tos['real']['lfw_folds_6_10']['accuracy']:.2f} % (ratio {100 * tos['ratio_lfw']:.1f} %)", flush=True)
-    path.write_text(json.dumps(res, indent=2, sort_keys=True) + "\n")
-    (results / f"{RESULT}.md").write_text(markdown(res))
-    print(f"wrote {path} and {results / f'{RESULT}.md'}")
+@click.option("--pack", "pack_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.option("--pipeline", "pipe_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Default: the shipped pipeline.")
+@click.option("--identities", "-n", default=200, show_default=True)
+@click.option("--per-identity", "-m", default=20, show_default=True)
+@click.option("--guidance-scale", default=DEFAULT_GUIDANCE, show_default=True)
+@click.option("--steps", default=DEFAULT_STEPS, show_default=True)
+@click.option("--batch-size", default=128, show_default=True)
+@click.option("--train-minutes", default=6.0, show_default=True, help="CPU budget of each train-on-X run.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("benchmarks/results"), show_default=True)
+def main(pack_path, pipe_dir, identities, per_identity, guidance_scale, steps, batch_size, train_minutes, out) -> None:
+    torch.set_num_threads(2)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = load_pipeline(pipe_dir)
+    name = pipe_dir.name if pipe_dir else "vigface64 (shipped default)"
+    folder = pipe_dir or DEFAULT_PIPELINE
+    protos = pipe.virtual_prototypes(identities, seed=0)
+    labels = np.repeat(np.arange(identities), per_identity)
+    print("1/6 synthesize", flush=True)
+    pipe(protos[:1], 1, guidance_scale, steps, seed=0)
+    t0 = time.perf_counter()
+    images = pipe(protos, per_identity, guidance_scale, steps, seed=0, batch_size=batch_size, progress=True)
+    seconds = time.perf_counter() - t0
+    baseline = pixel_baseline_speed(2)
+    print("2/6 evaluator embeddings", flush=True)
+    fr512 = create_recognizer("fr512")
+    pack = FaceTrainingSet.load(pack_path)
+    real_emb = embed_faces(fr512, pack.images)
+    syn_emb = embed_faces(fr512, images)
+    print("3/6 face-ness", flush=True)
+    rng = np.random.default_rng(0)
+    real_pick = rng.choice(len(pack), 2000, replace=False)
+    faceness = {"synthetic": float(face_found(images).mean()), "real": float(face_found(pack.images[real_pick]).mean()),
+                "detector": "YuNet face_detection_yunet_2026may.onnx, score 0.5, face upscaled 2x + 32 px border"}
+    print("4/6 identity control, variation, privacy", flush=True)
+    control = identity_control(syn_emb, labels)
+    sl, sr = same_identity_pairs(labels, 3000)
+    rl, rr = same_identity_pairs(pack.labels, 3000)
+    syn_same = float(cosine_scores(syn_emb[sl], syn_emb[sr]).mean())
+    real_same = float(cosine_scores(real_emb[rl], real_emb[rr]).mean())
+    variation = {"synthetic_same_mean": syn_same, "real_same_mean": real_same, "bound": (real_same + 1) / 2,
+                 "synthetic_ssim": pixel_ssim(images, sl[:1000], sr[:1000]), "real_ssim": pixel_ssim(pack.images, rl[:1000], rr[:1000])}
+    real_nonmated = nearest_other(real_emb, pack.labels, real_emb, pack.labels)
+    threshold = float(np.quantile(real_nonmated, 1 - 1e-3))
+    syn_nearest_image = nearest_other(syn_emb, None, real_emb, pack.labels)
+    tmpl, names = templates(real_emb, pack.labels)
+    syn_nearest_id = nearest_other(syn_emb, None, tmpl, names)
+    real_nearest_id = nearest_other(real_emb, pack.labels, tmpl, names)
+    privacy = {"threshold": threshold, "fpir": 1e-3, "real_images": int(len(pack)), "real_identities": int(len(names)),
+               "samples": int(len(images)), "leaks": int((syn_nearest_image > threshold).sum()),
+               "clean_rate": float((syn_nearest_image <= threshold).mean()),
+               "nearest_image_synthetic": quantiles(syn_nearest_image),
+               "nearest_identity_synthetic": quantiles(syn_nearest_id), "nearest_identity_real": quantiles(real_nearest_id)}
+    privacy["identity_threshold"] = float(np.quantile(real_nearest_id, 1 - 1e-3))
+    privacy_plot(syn_nearest_id, real_nearest_id, privacy["identity_threshold"], out / "vigface_privacy.png")
+    print("5/6 train on synthetic vs real", flush=True)
+    att = FaceTrainingSet.build(IdentityFolderDataset.from_folder(shared_path("data", "att_faces")), create_recognizer("fr128"), 64)
+    real_imgs, real_labels, real_ids = real_training_subset(pack, len(images), per_identity)
+    tos = {"recognizer": "IResNet r18 layout, width 32, 128-d, ArcFace (m 0.5, s 32), SGD one-cycle", "minutes": train_minutes,
+           "images": int(len(images))}
+    for key, (imgs, labs, n_ids) in {"synthetic": (images, labels, identities), "real": (real_imgs, real_labels, real_ids)}.items():
+        net = train_recognizer(imgs, labs, train_minutes)
+        tos[key] = {**verification(net, pack, att), "identities": int(n_ids), "epochs": int(net.epochs)}
+    tos["ratio_lfw"] = tos["synthetic"]["lfw_folds_6_10"]["accuracy"] / tos["real"]["lfw_folds_6_10"]["accuracy"]
+    tos["ratio_att"] = tos["synthetic"]["att"]["accuracy"] / tos["real"]["att"]["accuracy"]
+    print("6/6 report", flush=True)
+    grid_ids = 8
+    save_grid(images[: grid_ids * per_identity].reshape(grid_ids, per_identity, *images.shape[1:])[:, :10].reshape(-1, *images.shape[1:]),
+              out / "vigface_synthesis_grid.png", columns=10)
+    speed = {"images": int(len(images)), "seconds": seconds, "images_per_second": len(images) / seconds, "batch_size": batch_size,
+             "pixel_baseline": baseline, "speedup": len(images) / seconds / baseline["images_per_second"]}
+    res = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "machine": f"CPU, {torch.get_num_threads()} threads",
+           "pipeline": {"name": name, "fingerprint": pipe.fingerprint(), "scheduler": type(pipe.scheduler).__name__,
+                        "autoencoder_params": sum(p.numel() for p in pipe.autoencoder.parameters()),
+                        "denoiser_params": sum(p.numel() for p in pipe.denoiser.parameters()),
+                        "bytes": sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()),
+                        "training": pipe.metadata.get("training", {})},
+           "settings": {"identities": identities, "per_identity": per_identity, "guidance_scale": guidance_scale, "steps": steps},
+           "faceness": faceness, "identity_control": control, "variation": variation, "privacy": privacy, "speed": speed,
+           "train_on_synthetic": tos}
+    res["acceptance"] = {"faceness": faceness["synthetic"] >= 0.95, "identity_control": control["accuracy"] >= 0.90,
+                         "variation": syn_same <= variation["bound"], "privacy": privacy["clean_rate"] >= 0.99,
+                         "speed": speed["images_per_second"] >= 20, "train_on_synthetic": tos["ratio_lfw"] >= 0.90}
+    (out / f"{RESULT}.json").write_text(json.dumps(res, indent=1, default=float) + "\n")
+    (out / f"{RESULT}.md").write_text(markdown(res))
+    print(json.dumps(res["acceptance"]), flush=True)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ folder (re-run the same command) and bounded by --minutes.
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -94,7 +95,7 @@ def autoencoder_cmd(pack_path: Path, out: Path, minutes: float, max_steps: int, 
 @click.option("--minutes", type=float, default=30.0, show_default=True)
 @click.option("--max-steps", type=int, default=100_000, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--widths", default="64,128", show_default=True, help="denoiser block widths")
+@click.option("--widths", default="64,96", show_default=True, help="denoiser block widths")
 @click.option("--threads", type=int, default=2, show_default=True)
 def diffusion_cmd(pack_path: Path, out: Path, minutes: float, max_steps: int, batch_size: int, widths: str, threads: int) -> None:
     """Latent diffusion over the trained autoencoder's latents (its scaling factor is set from them first)."""
@@ -108,8 +109,10 @@ def diffusion_cmd(pack_path: Path, out: Path, minutes: float, max_steps: int, ba
     ae = FaceAutoencoder.from_pretrained(out / "autoencoder")
     _, scale = latent_statistics(ae, train.images)
     ae.config["scaling_factor"] = scale
+    w = [int(c) for c in widths.split(",")]
     cfg = DiffusionTrainConfig(max_steps=max_steps, max_minutes=minutes, batch_size=batch_size,
-                               model={"block_out_channels": [int(w) for w in widths.split(",")]})
+                               model={"block_out_channels": w, "norm_num_groups": math.gcd(32, *w),
+                                      "attention_head_dim": math.gcd(32, *w[1:])})
     model, ema, scheduler, state = train_latent_diffusion(ae, train.images, train.embeddings, train.labels, cfg, ctx,
                                                           out / "ckpt_diffusion")
     if ctx.is_main:
@@ -129,7 +132,7 @@ def assemble_cmd(pack_path: Path, out: Path, pipeline_dir: Path) -> None:
     nearest-stranger cosine among those real identities."""
     from vigface_sdk.models.autoencoder import FaceAutoencoder
     from vigface_sdk.models.denoiser import PrototypeDenoiser
-    from vigface_sdk.training.autoencoder import identity_prototypes
+    from vigface_sdk.training.autoencoder import identity_prototypes, identity_residuals
     from vigface_sdk.training.diffusion import build_pipeline
 
     pack = FaceTrainingSet.load(pack_path)
@@ -143,10 +146,63 @@ def assemble_cmd(pack_path: Path, out: Path, pipeline_dir: Path) -> None:
                          "virtual_prototypes_exclude": f"all {len(real_all)} LFW identities"}}
     pipe = build_pipeline(FaceAutoencoder.from_pretrained(out / "autoencoder_scaled"),
                           PrototypeDenoiser.from_pretrained(out / "denoiser_ema"), log["scheduler_config"], train_protos,
-                          exclude=real_all, metadata=meta)
+                          exclude=real_all, metadata=meta, residuals=identity_residuals(train.embeddings, train.labels))
     pipe.save_pretrained(pipeline_dir, dtype=torch.float16)
     print(f"pipeline {pipe.fingerprint()} -> {pipeline_dir} (virtual prototypes: max cos to a real identity "
           f"{pipe.virtual_sampler.max_similarity:.3f})")
+
+
+@main.command("report")
+@click.option("--out", type=click.Path(exists=True, path_type=Path), required=True, help="The training folder.")
+@click.option("--results", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)
+@click.option("--phase", "phases", multiple=True, help="Earlier autoencoder phases: LOG.json=COMMAND (oldest first).")
+def report_cmd(out: Path, results: Path, phases: tuple[str, ...]) -> None:
+    """vigface_training.md/.json/.png: commands, steps, minutes and loss curves of every training phase."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logs = [(Path(p.split("=", 1)[0]), p.split("=", 1)[1]) for p in phases]
+    runs = []
+    for path, command in logs + [(out / "autoencoder_log.json", None), (out / "diffusion_log.json", None)]:
+        log = json.loads(path.read_text())
+        runs.append({"stage": "diffusion" if "scheduler_config" in log else "autoencoder", "command": command or log["command"],
+                     "steps": log["step"], "minutes": log["history"][-1]["minutes"], "final": log["history"][-1],
+                     "history": log["history"]})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    offset = 0
+    for r in runs:
+        steps = [h["step"] + (offset if r["stage"] == "autoencoder" else 0) for h in r["history"]]
+        ax = axes[0] if r["stage"] == "autoencoder" else axes[1]
+        for key in ([k for k in ("l1", "identity", "swap") if k in r["history"][0]] if r["stage"] == "autoencoder" else ["mse"]):
+            ax.plot(steps, [h[key] for h in r["history"]], label=f"{key} ({'GAN' if 'g_adv' in r['history'][0] else 'no GAN'})"
+                    if r["stage"] == "autoencoder" else key)
+        if r["stage"] == "autoencoder":
+            offset = steps[-1]
+    axes[0].set_title("face autoencoder (identity terms: 1 - cos through fr128)")
+    axes[1].set_title("latent diffusion (noise MSE)")
+    for ax in axes:
+        ax.set_xlabel("optimizer step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    results.mkdir(parents=True, exist_ok=True)
+    fig.savefig(results / "vigface_training.png", dpi=110)
+    plt.close(fig)
+    (results / "vigface_training.json").write_text(json.dumps([{k: v for k, v in r.items() if k != "history"} for r in runs],
+                                                              indent=1) + "\n")
+    lines = ["# VIGFace training on a 2-core CPU", "",
+             "Every phase, in order, with the command that ran it (from `benchmarks/vigface_train.py`). Data: LFW 64x64, the "
+             "identities outside View-2 folds 6-10; conditioning: fr128 identity prototypes.", "",
+             "| stage | steps | minutes | final losses | command |", "|---|---|---|---|---|"]
+    for r in runs:
+        final = ", ".join(f"{k} {v:.4f}" for k, v in r["final"].items() if k not in ("step", "minutes"))
+        lines.append(f"| {r['stage']} | {r['steps']} | {r['minutes']:.1f} | {final} | `{r['command']}` |")
+    total = sum(r["minutes"] for r in runs)
+    lines += ["", f"Total: **{total:.0f} minutes** of training on 2 CPU cores (shared with other work during the run).", "",
+              "![training curves](vigface_training.png)", ""]
+    (results / "vigface_training.md").write_text("\n".join(lines))
+    print(f"wrote {results / 'vigface_training.md'} ({total:.0f} min)")
 
 
 if __name__ == "__main__":

@@ -31,10 +31,10 @@ from facecore.embeddings import extract_embeddings
 from facecore.metrics import cosine_scores, verification_report
 from facecore.paths import shared_path
 from facecore.recognizers import create_recognizer
-from vigface_sdk.backbones import embed_dataset, load_backbone, recognizer_backbone
-from vigface_sdk.prototypes import PrototypeStore
-from vigface_sdk.report import separability_report, write_report
-from vigface_sdk.space import EmbeddingSet, SpaceTrainConfig, load_training_dataset, train_space
+from vigface_sdk.models.backbones import embed_dataset, load_backbone, recognizer_backbone
+from vigface_sdk.models.prototypes import PrototypeStore
+from vigface_sdk.evaluation.space_report import separability_report, write_report
+from vigface_sdk.training.space import EmbeddingSet, SpaceTrainConfig, load_training_dataset, train_space
 
 
 def pair_report(emb: np.ndarray, left: np.ndarray, right: np.ndarray, issame: np.ndarray, folds: np.ndarray) -> dict:

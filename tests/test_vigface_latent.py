@@ -267,3 +267,21 @@ def test_cli_synthesize_with_the_shipped_pipeline(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted([".shards", "id_000000", "id_000001", "manifest.jsonl", "property",
                                                             "run.json", "train.idx", "train.rec"])
     assert len(list((out / "id_000001").glob("*.jpg"))) == 3 and len((out / "manifest.jsonl").read_text().splitlines()) == 6
+
+
+def test_identity_variation_from_the_real_spread_is_per_image_deterministic(pipe):
+    rng = np.random.default_rng(3)
+    protos = rng.standard_normal((30, 8))
+    varied = VirtualPrototypeSampler.fit(protos, residuals=3 * rng.standard_normal((60, 8)))
+    pv = VIGFacePipeline(pipe.autoencoder, pipe.denoiser, pipe.scheduler, varied)
+    p = pv.virtual_prototypes(2)
+    plain = pv(p, 2, num_inference_steps=3, seed=1, identity_variation=0)
+    assert np.array_equal(plain, pipe(p, 2, num_inference_steps=3, seed=1))  # 0: the prototype itself
+    batch = pv(p, 2, num_inference_steps=3, seed=1)  # default: the real spread
+    assert not np.array_equal(batch, plain)
+    alone = pv(p[1:], 1, num_inference_steps=3, generator=[torch.Generator().manual_seed(sample_seed(1, 1, 1))])[0]
+    assert np.abs(batch[3].astype(int) - alone).max() <= 1
+    with pytest.raises(InvalidInputError, match="spread"):
+        pipe(p, 1, num_inference_steps=2, identity_variation=1.0)
+    with pytest.raises(InvalidInputError):
+        pv(p, 1, num_inference_steps=2, identity_variation=-1)

@@ -46,7 +46,7 @@ def _common(func):
         click.option("--max-minutes", type=float, default=None, help="Stop after this many minutes (checkpoint kept)."),
         click.option("--checkpoint", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help="Checkpoint folder (default OUT.checkpoint); training resumes from it."),
-        click.option("--seed", default=0, show_default=True),
+        click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0)),
         click.option("--device", default="auto", show_default=True, help="cpu, cuda, or auto."),
     ]):
         func = opt(func)
@@ -92,7 +92,7 @@ def train_autoencoder_cmd(data, out, size, channels, batch_size, recognizer, hol
 @click.option("--autoencoder", "-a", "autoencoder_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder written by train-autoencoder.")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path), help="Pipeline folder to write.")
-@click.option("--channels", default="64,128", show_default=True, help="Denoiser widths per level.")
+@click.option("--channels", default="64,96", show_default=True, help="Denoiser widths per level.")
 @click.option("--batch-size", default=128, show_default=True, help="Per process.")
 @click.option("--exclude-root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Aligned faces (<identity>/<image>) of more real people virtual identities must stay away from "
@@ -110,7 +110,7 @@ def train_diffusion_cmd(data, autoencoder_dir, out, channels, batch_size, exclud
     from facecore.training.distributed import cleanup, init_distributed
 
     from .models.autoencoder import FaceAutoencoder
-    from .training.autoencoder import identity_prototypes, latent_statistics
+    from .training.autoencoder import identity_prototypes, identity_residuals, latent_statistics
     from .training.diffusion import DiffusionTrainConfig, build_pipeline, train_latent_diffusion
 
     ctx = init_distributed(device)
@@ -136,7 +136,8 @@ def train_diffusion_cmd(data, autoencoder_dir, out, channels, batch_size, exclud
             ds = IdentityFolderDataset.from_folder(exclude_root)
             exclude = np.concatenate([protos, identity_prototypes(extract_embeddings(rec, ds), ds.labels)])
         pipe = build_pipeline(ae.cpu(), ema.cpu(), dict(scheduler.config), protos, exclude,
-                              {"training": {"faces": len(train), "identities": int(len(protos)), "steps": state["step"]}})
+                              {"training": {"faces": len(train), "identities": int(len(protos)), "steps": state["step"]}},
+                              residuals=identity_residuals(train.embeddings, train.labels))
         pipe.save_pretrained(out)
         click.echo(f"trained {state['step']} steps; pipeline saved to {out}")
     cleanup(ctx)
@@ -152,7 +153,7 @@ def train_diffusion_cmd(data, autoencoder_dir, out, channels, batch_size, exclud
               help="Identity folders of JPEGs, InsightFace RecordIO (train.rec/.idx), or both; always manifest.jsonl.")
 @click.option("--prototypes", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Stage-1 space or prototype store whose virtual prototypes to use (default: the pipeline's sampler).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--guidance-scale", default=None, type=float, help="Classifier-free guidance (default: the pipeline's).")
 @click.option("--steps", default=None, type=int, help="Sampler steps (default: the pipeline's).")
 @click.option("--batch-size", default=128, show_default=True)
@@ -243,3 +244,27 @@ def report_synthesis_cmd(dataset, pipeline, real_root, evaluator, far, grids, ou
     if "leakage" in report:
         msg += f"; {100 * report['leakage']['clean_rate']:.2f} % of samples without a real identity above FAR={far:g}"
     click.echo(f"{msg}; wrote {paths['json']}, {paths['md']} and {len(grid_paths)} grids")
+
+
+@click.command("demo")
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"), show_default=True)
+@click.option("--identities", "-n", default=8, show_default=True)
+@click.option("--per-identity", "-m", default=8, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@friendly_errors
+def demo_cmd(out, identities, per_identity, seed) -> None:
+    """Faces of a few virtual identities from the shipped pipeline, as a picture grid (rows = identities)."""
+    import time
+
+    from .evaluation.synthesis_report import save_grid
+    from .pipelines.pipeline import load_pipeline
+
+    pipe = load_pipeline()
+    protos = pipe.virtual_prototypes(identities, seed=seed)
+    t = time.perf_counter()
+    images = pipe(protos, per_identity, seed=seed, progress=True)
+    seconds = time.perf_counter() - t
+    path = save_grid(images, Path(out) / "virtual_identities.png", columns=per_identity,
+                     title=f"{identities} virtual identities (rows) x {per_identity} samples, nobody's face")
+    click.echo(f"VIGFace: {len(images)} faces of {identities} virtual identities in {seconds:.1f} s "
+               f"({len(images) / seconds:.1f} img/s) -> {path}")

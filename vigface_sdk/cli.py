@@ -47,7 +47,7 @@ def main() -> None:
 @click.option("--holdout-pairs", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="LFW-style pairs.txt whose --holdout-folds identities are kept out of training.")
 @click.option("--holdout-folds", default="6-10", show_default=True, help="1-based folds of --holdout-pairs to hold out.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, or auto.")
 @friendly_errors
 def train_space_cmd(dataset, num_virtual, out, backbone, recognizer, channel_order, mean, std, arcface_checkpoint, arch, dim,
@@ -126,10 +126,11 @@ def report_space_cmd(prototypes: Path, out, name: str, seed: int) -> None:
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
-from ._cli_synthesis import (report_synthesis_cmd, synthesize_cmd, train_autoencoder_cmd,  # noqa: E402
+from ._cli_synthesis import (demo_cmd, report_synthesis_cmd, synthesize_cmd, train_autoencoder_cmd,  # noqa: E402
                              train_diffusion_cmd)
 
 main.add_command(train_autoencoder_cmd)
 main.add_command(train_diffusion_cmd)
 main.add_command(synthesize_cmd)
 main.add_command(report_synthesis_cmd)
+main.add_command(demo_cmd)

@@ -7,6 +7,12 @@ prototypes, e.g. every identity of the training data *and* of public face sets) 
 to any of them exceeds ``max_similarity`` is rejected and redrawn, so no virtual identity sits closer
 to a real person than that. Prototype ``i`` depends only on ``(seed, i)``: any identity can be
 regenerated alone. Stage 1's learned virtual prototypes (``PrototypeStore.virtual``) are the other source.
+
+With ``intra_tril`` (the Cholesky factor of how real embeddings scatter around their identity's prototype),
+:meth:`vary` gives each image of an identity its own point near the prototype, so that samples of one
+virtual identity differ as much as photos of one real person do in the recognizer's eyes (measured here:
+without it, samples of one identity matched each other at cosine 0.89 by an independent recognizer,
+real photos of one person at 0.68).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ class VirtualPrototypeSampler:
     redrawn while closer than ``max_similarity`` (cosine) to any ``exclude`` prototype."""
 
     def __init__(self, mean: np.ndarray, scale_tril: np.ndarray, exclude: np.ndarray | None = None,
-                 max_similarity: float | None = None, metadata: dict | None = None):
+                 max_similarity: float | None = None, metadata: dict | None = None, intra_tril: np.ndarray | None = None):
         self.mean = np.asarray(mean, np.float32)
         self.scale_tril = np.asarray(scale_tril, np.float32)
         d = self.mean.shape[0] if self.mean.ndim == 1 else -1
@@ -43,6 +49,9 @@ class VirtualPrototypeSampler:
         if max_similarity is not None and not -1 < float(max_similarity) < 1:
             raise InvalidInputError(f"max_similarity must be a cosine in (-1, 1), got {max_similarity}")
         self.max_similarity = None if max_similarity is None else float(max_similarity)
+        self.intra_tril = None if intra_tril is None else np.asarray(intra_tril, np.float32)
+        if self.intra_tril is not None and (self.intra_tril.shape != (d, d) or not np.isfinite(self.intra_tril).all()):
+            raise InvalidInputError(f"intra_tril must be a finite ({d}, {d}) matrix, got {self.intra_tril.shape}")
         self.metadata = dict(metadata or {})
 
     @property
@@ -51,16 +60,34 @@ class VirtualPrototypeSampler:
 
     @classmethod
     def fit(cls, prototypes: np.ndarray, shrinkage: float = 1e-3, exclude: np.ndarray | None = None,
-            max_similarity: float | None = None, metadata: dict | None = None) -> "VirtualPrototypeSampler":
+            max_similarity: float | None = None, metadata: dict | None = None,
+            residuals: np.ndarray | None = None) -> "VirtualPrototypeSampler":
         """Fit to real prototypes ``(n, D)`` (normalised first); ``shrinkage`` adds a ridge to the covariance,
-        at least ``D / n`` (capped at 1) so that few identities still give a full-rank Gaussian."""
+        at least ``D / n`` (capped at 1) so that few identities still give a full-rank Gaussian. ``residuals``:
+        unit embeddings minus their identity's prototype ``(m, D)``, for :meth:`vary`."""
         p = l2_normalize(np.asarray(prototypes, np.float64))
         if p.ndim != 2 or len(p) < 2 or not np.isfinite(p).all():
             raise InvalidInputError(f"need at least two finite prototypes (n, D), got shape {np.shape(prototypes)}")
         cov = np.cov(p.T)
         shrinkage = max(shrinkage, min(1.0, p.shape[1] / len(p)))
         cov += shrinkage * np.trace(cov) / p.shape[1] * np.eye(p.shape[1]) + 1e-9 * np.eye(p.shape[1])
-        return cls(p.mean(0), np.linalg.cholesky(cov), exclude, max_similarity, {**(metadata or {}), "fitted_on": int(len(p))})
+        intra = None
+        if residuals is not None:
+            r = np.asarray(residuals, np.float64)
+            if r.ndim != 2 or r.shape[1] != p.shape[1] or len(r) < 2 or not np.isfinite(r).all():
+                raise InvalidInputError(f"residuals must be a finite (m >= 2, {p.shape[1]}) array, got {r.shape}")
+            intra = np.linalg.cholesky(np.cov(r.T) + 1e-6 * np.eye(p.shape[1]))
+        return cls(p.mean(0), np.linalg.cholesky(cov), exclude, max_similarity, {**(metadata or {}), "fitted_on": int(len(p))},
+                   intra)
+
+    def vary(self, prototypes: np.ndarray, generators: list, scale: float = 1.0) -> np.ndarray:
+        """One point per row near its prototype, ``normalize(p + scale · L_intra z)``, ``z`` from that row's generator."""
+        if self.intra_tril is None:
+            raise InvalidInputError("this sampler has no intra-identity spread (fit it with residuals)")
+        import torch
+
+        z = torch.stack([torch.randn(self.dim, generator=g, dtype=torch.float64) for g in generators]).numpy()
+        return l2_normalize(np.asarray(prototypes, np.float64) + scale * z @ self.intra_tril.T.astype(np.float64)).astype(np.float32)
 
     def _draw(self, seed: int, index: int) -> np.ndarray:
         for attempt in range(MAX_ATTEMPTS):
@@ -84,6 +111,8 @@ class VirtualPrototypeSampler:
         tensors = {"mean": self.mean, "scale_tril": np.ascontiguousarray(self.scale_tril)}
         if self.exclude is not None:
             tensors["exclude"] = self.exclude.astype(np.float16)
+        if self.intra_tril is not None:
+            tensors["intra_tril"] = np.ascontiguousarray(self.intra_tril)
         config = {**self.metadata, "_class_name": type(self).__name__, "dim": self.dim, "max_similarity": self.max_similarity}
         return write_artifact(directory, {WEIGHTS: st_save(tensors), CONFIG: config})
 
@@ -95,7 +124,7 @@ class VirtualPrototypeSampler:
             t = st_load((Path(directory) / WEIGHTS).read_bytes())
             meta = {k: v for k, v in config.items() if k not in ("_class_name", "dim", "max_similarity")}
             exclude = t["exclude"].astype(np.float32) if "exclude" in t else None
-            return cls(t["mean"], t["scale_tril"], exclude, config.get("max_similarity"), meta)
+            return cls(t["mean"], t["scale_tril"], exclude, config.get("max_similarity"), meta, t.get("intra_tril"))
         except (KeyError, AttributeError, InvalidInputError) as exc:
             raise ArtifactError(f"{directory}: not a virtual prototype sampler: {exc}") from exc
 

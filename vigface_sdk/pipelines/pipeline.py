@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 
 from facecore.artifacts import read_json, replace_dir, verify_artifact, write_artifact
 from facecore.errors import ArtifactError, IncompatibleError, InvalidInputError
+from facecore.tempfiles import remove_stale
 
 from ..models.autoencoder import FaceAutoencoder
 from ..models.denoiser import PrototypeDenoiser
@@ -122,10 +124,13 @@ class VIGFacePipeline:
     @torch.no_grad()
     def __call__(self, prototypes, num_images_per_prototype: int = 1, guidance_scale: float = DEFAULT_GUIDANCE,
                  num_inference_steps: int = DEFAULT_STEPS, generator: torch.Generator | list[torch.Generator] | None = None,
-                 seed: int | None = None, batch_size: int = 128, progress: bool = False) -> np.ndarray:
+                 seed: int | None = None, identity_variation: float | None = None, batch_size: int = 128,
+                 progress: bool = False) -> np.ndarray:
         """Sample faces. ``generator``: one for the whole call or one per output image (diffusers style);
         ``seed``: per-image generators seeded with :func:`sample_seed` ``(seed, k, m)``, so image ``(k, m)``
-        is the same whatever else is generated with it. ``guidance_scale`` 1 is the conditional model alone."""
+        is the same whatever else is generated with it. ``guidance_scale`` 1 is the conditional model alone.
+        ``identity_variation``: how far each image's identity strays from its prototype, in units of real
+        photos' spread around their person (default: 1 when the virtual sampler knows that spread, else 0)."""
         p = self.check_prototypes(prototypes)
         m = int(num_images_per_prototype)
         if m < 1 or int(batch_size) < 1 or int(num_inference_steps) < 1:
@@ -140,6 +145,13 @@ class VIGFacePipeline:
         per_image = isinstance(generator, (list, tuple))
         if per_image and len(generator) != n:
             raise InvalidInputError(f"{len(generator)} generators for {n} images")
+        spread = self.virtual_sampler.intra_tril is not None if self.virtual_sampler is not None else False
+        if identity_variation is None:
+            identity_variation = 1.0 if spread else 0.0
+        if not np.isfinite(identity_variation) or identity_variation < 0:
+            raise InvalidInputError(f"identity_variation must be a finite number >= 0, got {identity_variation}")
+        if identity_variation > 0 and not spread:
+            raise InvalidInputError("identity_variation needs a virtual sampler fitted with the real intra-identity spread")
         protos = torch.from_numpy(p).repeat_interleave(m, 0).to(dev)
         shape, scale, use_cfg = self.autoencoder.latent_shape, self.autoencoder.scaling_factor, guidance_scale != 1.0
         out = np.empty((n, size, size, 3), np.uint8)
@@ -164,7 +176,11 @@ class VIGFacePipeline:
                 else:
                     pred = self.denoiser(inp, t.to(dev), cond)
                 z = self.scheduler.step(pred, t, z, **self._step_kwargs(gens)).prev_sample
-            img = self.autoencoder.decode(z / scale, protos[lo:hi])
+            render = protos[lo:hi]
+            if identity_variation > 0:  # drawn after the latent's noise, from the same per-image generators
+                gens_v = gens if per_image else [generator or torch.default_generator] * (hi - lo)
+                render = torch.from_numpy(self.virtual_sampler.vary(render.cpu().numpy(), gens_v, identity_variation)).to(dev)
+            img = self.autoencoder.decode(z / scale, render)
             out[lo:hi] = ((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         return out
 
@@ -180,7 +196,8 @@ class VIGFacePipeline:
         """Write every component into ``directory`` atomically (built aside, then swapped in)."""
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        remove_stale(directory)  # build folders of killed runs
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp{os.getpid()}.", dir=directory.parent))
         try:
             index = {"_class_name": type(self).__name__, "autoencoder": type(self.autoencoder).__name__,
                      "denoiser": type(self.denoiser).__name__, "scheduler": type(self.scheduler).__name__, **self.metadata}
@@ -205,7 +222,7 @@ class VIGFacePipeline:
         if not (directory / INDEX).is_file():
             raise ArtifactError(f"{directory} is not a VIGFace pipeline folder (no {INDEX}); train one with "
                                 "`vigface-cli train-diffusion` or use the default (no --pipeline)")
-        verify_artifact(directory, (INDEX,))
+        verify_artifact(directory, (INDEX,), cover=(INDEX,))  # each component folder is verified by its own loader
         index = read_json(directory, INDEX)
         if not isinstance(index, dict) or index.get("_class_name") != cls.__name__:
             raise ArtifactError(f"{directory / INDEX} does not describe a {cls.__name__}")

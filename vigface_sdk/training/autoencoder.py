@@ -61,6 +61,13 @@ class AutoencoderTrainConfig:
             raise InvalidInputError("batch_size >= 2, max_steps >= 1 and 0 < identity_batch <= batch_size are required")
 
 
+def identity_residuals(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Unit embeddings minus their identity's prototype, for identities with at least two images."""
+    e = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True).clip(1e-12)
+    keep = np.bincount(labels)[labels] >= 2
+    return (e - identity_prototypes(embeddings, labels)[labels])[keep].astype(np.float32)
+
+
 def identity_prototypes(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """One unit prototype per label: the normalised mean of its normalised embeddings (``(max label + 1, D)``)."""
     e = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True).clip(1e-12)

@@ -150,16 +150,18 @@ def nearest_stranger_median(prototypes: np.ndarray) -> float:
 
 
 def build_pipeline(autoencoder: FaceAutoencoder, denoiser: PrototypeDenoiser, train_scheduler_config: dict,
-                   train_prototypes: np.ndarray, exclude: np.ndarray | None = None, metadata: dict | None = None):
+                   train_prototypes: np.ndarray, exclude: np.ndarray | None = None, metadata: dict | None = None,
+                   residuals: np.ndarray | None = None):
     """The sampling pipeline of a finished run: DPM-Solver++ on the training schedule and a virtual sampler
     fitted to ``train_prototypes`` that rejects draws closer to any ``exclude`` prototype (default: the
-    training prototypes) than the median nearest-stranger cosine among those excluded identities."""
+    training prototypes) than the median nearest-stranger cosine among those excluded identities, and
+    (with ``residuals``, see ``identity_residuals``) varies each image's identity as real photos vary."""
     from ..models.virtual import VirtualPrototypeSampler
     from ..pipelines.pipeline import VIGFacePipeline, default_scheduler
 
     exclude = train_prototypes if exclude is None else exclude
     tau = nearest_stranger_median(exclude)
-    sampler = VirtualPrototypeSampler.fit(train_prototypes, exclude=exclude, max_similarity=tau,
+    sampler = VirtualPrototypeSampler.fit(train_prototypes, exclude=exclude, max_similarity=tau, residuals=residuals,
                                           metadata={"excluded_identities": int(len(exclude)),
                                                     "max_similarity_rule": "median nearest-stranger cosine among the excluded"})
     scheduler = default_scheduler(DDPMScheduler.from_config(train_scheduler_config).config)
