@@ -2,10 +2,12 @@
 
 >>> from advface_sdk import protect
 >>> stored = protect(embeddings, model="fr128")   # store these instead of the raw embeddings
+>>> stored = protect(embeddings, model="fr128", key="deploy.key")   # keyed: match against prepare_probe(...)
 """
 
 from .artifact import load_artifact, save_artifact
 from .backends import list_backends, register_backend
-from .protector import Protector, protect
+from .keys import DeploymentKey
+from .protector import Protector, prepare_probe, protect
 
-__all__ = ["protect", "Protector", "load_artifact", "save_artifact", "list_backends", "register_backend"]
+__all__ = ["protect", "prepare_probe", "Protector", "DeploymentKey", "load_artifact", "save_artifact", "list_backends", "register_backend"]

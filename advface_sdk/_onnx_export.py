@@ -14,7 +14,9 @@ from onnx import TensorProto, helper, numpy_helper
 INPUT, OUTPUT = "embeddings", "protected"
 
 
-def generator_to_onnx(state: dict[str, np.ndarray], config: dict, precision: str = "fp32") -> onnx.ModelProto:
+def generator_to_onnx(state: dict[str, np.ndarray], config: dict, precision: str = "fp32",
+                      rotation: np.ndarray | None = None) -> onnx.ModelProto:
+    """The protection graph; ``rotation`` (a deployment key's ``R``) makes it the keyed graph ``R·(ẑ + δ)·‖z‖``."""
     if precision not in ("fp32", "fp16"):
         raise ValueError(f"precision must be fp32 or fp16, got {precision}")
     ft = np.float16 if precision == "fp16" else np.float32
@@ -58,8 +60,11 @@ def generator_to_onnx(state: dict[str, np.ndarray], config: dict, precision: str
               helper.make_node("Sqrt", ["rn2e"], ["rnorm"]),
               helper.make_node("Div", [const("budget", config["budget"]), "rnorm"], ["rscale"]),
               helper.make_node("Mul", [h, "rscale"], ["delta"]),
-              helper.make_node("Add", ["unit", "delta"], ["pu"]),
-              helper.make_node("Mul", ["pu", "znorm"], ["out" if precision == "fp16" else OUTPUT])]
+              helper.make_node("Add", ["unit", "delta"], ["pu"])]
+    if rotation is not None:
+        nodes.append(helper.make_node("MatMul", ["pu", const("rotation_t", np.asarray(rotation).T)], ["pr"]))
+    nodes.append(helper.make_node("Mul", ["pr" if rotation is not None else "pu", "znorm"],
+                                  ["out" if precision == "fp16" else OUTPUT]))
     if precision == "fp16":
         nodes.append(helper.make_node("Cast", ["out"], [OUTPUT], to=TensorProto.FLOAT))
     dim = config["dim"]
@@ -68,6 +73,21 @@ def generator_to_onnx(state: dict[str, np.ndarray], config: dict, precision: str
         [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", dim])],
         [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", dim])],
         inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="advface_sdk")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def probe_to_onnx(rotation: np.ndarray) -> onnx.ModelProto:
+    """The probe graph of a keyed protector: ``z ↦ R·z`` (float32, dynamic batch)."""
+    dim = int(rotation.shape[0])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", [INPUT, "rotation_t"], [OUTPUT])], "advface_prepare_probe",
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", dim])],
+        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", dim])],
+        [numpy_helper.from_array(np.asarray(rotation, np.float32).T.copy(), "rotation_t")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="advface_sdk")
     model.ir_version = 8

@@ -4,7 +4,9 @@ The output is written to ``.DST.tmp<PID>`` and renamed into place on success; a 
 (full disk, file-size limit), Ctrl-C or SIGTERM removes it, and temp files left by killed
 runs (dead PIDs) are removed by the next run. An ``.npz`` keeps every member: only ``key`` is
 replaced by its protected version, and a stored recognizer ``fingerprint`` must match the
-protector's.
+protector's. A keyed protector's ``.npz`` output also records what it holds: ``kind`` (``templates`` or
+``probes``), ``protector_id`` and the deployment ``key_id`` (never the key itself), which
+:meth:`Protector.load_keyed` checks; an input that already carries them is refused.
 """
 
 from __future__ import annotations
@@ -83,8 +85,18 @@ def _reserve(fh, size: int) -> None:
             raise
 
 
-def stream_protect(protector, src: Path, dst: Path, key: str = "embeddings", chunk: int = 65536) -> int:
-    """Protect ``src`` into ``dst`` (same format as ``dst``'s suffix) chunk by chunk; atomic on success."""
+META = ("kind", "protector_id", "key_id")
+
+
+def stream_protect(protector, src: Path, dst: Path, key: str = "embeddings", chunk: int = 65536,
+                   kind: str = "templates") -> int:
+    """Protect ``src`` into ``dst`` (same format as ``dst``'s suffix) chunk by chunk; atomic on success.
+
+    ``kind="probes"`` prepares clean probes for a keyed store instead (:meth:`Protector.prepare_probe`).
+    """
+    if kind not in ("templates", "probes"):
+        raise InvalidInputError(f"kind must be 'templates' or 'probes', got {kind!r}")
+    rows_fn = protector._protect_rows if kind == "templates" else protector._probe_rows
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise DataError(f"input file not found: {src}")
@@ -106,6 +118,10 @@ def stream_protect(protector, src: Path, dst: Path, key: str = "embeddings", chu
             zf = stack.enter_context(_open_npz(src))
             if f"{key}.npy" not in zf.namelist():
                 raise DataError(f"{src} has no array {key!r} (arrays: {[n[:-4] for n in zf.namelist()]}); use --key")
+            done = sorted({f"{m}.npy" for m in META} & set(zf.namelist()))
+            if done:
+                raise InvalidInputError(f"{src} was already written by advface-cli (members {[n[:-4] for n in done]}); "
+                                        "protect or prepare clean embeddings")
             fingerprint = _npz_fingerprint(zf, src)
             if fingerprint is not None and fingerprint != protector.artifact.recognizer_fingerprint:
                 raise IncompatibleError(
@@ -140,14 +156,18 @@ def stream_protect(protector, src: Path, dst: Path, key: str = "embeddings", chu
                         np.lib.format.write_array_header_1_0(out, header) if body < 2**32 else \
                             np.lib.format.write_array_header_2_0(out, header)
                         _reserve(out, out.tell() + body)
-                        _protect_chunks(protector, read, shape[0], chunk, out.write)
+                        _protect_chunks(rows_fn, read, shape[0], chunk, out.write)
                         out.flush()
                         os.fsync(out.fileno())
                 else:
                     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zout:
                         with zout.open(f"{key}.npy", "w", force_zip64=True) as fo:
                             np.lib.format.write_array_header_1_0(fo, header)
-                            _protect_chunks(protector, read, shape[0], chunk, fo.write)
+                            _protect_chunks(rows_fn, read, shape[0], chunk, fo.write)
+                        meta = {"kind": kind, "protector_id": protector.artifact.protector_id, "key_id": protector.key_id}
+                        for name, value in meta.items() if protector.key is not None else ():
+                            with zout.open(f"{name}.npy", "w") as fo:
+                                np.lib.format.write_array(fo, np.asarray(value), allow_pickle=False)
                         for info in others:  # every other member (relpaths, labels, fingerprint, ...) verbatim
                             copy = zipfile.ZipInfo(info.filename, info.date_time)
                             copy.compress_type, copy.external_attr = info.compress_type, info.external_attr
@@ -164,7 +184,7 @@ def stream_protect(protector, src: Path, dst: Path, key: str = "embeddings", chu
     return int(shape[0])
 
 
-def _protect_chunks(protector, read, rows: int, chunk: int, write) -> None:
+def _protect_chunks(rows_fn, read, rows: int, chunk: int, write) -> None:
     for start in range(0, rows, chunk):
         stop = min(start + chunk, rows)
-        write(np.ascontiguousarray(protector._protect_rows(read(start, stop), start)).tobytes())
+        write(np.ascontiguousarray(rows_fn(read(start, stop), start)).tobytes())

@@ -16,6 +16,7 @@ match the files is always refused.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import platform
@@ -95,6 +96,15 @@ class ProtectorArtifact:
     @property
     def onnx_path(self) -> Path:
         return self.directory / ONNX
+
+    @property
+    def protector_id(self) -> str:
+        """16 hex digits identifying the protection (weights, dim, budget): what deployment keys are bound to."""
+        h = hashlib.sha256(f"{self.dim}:{self.budget!r}".encode())
+        for name in sorted(self.state):
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(self.state[name], np.float32).tobytes())
+        return h.hexdigest()[:16]
 
     @property
     def recognizer_fingerprint(self) -> str | None:

@@ -205,52 +205,121 @@ def _rec_info(train, rec) -> dict:
     return {"name": rec.name if rec else None, "fingerprint": train.fingerprint, "dim": train.dim}
 
 
-@main.command("protect")
-@click.argument("src", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("dst", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--model", "-m", default="fr128", show_default=True, help="Default artifact name or artifact folder.")
-@click.option("--key", default="embeddings", show_default=True, help="Array name inside an .npz input.")
-@click.option("--backend", default="auto", show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--chunk", default=65536, show_default=True, type=click.IntRange(min=1), help="Rows per chunk (memory bound).")
-@_trust_options
-@friendly_errors
-def protect_cmd(src: Path, dst: Path, model: str, key: str, backend: str, device: str, chunk: int, trust,
-                require_signature: bool) -> None:
-    """Protect embeddings from SRC (.npy or .npz) into DST, streaming in chunks (other .npz members are kept)."""
+def _deployment_key_option(func):
+    return click.option("--deployment-key", "-K", "deployment_key", default=None,
+                        type=click.Path(dir_okay=False, path_type=Path),
+                        help="Deployment key file (advface-cli keygen): keyed templates / probes.")(func)
+
+
+def _stream(src: Path, dst: Path, model: str, key: str, backend: str, device: str, chunk: int, trust, require_signature: bool,
+            deployment_key, kind: str) -> None:
     from ._streaming import stream_protect
     from .protector import Protector
 
     art = _load(model, trust, require_signature)
-    n = stream_protect(Protector(art, backend=backend, device=device, batch_size=chunk), src, dst, key=key, chunk=chunk)
-    click.echo(f"protected {n} embeddings into {dst}")
+    protector = Protector(art, backend=backend, device=device, batch_size=chunk, key=deployment_key)
+    if deployment_key is not None and dst.resolve().parent == deployment_key.resolve().parent:
+        click.echo(f"warning: {dst} is written next to the deployment key; keep keys away from template stores", err=True)
+    n = stream_protect(protector, src, dst, key=key, chunk=chunk, kind=kind)
+    keyed = f" with deployment key {protector.key_id}" if protector.key_id else ""
+    click.echo(f"{'protected' if kind == 'templates' else 'prepared'} {n} {'embeddings' if kind == 'templates' else 'probes'}"
+               f"{keyed} into {dst}")
+
+
+def _stream_options(func):
+    for option in reversed([
+            click.argument("src", type=click.Path(dir_okay=False, path_type=Path)),
+            click.argument("dst", type=click.Path(dir_okay=False, path_type=Path)),
+            click.option("--model", "-m", default="fr128", show_default=True, help="Default artifact name or artifact folder."),
+            click.option("--key", default="embeddings", show_default=True, help="Array name inside an .npz input."),
+            click.option("--backend", default="auto", show_default=True),
+            click.option("--device", default="cpu", show_default=True),
+            click.option("--chunk", default=65536, show_default=True, type=click.IntRange(min=1),
+                         help="Rows per chunk (memory bound)."),
+            _deployment_key_option, _trust_options]):
+        func = option(func)
+    return func
+
+
+@main.command("protect")
+@_stream_options
+@friendly_errors
+def protect_cmd(src: Path, dst: Path, model: str, key: str, backend: str, device: str, chunk: int, deployment_key, trust,
+                require_signature: bool) -> None:
+    """Protect embeddings from SRC (.npy or .npz) into DST, streaming in chunks (other .npz members are kept)."""
+    _stream(src, dst, model, key, backend, device, chunk, trust, require_signature, deployment_key, "templates")
+
+
+@main.command("prepare-probe")
+@_stream_options
+@friendly_errors
+def prepare_probe_cmd(src: Path, dst: Path, model: str, key: str, backend: str, device: str, chunk: int, deployment_key, trust,
+                      require_signature: bool) -> None:
+    """Map clean probe embeddings from SRC into the deployment key's space (DST), for cosine matching against keyed templates."""
+    _stream(src, dst, model, key, backend, device, chunk, trust, require_signature, deployment_key, "probes")
+
+
+@main.command()
+@click.argument("keyfile", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--model", "-m", default="fr128", show_default=True, help="Protector (default name or folder) the key is for.")
+@_trust_options
+@friendly_errors
+def keygen(keyfile: Path, model: str, trust, require_signature: bool) -> None:
+    """Write a new random deployment key for MODEL to KEYFILE (mode 0600; an existing file is never overwritten)."""
+    from .keys import DeploymentKey
+
+    art = _load(model, trust, require_signature)
+    key = DeploymentKey.generate(art.protector_id)
+    key.save(keyfile)
+    click.echo(f"wrote deployment key {key.key_id} for protector {art.protector_id} ({art.directory.name}) to {keyfile}; "
+               "keep it away from the template store: whoever holds it can undo the keyed layer")
 
 
 @main.command("export-onnx")
 @click.argument("artifact")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@_deployment_key_option
+@click.option("--probe", is_flag=True, help="With --deployment-key: write the probe graph (z -> R z) instead.")
 @friendly_errors
-def export_onnx(artifact: str, out: Path, precision: str) -> None:
-    """Write the protection graph of ARTIFACT as ONNX (dynamic batch; float32 I/O)."""
+def export_onnx(artifact: str, out: Path, precision: str, deployment_key, probe: bool) -> None:
+    """Write the protection graph of ARTIFACT as ONNX (dynamic batch; float32 I/O); keyed with --deployment-key
+    (the graph then holds the key's rotation: protect the file like the key)."""
     import os
 
-    from ._onnx_export import generator_to_onnx
+    from facecore.errors import InvalidInputError
+
+    from ._onnx_export import generator_to_onnx, probe_to_onnx
     from .artifact import load_artifact
+    from .keys import DeploymentKey
 
     from facecore.tempfiles import remove_stale, temp_path, terminate_as_interrupt
 
     art = load_artifact(artifact)
-    model = generator_to_onnx(art.state, art.config, precision)
+    rotation = None
+    if deployment_key is not None:
+        dkey = DeploymentKey.load(deployment_key)
+        dkey.check_protector(art.protector_id, f" ({art.directory.name})")
+        rotation = dkey.rotation(art.dim)
+    elif probe:
+        raise InvalidInputError("--probe needs --deployment-key (without a key, probes are used as they are)")
+    model = probe_to_onnx(rotation) if probe else generator_to_onnx(art.state, art.config, precision, rotation)
     remove_stale(out)
     tmp = temp_path(out)
     try:
         with terminate_as_interrupt():
-            tmp.write_bytes(model.SerializeToString())
+            if rotation is not None:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the key's rotation
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(model.SerializeToString())
+            else:
+                tmp.write_bytes(model.SerializeToString())
             os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    click.echo(f"wrote {precision} ONNX for {art.dim}-d embeddings to {out}")
+    what = "probe" if probe else precision
+    keyed = f" keyed with deployment key {dkey.key_id} (file mode 0600)" if rotation is not None else ""
+    click.echo(f"wrote {what} ONNX for {art.dim}-d embeddings{keyed} to {out}")
 
 
 @main.command("export-trt")

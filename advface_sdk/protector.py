@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from facecore.errors import InvalidInputError, NonFiniteError
+from facecore.errors import DataError, InvalidInputError, KeyMismatchError, NonFiniteError
 
 from .artifact import ProtectorArtifact, load_artifact
 from .backends import create_backend, resolve_backend
+from .keys import DeploymentKey, as_key
 
 DEFAULT_MODEL = "fr128"
 _FLOATS = ("float16", "float32", "float64")
@@ -41,11 +42,15 @@ class Protector:
     :func:`~advface_sdk.artifact.load_artifact`. Every backend is checked against the weights'
     reference on a fixed probe set before its first use. Embeddings are protected in batches of
     ``batch_size`` rows, so extra memory is bounded by the batch, not the input.
+
+    ``key`` (a key file from ``advface-cli keygen`` or a :class:`~advface_sdk.keys.DeploymentKey`)
+    turns on the keyed mode: templates are rotated by the key's secret rotation, and probes must go
+    through :meth:`prepare_probe` before cosine matching. ``key=None`` is plain AdvFace.
     """
 
     def __init__(self, model: str | Path | ProtectorArtifact = DEFAULT_MODEL, backend: str = "auto", device: str = "cpu",
                  recognizer_fingerprint: str | None = None, batch_size: int = DEFAULT_BATCH, trust: tuple = (),
-                 require_signature: bool | None = None, **backend_options):
+                 require_signature: bool | None = None, key: str | Path | DeploymentKey | None = None, **backend_options):
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
             raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
         if not isinstance(backend, str):
@@ -53,6 +58,11 @@ class Protector:
         self.device = _require_device(device)
         self.artifact = model if isinstance(model, ProtectorArtifact) else load_artifact(model, trust, require_signature)
         self.artifact.check_recognizer(recognizer_fingerprint)
+        self.key = None if key is None else as_key(key)
+        self._rot_t = None
+        if self.key is not None:
+            self.key.check_protector(self.artifact.protector_id, f" ({self.artifact.directory.name})")
+            self._rot_t = np.ascontiguousarray(self.key.rotation(self.dim).T, np.float32)
         self.batch_size = int(batch_size)
         self._options = backend_options
         self._backends: dict[tuple[str, str], object] = {}
@@ -76,6 +86,11 @@ class Protector:
     @property
     def dim(self) -> int:
         return self.artifact.dim
+
+    @property
+    def key_id(self) -> str | None:
+        """Id of the deployment key (``None``: unkeyed); stored with templates and probes to catch mix-ups."""
+        return None if self.key is None else self.key.key_id
 
     def _backend(self, name: str, device: str):
         key = (name, device)
@@ -125,30 +140,91 @@ class Protector:
         """Protected embeddings of the same kind (numpy / torch), device, shape and dtype."""
         if _is_torch(embeddings):
             return self._protect_torch(embeddings)
+        return self._map_numpy(embeddings, self._protect_rows)
+
+    def prepare_probe(self, embeddings):
+        """Clean probe embeddings mapped into the key's space: match them by cosine against stored templates.
+
+        Same kind, shape and dtype as the input; without a key the probes are returned unchanged (a copy).
+        """
+        if _is_torch(embeddings):
+            import torch
+
+            self._check(embeddings, str(embeddings.dtype).replace("torch.", ""), tuple(embeddings.shape))
+            out = self._map_numpy(embeddings.detach().cpu().numpy(), self._probe_rows)
+            return torch.from_numpy(out).to(embeddings.device)
+        return self._map_numpy(embeddings, self._probe_rows)
+
+    def _map_numpy(self, embeddings, rows_fn):
         if not isinstance(embeddings, np.ndarray):
             raise InvalidInputError(f"embeddings must be a numpy array or torch tensor, got {type(embeddings).__name__}")
         self._check(embeddings, _NP_FLOATS.get(embeddings.dtype) or embeddings.dtype.name, embeddings.shape)
         flat = embeddings.reshape(-1, self.dim)
         out = np.empty(flat.shape, embeddings.dtype)
         for start in range(0, len(flat), self.batch_size):
-            out[start:start + self.batch_size] = self._protect_rows(flat[start:start + self.batch_size], start)
+            out[start:start + self.batch_size] = rows_fn(flat[start:start + self.batch_size], start)
         return out.reshape(embeddings.shape)
+
+    @staticmethod
+    def _unit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """float32 unit rows and float64 norms, without overflow even at |x| ~ 1e300."""
+        x64 = x.astype(np.float64)
+        scale = np.abs(x64).max(axis=1, keepdims=True)
+        norm = np.sqrt(((x64 / scale) ** 2).sum(axis=1, keepdims=True)) * scale
+        return (x64 / norm).astype(np.float32), norm
+
+    def _probe_rows(self, x: np.ndarray, offset: int = 0) -> np.ndarray:
+        self._check_values(x, offset)
+        if self._rot_t is None:
+            return x.copy()
+        unit, norm = self._unit(x)
+        return self._rescale(unit @ self._rot_t, norm, x.dtype, offset)
 
     def _protect_rows(self, x: np.ndarray, offset: int = 0) -> np.ndarray:
         """One batch: checked, run on unit vectors (no overflow), rescaled in float64, cast back; never non-finite."""
         self._check_values(x, offset)
-        x64 = x.astype(np.float64)
-        scale = np.abs(x64).max(axis=1, keepdims=True)
-        norm = np.sqrt(((x64 / scale) ** 2).sum(axis=1, keepdims=True)) * scale  # no overflow even at |x| ~ 1e300
-        unit = (x64 / norm).astype(np.float32)
+        unit, norm = self._unit(x)
         y = self._backend(self._host_backend, self.device).run(unit)
+        if self._rot_t is not None:
+            y = y @ self._rot_t
+        return self._rescale(y, norm, x.dtype, offset)
+
+    @staticmethod
+    def _rescale(y: np.ndarray, norm: np.ndarray, dtype, offset: int) -> np.ndarray:
+        dtype = np.dtype(dtype)
         with np.errstate(over="ignore"):  # overflow is reported below, naming the rows
-            out = (y.astype(np.float64) * norm).astype(x.dtype)
+            out = (y.astype(np.float64) * norm).astype(dtype)
         if not np.isfinite(out).all():
             bad = (np.flatnonzero(~np.isfinite(out).all(axis=1))[:5] + offset).tolist()
-            raise NonFiniteError(f"protected embeddings of rows {bad} overflow {x.dtype}: their norms are too large for the "
+            raise NonFiniteError(f"protected embeddings of rows {bad} overflow {dtype}: their norms are too large for the "
                                  "dtype; normalise the embeddings first (cosine matching ignores the norm) or pass float32/float64")
         return out
+
+    def load_keyed(self, path: str | Path, kind: str = "templates") -> np.ndarray:
+        """The ``embeddings`` of an ``.npz`` written by ``advface-cli protect`` / ``prepare-probe``, after checking that
+        they are ``kind`` (``"templates"`` or ``"probes"``) made by this protector with this key."""
+        path = Path(path)
+        if kind not in ("templates", "probes"):
+            raise InvalidInputError(f"kind must be 'templates' or 'probes', got {kind!r}")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = {k: str(data[k].item()) if k in data.files and data[k].size == 1 else None
+                        for k in ("kind", "key_id", "protector_id")}
+                emb = data["embeddings"] if "embeddings" in data.files else None
+        except FileNotFoundError:
+            raise DataError(f"file not found: {path}") from None
+        except (ValueError, OSError, EOFError) as exc:
+            raise DataError(f"{path} is not a readable .npz ({exc})") from exc
+        if emb is None or meta["kind"] is None:
+            raise DataError(f"{path} holds no {kind} written by advface-cli (members 'embeddings' and 'kind' expected)")
+        if meta["kind"] != kind:
+            raise InvalidInputError(f"{path} holds {meta['kind']}, not {kind}")
+        if meta["protector_id"] != self.artifact.protector_id:
+            raise KeyMismatchError(f"{path} was made by protector {meta['protector_id']}, not {self.artifact.protector_id}")
+        if meta["key_id"] != self.key_id:
+            raise KeyMismatchError(f"{path} was made with deployment key {meta['key_id']}, not {self.key_id}: "
+                                   "templates and probes of different keys never match")
+        return emb
 
     def _protect_torch(self, t):
         import torch
@@ -172,7 +248,10 @@ class Protector:
                 self._check_values(x.cpu().numpy(), start)
             scale = x.abs().amax(dim=1, keepdim=True)
             norm = torch.sqrt(((x / scale) ** 2).sum(dim=1, keepdim=True)) * scale
-            y = backend.run_torch((x / norm).to(torch.float32)).to(torch.float64) * norm
+            y = backend.run_torch((x / norm).to(torch.float32))
+            if self._rot_t is not None:
+                y = y @ torch.from_numpy(self._rot_t).to(y.device)
+            y = y.to(torch.float64) * norm
             out[start:start + self.batch_size] = y.to(t.dtype)
         if not bool(torch.isfinite(out).all()):
             raise NonFiniteError(f"protected embeddings overflow {t.dtype}: normalise the embeddings first or pass float32")
@@ -183,17 +262,32 @@ _CACHE: dict[tuple, Protector] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def protect(embeddings, model: str | Path | Protector = DEFAULT_MODEL, backend: str = "auto", device: str = "cpu"):
-    """Protect embeddings with a (cached, built once even under concurrent first calls) :class:`Protector`."""
+def _cached(model, backend: str, device: str, key) -> Protector:
     if isinstance(model, Protector):
-        return model.protect(embeddings)
+        if key is not None and as_key(key).key_id != model.key_id:
+            raise KeyMismatchError(f"key {as_key(key).key_id} differs from the protector's key {model.key_id}")
+        return model
     if not isinstance(model, (str, os.PathLike)):
         raise InvalidInputError(f"model must be an artifact name, a folder or a Protector, got {type(model).__name__}")
-    key = (str(model), backend, device)
-    protector = _CACHE.get(key)
+    deployment_key = None if key is None else as_key(key)
+    cache_key = (str(model), backend, device, None if deployment_key is None else deployment_key.key_id)
+    protector = _CACHE.get(cache_key)
     if protector is None:
         with _CACHE_LOCK:
-            protector = _CACHE.get(key)
+            protector = _CACHE.get(cache_key)
             if protector is None:
-                protector = _CACHE[key] = Protector(model, backend=backend, device=device)
-    return protector.protect(embeddings)
+                protector = _CACHE[cache_key] = Protector(model, backend=backend, device=device, key=deployment_key)
+    return protector
+
+
+def protect(embeddings, model: str | Path | Protector = DEFAULT_MODEL, backend: str = "auto", device: str = "cpu",
+            key: str | Path | DeploymentKey | None = None):
+    """Protect embeddings with a (cached, built once even under concurrent first calls) :class:`Protector`;
+    ``key``: a deployment key file or :class:`~advface_sdk.keys.DeploymentKey` (keyed mode)."""
+    return _cached(model, backend, device, key).protect(embeddings)
+
+
+def prepare_probe(embeddings, model: str | Path | Protector = DEFAULT_MODEL, key: str | Path | DeploymentKey | None = None,
+                  backend: str = "auto", device: str = "cpu"):
+    """Clean probes mapped into ``key``'s space (see :meth:`Protector.prepare_probe`)."""
+    return _cached(model, backend, device, key).prepare_probe(embeddings)

@@ -42,6 +42,14 @@ class BackendUnavailableError(FacePrivacyError, RuntimeError):
     """A requested execution backend or device is not available here."""
 
 
+class DeploymentKeyError(FacePrivacyError, ValueError):
+    """A deployment key file is missing, truncated, edited, too widely readable or not a key."""
+
+
+class KeyMismatchError(IncompatibleError):
+    """Templates, probes or a key belong to another deployment key or another protector."""
+
+
 class SignatureError(ArtifactError):
     """An artifact's signature is missing where required, invalid, or by an untrusted key."""
 

@@ -92,7 +92,7 @@ def test_quick_benchmark_end_to_end(shared, tmp_path):
     from advface_sdk.evaluation.harness import BenchmarkConfig, config_from_dict, run_benchmark
     from advface_sdk.evaluation.report import write_report
 
-    methods = ("none", "gaussian", "biohashing") + (("advface",) if "fr128" in default_artifacts() else ())
+    methods = ("none", "gaussian", "biohashing") + (("advface", "advface-key") if "fr128" in default_artifacts() else ())
     cfg = BenchmarkConfig.quick_preset(recognizer="fr128", methods=methods, cache_dir=str(tmp_path / "cache"), progress=False)
     result, pictures = run_benchmark(cfg)
     rows = result["methods"]
@@ -111,6 +111,12 @@ def test_quick_benchmark_end_to_end(shared, tmp_path):
     if "advface" in rows:
         assert rows["advface"]["utility"]["accuracy"] > raw["utility"]["accuracy"] - 0.02
         assert rows["advface"]["attack"]["adaptive"]["train"]["budget"] == "1 px + 0 id epochs (warm start)"
+        keyed, plain = rows["advface-key"], rows["advface"]
+        assert keyed["utility"]["accuracy"] == plain["utility"]["accuracy"]  # a rotation keeps every cosine
+        assert keyed["threats"]["reid_key_secret"] < 0.25 < plain["threats"]["reid_key_secret"]
+        assert keyed["attack"]["embedding"]["rank1"] == plain["attack"]["embedding"]["rank1"]  # key stolen
+        assert keyed["attack"]["non_adaptive_key_stolen"] == plain["attack"]["non_adaptive"]
+        assert 0 <= keyed["threats"]["known_plaintext_100"]["rank1"] <= 1 and keyed["threats"]["alignment"]["type2"] is not None
     assert 0 <= result["random_face_type2"] <= 1
     assert {p["method"] for p in result["curve"]} >= {"gaussian"}
     assert pictures["true"].shape == (4, 64, 64, 3) and "none (non-adaptive)" in pictures
@@ -118,7 +124,7 @@ def test_quick_benchmark_end_to_end(shared, tmp_path):
 
     paths = write_report({"command": "pytest", **result}, pictures, tmp_path, "bench")
     md = paths["md"].read_text()
-    assert "| none |" in md and "| biohashing |" in md and "re-id rank-1" in md
+    assert "| none |" in md and "| biohashing |" in md and "re-id rank-1" in md and "## Threat matrix" in md
     assert json.loads(paths["json"].read_text())["methods"]["none"]["utility"]["accuracy"] == raw["utility"]["accuracy"]
     for key in ("curve", "roc", "grid"):
         assert paths[key].read_bytes()[:4] == b"\x89PNG"

@@ -143,3 +143,53 @@ def reidentification(scores: np.ndarray, stolen_labels: np.ndarray, candidate_la
     tar = tar_at_far(scores.ravel(), same.ravel(), (1e-3,))
     return {"rank1": float(np.mean(top == stolen_labels)), "tar@far=0.001": tar["tar@far=0.001"],
             "templates": int(len(scores)), "candidates": int(scores.shape[1]), "n_impostors": tar["n_impostors"]}
+
+
+# ---------------------------------------------------------------------- attacks without the key
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def procrustes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Orthogonal (or semi-orthogonal, for other widths) ``W`` minimising ``‖a W − b‖``."""
+    u, _, vt = np.linalg.svd(a.T @ b, full_matrices=False)
+    return u @ vt
+
+
+def rank1(mapped: np.ndarray, candidates: np.ndarray) -> float:
+    """Share of rows ``i`` of ``mapped`` whose cosine-nearest candidate is row ``i`` (same person)."""
+    return float(np.mean(np.argmax(_unit(mapped) @ _unit(candidates).T, axis=1) == np.arange(len(candidates))))
+
+
+def align_without_pairs(templates: np.ndarray, clean: np.ndarray, top: int = 64, iters: int = 30) -> np.ndarray:
+    """(c) Map stolen ``templates`` into the space of ``clean`` embeddings without any known pair.
+
+    As in unsupervised word translation: initial matches from each point's sorted similarity profile
+    within its own set (invariant to any rotation of that set), then orthogonal Procrustes refined on
+    mutual nearest neighbours. Returns the templates mapped (unit rows, the width of ``clean``).
+    """
+    x, y = _unit(templates - templates.mean(0)), _unit(clean - clean.mean(0))
+
+    def profile(z):
+        s = np.sort(z @ z.T, axis=1)[:, ::-1][:, 1:top + 1]
+        return _unit(s - s.mean(1, keepdims=True))
+
+    sim, w = profile(x) @ profile(y).T, None
+    for _ in range(iters):
+        fwd, bwd = sim.argmax(1), sim.argmax(0)
+        mutual = np.flatnonzero(bwd[fwd] == np.arange(len(x)))
+        if len(mutual) < 2:
+            break
+        w = procrustes(x[mutual], y[fwd[mutual]])
+        sim = (x @ w) @ y.T
+    return _unit(x @ w) if w is not None else _unit(x[:, :y.shape[1]])
+
+
+def known_plaintext_maps(pairs_clean: np.ndarray, pairs_stored: np.ndarray) -> dict[str, np.ndarray]:
+    """(d) Linear maps stored template → clean embedding fitted on the thief's own (clean, stored) pairs:
+    ridge least squares, and orthogonal Procrustes where the widths allow."""
+    a, b = pairs_stored.astype(np.float64), _unit(pairs_clean.astype(np.float64))
+    maps = {"least squares": np.linalg.solve(a.T @ a + 1e-2 * len(a) * np.eye(a.shape[1]), a.T @ b)}
+    if a.shape[1] >= b.shape[1]:
+        maps["procrustes"] = procrustes(_unit(a), b)
+    return maps

@@ -22,12 +22,16 @@ from facecore.errors import ArtifactError, InvalidInputError
 from facecore.metrics import roc_curve
 from facecore.paths import cache_dir as default_cache_dir
 
-from .attacks import AttackerConfig, decoder_inputs, reidentification, score_matrix, train_attacker
+from .attacks import (AttackerConfig, align_without_pairs, decoder_inputs, known_plaintext_maps, rank1, reidentification,
+                      score_matrix, train_attacker)
 from .lfw_setup import OTHER, LfwEvaluation
 from .methods import ProtectionMethod, create_method, list_methods
 from .privacy import Victims, attack_success, decode_to_crops, pick_victims, random_face_baseline
 
-DEFAULT_METHODS = ("none", "gaussian", "polyprotect", "biohashing", "mlphash", "slerpface", "advface", "advface-pgd")
+DEFAULT_METHODS = ("none", "gaussian", "polyprotect", "biohashing", "mlphash", "slerpface", "advface", "advface-key",
+                   "advface-pgd")
+#: known-plaintext budgets of the threat matrix: (clean, stored) pairs of faces the thief enrolled himself
+KNOWN_PAIRS = (100, 1000)
 ROC_FARS = np.logspace(-4, 0, 41)
 
 
@@ -155,15 +159,15 @@ class Benchmark:
 
     def _methods(self) -> dict[str, ProtectionMethod]:
         art = None
-        if {"advface", "advface-pgd", "gaussian"} & set(self.cfg.methods):
-            needs = {"advface", "advface-pgd"} & set(self.cfg.methods)
+        if {"advface", "advface-key", "advface-pgd", "gaussian"} & set(self.cfg.methods):
+            needs = {"advface", "advface-key", "advface-pgd"} & set(self.cfg.methods)
             art = self._artifact() if needs or self.cfg.artifact or self._has_default() else None
         budget = float(art.config["budget"]) if art is not None else 0.5
         out = {}
         for name in self.cfg.methods:
             if name == "gaussian":
                 m = create_method(name, budget=budget, seed=self.cfg.seed)
-            elif name == "advface":
+            elif name in ("advface", "advface-key"):
                 m = create_method(name, artifact=str(art.directory), seed=self.cfg.seed)
             elif name == "advface-pgd":
                 shadow = self._shadow(art)
@@ -280,6 +284,9 @@ class Benchmark:
                 cand = victims.probe  # clean embeddings of *other* images of every victim
                 sm = score_matrix(method, stolen, labels[vic.enrolled], ev.emb[cand])
                 row["attack"]["embedding"] = reidentification(sm, labels[vic.enrolled], labels[cand])
+                if name == "advface-key":
+                    self._key_stolen(method, stolen, vic, base_dec, adaptive_decoders, row)
+                row["threats"] = self._threats(method, stolen, vic, train, train_users, base_dec, dim)
             rows[name] = row
 
         curve = self._curve(methods, base_dec, victims)
@@ -310,12 +317,50 @@ class Benchmark:
                 return None
             notes.append("adaptive: the advface-generator adaptive attacker (PGD on every attacker face is too slow to train on)")
             return self._success(decoders["advface"], stolen, vic, keep, f"{name} (adaptive)")
+        if name == "advface-key":  # key secret: the attacker protects his faces with a key of his own
+            method = create_method(name, artifact=method.artifact, seed=cfg.seed + 1)
+            notes.append("adaptive: trained on the attacker's faces protected with his own deployment key (the key is secret)")
         inputs = decoder_inputs(method.protect_gallery(train.embeddings, train_users))
         dec, info = train_attacker(train, rec_torch, cfg.attacker, adaptive=True, inputs=inputs, init=base_dec,
                                    cache_dir=self.cache, device=cfg.device, progress=cfg.progress)
         decoders[name] = dec
         tag = f"{name} (adaptive)" if name in ("advface", "gaussian") else None
         return {**self._success(dec, stolen, vic, keep if tag else 0, tag), "train": info}
+
+    def _key_stolen(self, method, stolen, vic, base_dec, decoders, row) -> None:
+        """(b) Key stolen: the thief undoes the rotation and attacks plain AdvFace templates."""
+        plain = stolen.astype(np.float64) @ method.key.rotation(stolen.shape[1])  # rows: Rᵀ·t
+        row["attack"]["non_adaptive_key_stolen"] = self._success(base_dec, plain, vic)
+        row["attack"]["adaptive_key_stolen"] = self._success(decoders["advface"], plain, vic) if "advface" in decoders else None
+        if "advface" not in decoders:
+            row["notes"].append("adaptive with the key stolen: n/a (needs the advface adaptive attacker; run advface too)")
+
+    def _threats(self, method, stolen, vic, train, train_users, base_dec, dim) -> dict:
+        """Attacks without the key (none needs it for unkeyed methods): direct re-identification, (c) alignment
+        without pairs, (d) known plaintext with ``KNOWN_PAIRS`` pairs; mapped templates are also decoded."""
+        cand = self.ev.emb[vic.probe].astype(np.float64)
+        s = decoder_inputs(stolen).astype(np.float64)
+        scale = float(np.linalg.norm(train.embeddings, axis=1).mean())
+
+        def decoded(mapped: np.ndarray):
+            return self._success(base_dec, mapped * scale, vic)["type2"] if mapped.shape[1] == dim else None
+
+        aligned = align_without_pairs(s, cand)
+        out = {"reid_key_secret": rank1(s, cand) if s.shape[1] == dim else None,
+               "alignment": {"rank1": rank1(aligned, cand), "type2": decoded(aligned)}}
+        rng = np.random.default_rng(self.cfg.seed)
+        for n in KNOWN_PAIRS:
+            pick = rng.choice(len(train), min(n, len(train)), replace=False)
+            pairs = decoder_inputs(method.protect_gallery(train.embeddings[pick], train_users[pick])).astype(np.float64)
+            best = None
+            for name, m in known_plaintext_maps(train.embeddings[pick], pairs).items():
+                mapped = ((s / np.linalg.norm(s, axis=1, keepdims=True)) if name == "procrustes" else s) @ m
+                r1 = rank1(mapped, cand)
+                if best is None or r1 > best[0]:
+                    best = (r1, name, mapped)
+            out[f"known_plaintext_{n}"] = {"pairs": int(len(pick)), "rank1": best[0], "map": best[1],
+                                           "type2": decoded(best[2] / np.linalg.norm(best[2], axis=1, keepdims=True))}
+        return out
 
     def _curve(self, methods, base_dec, victims) -> list[dict]:
         """Privacy (non-adaptive attacker) against utility over noise budgets: gaussian and AdvFace artifacts."""

@@ -17,8 +17,8 @@ def _label(name: str, row: dict) -> str:
     p = row["params"]
     if name == "gaussian":
         return f"gaussian (b={p['budget']:g})"
-    if name == "advface":
-        return f"advface ({Path(p['artifact']).name})"
+    if name in ("advface", "advface-key"):
+        return f"{name} ({Path(p['artifact']).name})"
     if name == "advface-pgd":
         return f"advface-pgd (b={p['budget']:g}, {p['steps']} steps)"
     return name
@@ -66,6 +66,27 @@ def markdown(result: dict) -> str:
         q = "n/a" if ad is None else f"{ad['ssim']:.3f} / {ad['psnr']:.1f} dB"
         lines.append(f"| {_label(name, r)} | {_pct(na and na['type2'])} | {red} | {_pct(na and na['type1'])} | "
                      f"{_pct(ad and ad['type2'])} | {_pct(ad and ad['type1'])} | {q} | {_pct(emb['rank1'])} | {_pct(emb['tar@far=0.001'])} |")
+    if any("threats" in r for r in rows.values()):
+        lines += ["", "## Threat matrix", "",
+                  "(a) key secret: the thief has the stolen templates, the SDK and a recognizer, not the key (adaptive: "
+                  "decoder trained on his own faces protected with his own key); (b) key stolen too; (c) he aligns the "
+                  "templates to clean embeddings without any pair, then re-identifies and decodes; (d) he also knows the "
+                  "stored templates of N faces he enrolled himself. Re-id = rank-1 against a clean photo of every victim; "
+                  "type II as above (non-adaptive decoder on the mapped templates). Unkeyed methods need no key: (a) = (b).", "",
+                  "| method | (a) adaptive type II | (a) re-id rank-1 | (b) non-adaptive type II | (b) adaptive type II | "
+                  "(b) re-id rank-1 | (c) align re-id / type II | (d) 100 pairs re-id / type II | (d) 1,000 pairs re-id / type II |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for name, r in rows.items():
+            t, a = r.get("threats"), r["attack"]
+            if t is None:
+                continue
+            stolen_na = a.get("non_adaptive_key_stolen", a["non_adaptive"])
+            stolen_ad = a.get("adaptive_key_stolen", a["adaptive"])
+            kp = [t.get(f"known_plaintext_{n}") for n in (100, 1000)]
+            lines.append(f"| {_label(name, r)} | {_pct(a['adaptive'] and a['adaptive']['type2'])} | {_pct(t['reid_key_secret'])} | "
+                         f"{_pct(stolen_na and stolen_na['type2'])} | {_pct(stolen_ad and stolen_ad['type2'])} | "
+                         f"{_pct(a['embedding']['rank1'])} | {_pct(t['alignment']['rank1'])} / {_pct(t['alignment']['type2'])} | "
+                         + " | ".join(f"{_pct(k and k['rank1'])} / {_pct(k and k['type2'])}" for k in kp) + " |")
     notes = [f"- {_label(n, r)}: {note}" for n, r in rows.items() for note in r["notes"]] + [f"- {n}" for n in result["notes"]]
     if notes:
         lines += ["", "Notes:", *notes]

@@ -22,6 +22,17 @@ def test_protect_onnxruntime(measure, artifact, embeddings, batch, threads):
             threads=threads)
 
 
+@pytest.mark.parametrize("batch", [1024])
+def test_protect_keyed_onnxruntime(measure, artifact, embeddings, batch):
+    """Keyed protect() (AdvFace graph, then the deployment key's rotation) on one core; target >= 100k embeddings/s."""
+    from advface_sdk.keys import DeploymentKey
+
+    protector = Protector(artifact, backend="onnxruntime", threads=1, key=DeploymentKey.generate(artifact.protector_id))
+    x = embeddings(batch)
+    measure(lambda: protector.protect(x), kind="protect", backend="onnxruntime cpu, 1 thread(s), deployment key",
+            batch=batch, threads=1)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("batch", BATCHES)
 def test_protect_torch(measure, artifact, embeddings, batch, threads):

@@ -58,6 +58,31 @@ class AdvFace(ProtectionMethod):
 
 
 @register_method
+class AdvFaceKeyed(AdvFace):
+    """AdvFace with a deployment key: templates ``R·advface(z)``, probes ``R·z`` (``R``: the key's secret rotation).
+
+    The key is derived from ``seed`` (reproducible runs; a deployment uses ``advface-cli keygen``): the
+    benchmark's defender uses seed 0, and an attacker without the key gets another seed's key.
+    """
+
+    name = "advface-key"
+
+    def __init__(self, artifact: str = "fr128", backend: str = "onnxruntime", seed: int = 0, dim: int | None = None) -> None:
+        super().__init__(artifact, backend, seed, dim)
+        import hashlib
+
+        from ...keys import DeploymentKey
+        from ...protector import Protector
+
+        secret = hashlib.sha256(f"advface-key benchmark seed {self.seed}".encode()).digest()
+        self.key = DeploymentKey(secret, self.protector.artifact.protector_id)
+        self.protector = Protector(self.protector.artifact, backend=backend, key=self.key)
+
+    def _probe(self, z: np.ndarray, user_ids: np.ndarray) -> np.ndarray:
+        return self.protector.prepare_probe(z.astype(np.float32))
+
+
+@register_method
 class AdvFacePGD(ProtectionMethod):
     """Per-sample projected gradient descent against a shadow decoder (:func:`advface_sdk.pgd.pgd_protect`).
 
