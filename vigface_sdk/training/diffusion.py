@@ -31,8 +31,10 @@ from ..models.autoencoder import FaceAutoencoder
 from ..models.denoiser import PrototypeDenoiser
 from .autoencoder import RUN_LENGTH, identity_prototypes, step_generator
 
+# ``leading`` spacing: samplers made from this config never start at t=999, where alpha_bar is 2e-9 (see
+# pipelines.pipeline.default_scheduler)
 TRAIN_SCHEDULER = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon",
-                       clip_sample=False)
+                       clip_sample=False, timestep_spacing="leading", steps_offset=1)
 
 
 @dataclass
