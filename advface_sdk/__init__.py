@@ -6,6 +6,7 @@
 
 from .artifact import load_artifact, save_artifact
 from .backends import list_backends, register_backend
+from .gallery import Gallery
 from .protector import Protector, protect
 
-__all__ = ["protect", "Protector", "load_artifact", "save_artifact", "list_backends", "register_backend"]
+__all__ = ["protect", "Protector", "Gallery", "load_artifact", "save_artifact", "list_backends", "register_backend"]

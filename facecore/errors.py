@@ -40,3 +40,7 @@ class IncompatibleError(ArtifactError, ValueError):
 
 class BackendUnavailableError(FacePrivacyError, RuntimeError):
     """A requested execution backend or device is not available here."""
+
+
+class DuplicateIdError(InvalidInputError):
+    """An id is given twice, or is already enrolled in a gallery."""
