@@ -4,7 +4,9 @@ default, or any Milvus standalone / distributed deployment by URI (``http://host
 The gallery's identity (protector, recognizer, key) is written into the collection's properties,
 so a collection is refused by a gallery of another protector even when reached by URI. A token for
 a secured cluster is read from ``$MILVUS_TOKEN`` and never stored. Each ``add`` is inserted and
-flushed before it returns; a process killed inside ``add`` can leave part of that one batch behind.
+flushed before it returns; a process killed inside ``add`` can leave part of that one batch behind
+(``advface-cli gallery enroll --skip-existing`` resumes). Milvus Lite serves a file to one process at
+a time (any number of clients inside it); use a server for many processes.
 """
 
 from __future__ import annotations
@@ -91,8 +93,8 @@ class MilvusStore(VectorStore):
         found = store._identity()
         if found != identity:
             raise IncompatibleError(f"Milvus collection {store.collection!r} at {store.uri} belongs to another gallery "
-                                    f"(protector {(found or {}).get('protector', {}).get('id')}, recognizer "
-                                    f"{(found or {}).get('recognizer', {}).get('fingerprint')}, key {(found or {}).get('key_id')})")
+                                    f"(protector {(found or {}).get('protector')}, recognizer {(found or {}).get('recognizer')}, "
+                                    f"key {(found or {}).get('key_id')})")
         store.client.load_collection(store.collection)
         return store
 
