@@ -126,7 +126,7 @@ def bytes_per_template(g: Gallery) -> float:
     return (info.get("index_bytes") or info.get("bytes_on_disk", 0)) / max(1, len(g))
 
 
-def run(args) -> dict:
+def run(args, report) -> dict:
     faiss.omp_set_num_threads(1)
     p = load_protocol(args.seed)
     fingerprint = p["recognizer"].fingerprint
@@ -135,6 +135,10 @@ def run(args) -> dict:
                                         "ef_search": args.ef_search}),
                ("milvus-lite-flat", "milvus", {"index": "flat"})]
     rows = []
+    protocol = {"mates": len(p["mate_ids"]), "mated_searches": len(p["probes"]),
+                "real_distractors": {"lfw_single_image_people": p["n_single"], "att_images": p["n_att"]},
+                "synthetic_distractors": "Gaussian fitted to unit-length fr128 LFW embeddings (mean + full covariance), re-normalised",
+                "k": K, "recognizer": "fr128", "fingerprint": fingerprint, "protector": "fr128 (shipped)"}
     work = Path(tempfile.mkdtemp(prefix="gallery1n-", dir=args.work))
     try:
         for size in args.sizes:
@@ -164,12 +168,10 @@ def run(args) -> dict:
                           f"TPIR@1e-3 {100 * row['tpir@fpir=0.001']:.2f} %  {perf['throughput_batch1024_per_cpu_s']:.0f} probes/cpu-s  "
                           f"p50 {perf['latency_batch1_p50_ms']:.2f} ms  build {seconds:.1f} s"
                           + (f"  recall@10 {row['recall@10_vs_exact']:.4f}" if "recall@10_vs_exact" in row else ""), flush=True)
+                    report({"rows": rows, "protocol": protocol})
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"rows": rows, "protocol": {"mates": len(p["mate_ids"]), "mated_searches": len(p["probes"]),
-                                       "real_distractors": {"lfw_single_image_people": p["n_single"], "att_images": p["n_att"]},
-                                       "synthetic_distractors": "Gaussian fitted to unit-length fr128 LFW embeddings (mean + full covariance), re-normalised",
-                                       "k": K, "recognizer": "fr128", "fingerprint": fingerprint, "protector": "fr128 (shipped)"}}
+    return {"rows": rows, "protocol": protocol}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -244,26 +246,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000], help="distractor counts")
     parser.add_argument("--milvus-max", type=int, default=100_000, help="largest distractor count run on Milvus Lite")
-    parser.add_argument("--hnsw-m", type=int, default=32)
-    parser.add_argument("--ef-construction", type=int, default=80)
-    parser.add_argument("--ef-search", type=int, default=128)
+    parser.add_argument("--hnsw-m", type=int, default=16)
+    parser.add_argument("--ef-construction", type=int, default=40)
+    parser.add_argument("--ef-search", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=None, help="scratch folder for the galleries (default: system temp)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
-    start = time.perf_counter()
-    result = run(args)
     import pymilvus
 
-    result = {"command": shlex.join(["python", "benchmarks/gallery_1n.py", *(sys.argv[1:] if argv is None else argv)]),
-              **result, "seconds": time.perf_counter() - start,
-              "environment": f"python {platform.python_version()}, faiss {faiss.__version__}, pymilvus {pymilvus.__version__}, "
-                             f"numpy {np.__version__}, {platform.machine()}",
-              "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    start = time.perf_counter()
+    command = shlex.join(["python", "benchmarks/gallery_1n.py", *(sys.argv[1:] if argv is None else argv)])
     args.out.mkdir(parents=True, exist_ok=True)
-    plot(result, args.out / f"{NAME}.png")
-    (args.out / f"{NAME}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / f"{NAME}.md").write_text(to_markdown(result))
+
+    def report(partial: dict) -> None:
+        """(Re)write JSON, Markdown and picture after every configuration: a long run leaves what it measured."""
+        result = {"command": command, **partial, "seconds": time.perf_counter() - start,
+                  "environment": f"python {platform.python_version()}, faiss {faiss.__version__}, pymilvus "
+                                 f"{pymilvus.__version__}, numpy {np.__version__}, {platform.machine()}",
+                  "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        plot(result, args.out / f"{NAME}.png")
+        (args.out / f"{NAME}.json").write_text(json.dumps(result, indent=1) + "\n")
+        (args.out / f"{NAME}.md").write_text(to_markdown(result))
+
+    run(args, report)
     print(f"wrote {args.out / NAME}.json, .md, .png")
     return 0
 
