@@ -7,7 +7,9 @@
 
 from .artifact import load_artifact, save_artifact
 from .backends import list_backends, register_backend
+from .gallery import Gallery
 from .keys import DeploymentKey
 from .protector import Protector, prepare_probe, protect
 
-__all__ = ["protect", "prepare_probe", "Protector", "DeploymentKey", "load_artifact", "save_artifact", "list_backends", "register_backend"]
+__all__ = ["protect", "prepare_probe", "Protector", "DeploymentKey", "Gallery", "load_artifact", "save_artifact",
+           "list_backends", "register_backend"]

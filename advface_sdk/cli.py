@@ -10,11 +10,16 @@ import numpy as np
 from facecore import __version__
 from facecore._cli import build_recognizer, friendly_errors, recognizer_option
 
+from .gallery.cli import gallery
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="advface-cli")
 def main() -> None:
     """AdvFace: store adversarial face embeddings that resist reconstruction."""
+
+
+main.add_command(gallery)
 
 
 @main.command()

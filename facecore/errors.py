@@ -64,3 +64,7 @@ class UnsignedArtifactWarning(FacePrivacyWarning):
 
 class DegenerateImageWarning(FacePrivacyWarning):
     """An image was embedded although its content is degenerate (tiny, constant, no face)."""
+
+
+class DuplicateIdError(InvalidInputError):
+    """An id is given twice, or is already enrolled in a gallery."""

@@ -1,0 +1,189 @@
+"""``advface-cli gallery …``: enroll, search, inspect and edit a protected gallery from ``.npz`` files."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from facecore._cli import friendly_errors
+from facecore.errors import DataError
+
+from .._streaming import _npz_member
+
+ID_KEYS = ("ids", "relpaths")
+
+
+def _read_meta(path: Path, ids_key: str | None) -> tuple[list[str], str | None]:
+    """Ids (from ``ids_key`` or the first of :data:`ID_KEYS` present) and the recognizer fingerprint of an ``.npz``."""
+    if path.suffix != ".npz" or not path.is_file():
+        raise DataError(f"{path}: expected an .npz file of embeddings and ids (as written by `advface-cli embed`)")
+    with np.load(path, allow_pickle=False) as z:
+        key = ids_key or next((k for k in ID_KEYS if k in z.files), None)
+        if key not in z.files:
+            raise DataError(f"{path} has no ids array {key or ID_KEYS} (arrays: {z.files}); use --ids")
+        ids = [str(i) for i in z[key].tolist()]
+        fingerprint = str(z["fingerprint"]) if "fingerprint" in z.files else None
+    return ids, fingerprint
+
+
+def _chunks(path: Path, key: str, chunk: int):
+    """``(shape, iterator of row blocks)`` of array ``key`` of an ``.npz``, read ``chunk`` rows at a time."""
+    zf, fh, shape, dtype = _npz_member(path, key)
+    if len(shape) != 2:
+        zf.close()
+        raise DataError(f"{path}:{key} must be a 2-d (N, D) array, got shape {shape}")
+    row = int(shape[1]) * dtype.itemsize
+
+    def blocks():
+        with zf:
+            for start in range(0, shape[0], chunk):
+                n = min(chunk, shape[0] - start)
+                yield start, np.frombuffer(fh.read(n * row), dtype).reshape(n, shape[1])
+    return shape, blocks()
+
+
+def _open(gallery: Path, uri: str | None):
+    from .gallery import Gallery
+
+    return Gallery.open(gallery, **({"uri": uri} if uri else {}))
+
+
+@click.group()
+def gallery() -> None:
+    """Protected galleries: enroll embeddings as AdvFace templates, search them 1:N."""
+
+
+_uri_option = click.option("--uri", default=None,
+                           help="Milvus URI, e.g. http://host:19530 (token from $MILVUS_TOKEN); default: the recorded one.")
+
+
+@gallery.command()
+@click.argument("gallery_dir", metavar="GALLERY", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("emb", metavar="EMB.npz", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--key", default="embeddings", show_default=True, help="Embeddings array inside EMB.npz.")
+@click.option("--ids", "ids_key", default=None, help="Ids array inside EMB.npz [default: ids, else relpaths].")
+@click.option("--model", "-m", default="fr128", show_default=True, help="Protector of a new gallery (artifact name or folder).")
+@click.option("--store", type=click.Choice(["faiss", "milvus"]), default="faiss", show_default=True, help="Store of a new gallery.")
+@click.option("--index", type=click.Choice(["flat", "hnsw"]), default="flat", show_default=True,
+              help="Index of a new gallery: flat = exact, hnsw = approximate.")
+@_uri_option
+@click.option("--collection", default=None, help="Milvus collection of a new gallery [default: advface_gallery].")
+@click.option("--chunk", default=65536, show_default=True, help="Rows per commit.")
+@click.option("--skip-existing", is_flag=True, help="Skip ids already enrolled (resume an interrupted enroll).")
+@friendly_errors
+def enroll(gallery_dir: Path, emb: Path, key: str, ids_key, model: str, store: str, index: str, uri, collection,
+           chunk: int, skip_existing: bool) -> None:
+    """Protect the embeddings of EMB.npz and enroll them into GALLERY (created on first use); each chunk commits atomically."""
+    from tqdm.auto import tqdm
+
+    from .gallery import MANIFEST, Gallery
+
+    ids, fingerprint = _read_meta(emb, ids_key)
+    shape, blocks = _chunks(emb, key, max(1, chunk))
+    if shape[0] != len(ids):
+        raise DataError(f"{emb}: {len(ids)} ids for {shape[0]} embeddings")
+    if (gallery_dir / MANIFEST).exists():
+        g = _open(gallery_dir, uri)
+    else:
+        options = {k: v for k, v in {"index": index, "uri": uri, "collection": collection}.items() if v is not None}
+        g = Gallery.create(gallery_dir, protector=model, store=store, recognizer_fingerprint=fingerprint, **options)
+    added = 0
+    with g, tqdm(total=shape[0], desc="enroll", unit="tmpl", file=sys.stderr, disable=None) as bar:
+        for start, block in blocks:
+            block_ids = ids[start:start + len(block)]
+            keep = ~g.contains(block_ids) if skip_existing else np.ones(len(block), bool)
+            if keep.any():
+                added += g.enroll([i for i, k in zip(block_ids, keep) if k], block[keep], fingerprint=fingerprint)
+            bar.update(len(block))
+        total = len(g)
+    click.echo(f"enrolled {added} templates into {gallery_dir} ({total} in total)")
+
+
+@gallery.command()
+@click.argument("gallery_dir", metavar="GALLERY", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("probes", metavar="PROBES.npz", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-k", default=5, show_default=True, help="Matches per probe.")
+@click.option("--key", default="embeddings", show_default=True, help="Embeddings array inside PROBES.npz.")
+@click.option("--ids", "ids_key", default=None, help="Probe ids array [default: ids, else relpaths].")
+@click.option("--batch", default=1024, show_default=True, help="Probes per search call.")
+@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write results to .tsv or .npz (atomic) instead of printing TSV.")
+@_uri_option
+@friendly_errors
+def search(gallery_dir: Path, probes: Path, k: int, key: str, ids_key, batch: int, out, uri) -> None:
+    """Search each probe of PROBES.npz (clean embeddings) in GALLERY: TSV lines probe, rank, id, score."""
+    import os
+
+    from tqdm.auto import tqdm
+
+    from facecore.embeddings import atomic_save_npz
+
+    probe_ids, fingerprint = _read_meta(probes, ids_key)
+    shape, blocks = _chunks(probes, key, max(1, batch))
+    if out is not None and out.suffix not in (".tsv", ".npz"):
+        raise DataError(f"--out must end in .tsv or .npz, got {out}")
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}") if out is not None and out.suffix == ".tsv" else None
+    sink = open(tmp, "w") if tmp else sys.stdout
+    all_ids, all_scores = [], []
+    try:
+        with _open(gallery_dir, uri) as g, tqdm(total=shape[0], desc="search", unit="probe", file=sys.stderr, disable=None) as bar:
+            for start, block in blocks:
+                hits = g.search(block, k, fingerprint=fingerprint)
+                if out is not None and out.suffix == ".npz":
+                    all_ids.append(hits.ids)
+                    all_scores.append(hits.scores)
+                else:
+                    sink.writelines(f"{probe_ids[start + r]}\t{c + 1}\t{hits.ids[r, c]}\t{hits.scores[r, c]:.6f}\n"
+                                    for r in range(len(block)) for c in range(k) if hits.ids[r, c])
+                bar.update(len(block))
+        if tmp:
+            sink.close()
+            os.replace(tmp, out)
+        elif out is not None:
+            atomic_save_npz(out, probe_ids=np.asarray(probe_ids), ids=np.concatenate(all_ids), scores=np.concatenate(all_scores))
+    finally:
+        if tmp:
+            sink.close()
+            tmp.unlink(missing_ok=True)
+    if out is not None:
+        click.echo(f"wrote top-{k} matches of {shape[0]} probes to {out}")
+
+
+@gallery.command()
+@click.argument("gallery_dir", metavar="GALLERY", type=click.Path(file_okay=False, path_type=Path))
+@_uri_option
+@friendly_errors
+def info(gallery_dir: Path, uri) -> None:
+    """Show GALLERY's protector, recognizer, key, store and size."""
+    with _open(gallery_dir, uri) as g:
+        click.echo(json.dumps(g.info(), indent=2))
+
+
+@gallery.command()
+@click.argument("gallery_dir", metavar="GALLERY", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("ids", nargs=-1)
+@click.option("--from-file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="More ids, one per line.")
+@_uri_option
+@friendly_errors
+def remove(gallery_dir: Path, ids: tuple[str, ...], from_file, uri) -> None:
+    """Remove templates by id from GALLERY."""
+    wanted = list(dict.fromkeys([*ids, *(from_file.read_text().split() if from_file else [])]))
+    with _open(gallery_dir, uri) as g:
+        n = g.remove(wanted) if wanted else 0
+        total = len(g)
+    click.echo(f"removed {n} of {len(wanted)} ids from {gallery_dir} ({total} left)")
+
+
+@gallery.command()
+@click.argument("gallery_dir", metavar="GALLERY", type=click.Path(file_okay=False, path_type=Path))
+@friendly_errors
+def rebuild(gallery_dir: Path) -> None:
+    """Rebuild GALLERY's FAISS index from its committed templates (after a corrupt index file)."""
+    from .gallery import Gallery
+
+    with Gallery.open(gallery_dir, rebuild_index=True) as g:
+        click.echo(f"rebuilt the index of {gallery_dir} ({len(g)} templates)")

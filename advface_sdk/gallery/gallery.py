@@ -1,0 +1,242 @@
+"""``Gallery``: protected templates in a vector store, searched 1:N with clean probes."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from facecore.artifacts import sha256_file
+from facecore.embeddings import l2_normalize
+from facecore.errors import ArtifactError, DuplicateIdError, IncompatibleError, InvalidInputError, NonFiniteError
+
+from ..artifact import WEIGHTS, default_artifacts
+from ..protector import DEFAULT_MODEL, Protector
+from .milvus_store import MAX_ID_LENGTH
+from .stores import VectorStore, store_class
+
+MANIFEST = "gallery.json"
+FORMAT = "advface-gallery/1"
+RAW = "none"
+
+
+def protector_id(protector: Protector) -> str:
+    """``<artifact name>@<first 16 hex of the weights' SHA-256>``: names one exact protector."""
+    art = protector.artifact
+    return f"{art.directory.name}@{sha256_file(art.directory / WEIGHTS)[:16]}"
+
+
+@dataclass
+class SearchResult:
+    """Top-k matches per probe, best first: ``ids`` (str, ``""`` where fewer than k exist) and cosine ``scores``."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+
+
+def _ids(ids) -> list[str]:
+    out = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+    bad = [i for i in out if not isinstance(i, str) or not i or len(i.encode()) > MAX_ID_LENGTH]
+    if bad:
+        raise InvalidInputError(f"ids must be non-empty strings of at most {MAX_ID_LENGTH} bytes; bad: {bad[:3]}")
+    if len(set(out)) != len(out):
+        dup = [i for i, n in Counter(out).items() if n > 1]
+        raise DuplicateIdError(f"{len(dup)} ids are given more than once (first: {dup[:3]}); nothing was changed")
+    return out
+
+
+class Gallery:
+    """Protected face templates under unique string ids in a vector store (FAISS by default).
+
+    Create with :meth:`create`, reopen with :meth:`open`. The gallery records the protector's id, the
+    recognizer's fingerprint and a key id (``None`` until keyed protection exists) and refuses
+    embeddings, templates and stores of any other. ``enroll`` protects raw embeddings before
+    storing them; ``search`` takes clean probes of the same recognizer (what AdvFace templates
+    match). Scores are cosine similarities.
+    """
+
+    def __init__(self, folder: Path, manifest: dict, store: VectorStore, protector: Protector | None):
+        self.folder, self.manifest, self.store, self.protector = folder, manifest, store, protector
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str | Path, protector: str | Path | Protector | None = DEFAULT_MODEL, store: str = "faiss",
+               recognizer_fingerprint: str | None = None, **store_options) -> "Gallery":
+        """A new, empty gallery in folder ``path``.
+
+        ``protector``: artifact name / folder / :class:`Protector`, or ``None`` for a raw (unprotected)
+        gallery, meant for baselines. ``recognizer_fingerprint`` defaults to the protector's.
+        ``store_options``: e.g. ``index="hnsw"`` or, for Milvus, ``uri=``, ``collection=``.
+        """
+        folder = Path(path)
+        if (folder / MANIFEST).exists():
+            raise InvalidInputError(f"{folder} already holds a gallery; open it instead")
+        prot = Protector(protector) if isinstance(protector, (str, Path)) else protector
+        if prot is not None:
+            prot.artifact.check_recognizer(recognizer_fingerprint)
+            recognizer = prot.artifact.config.get("recognizer", {})
+            fingerprint, dim = prot.artifact.recognizer_fingerprint, prot.dim
+            art = prot.artifact.directory
+            ref = art.name if default_artifacts().get(art.name) == art else str(art.resolve())
+            prot_info = {"id": protector_id(prot), "artifact": ref}
+        else:
+            if "dim" not in store_options or recognizer_fingerprint is None:
+                raise InvalidInputError("a raw gallery (protector=None) needs dim= and recognizer_fingerprint=")
+            dim, fingerprint, recognizer = int(store_options.pop("dim")), recognizer_fingerprint, {}
+            prot_info = {"id": RAW, "artifact": None}
+        manifest = {"format": FORMAT, "dim": dim, "metric": "cosine", "protector": prot_info, "key_id": None,
+                    "recognizer": {"fingerprint": fingerprint, "name": recognizer.get("name")},
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        backend = store_class(store).create(folder, dim, cls._identity(manifest), store_options)
+        manifest["store"] = {"name": store, "options": backend.options}
+        tmp = folder / f".{MANIFEST}.tmp{os.getpid()}"
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        os.replace(tmp, folder / MANIFEST)
+        return cls(folder, manifest, backend, prot)
+
+    @classmethod
+    def open(cls, path: str | Path, protector: str | Path | Protector | None = None, recognizer_fingerprint: str | None = None,
+             key_id: str | None = None, rebuild_index: bool = False, **store_options) -> "Gallery":
+        """Open the gallery in folder ``path``.
+
+        ``protector`` defaults to the recorded artifact; any protector, fingerprint or key id given must
+        be the recorded one (:class:`IncompatibleError` otherwise). ``store_options`` override the
+        recorded ones (``uri=`` of a moved Milvus, ``ef_search=``). ``rebuild_index`` recomputes a
+        damaged FAISS index from the committed templates.
+        """
+        folder = Path(path)
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text())
+        except FileNotFoundError:
+            raise ArtifactError(f"no gallery at {folder} (no {MANIFEST}); `advface-cli gallery enroll` creates one") from None
+        except json.JSONDecodeError as exc:
+            raise ArtifactError(f"{folder / MANIFEST} is corrupt: {exc}") from exc
+        if manifest.get("format") != FORMAT:
+            raise ArtifactError(f"{folder}: unknown gallery format {manifest.get('format')!r}, expected {FORMAT}")
+        recorded = manifest["protector"]
+        if recorded["id"] == RAW:
+            if protector is not None:
+                raise IncompatibleError(f"{folder} is a raw (unprotected) gallery, not one of protector {protector}")
+            prot = None
+        else:
+            prot = Protector(protector or recorded["artifact"]) if not isinstance(protector, Protector) else protector
+            if protector_id(prot) != recorded["id"]:
+                raise IncompatibleError(f"{folder} holds templates of protector {recorded['id']}, not {protector_id(prot)}")
+        gallery = cls(folder, manifest, None, prot)
+        gallery._check_provenance(recognizer_fingerprint, key_id)
+        options = {**manifest["store"]["options"], **store_options}
+        gallery.store = store_class(manifest["store"]["name"]).open(folder, manifest["dim"], cls._identity(manifest), options,
+                                                                    rebuild=rebuild_index)
+        return gallery
+
+    @staticmethod
+    def _identity(manifest: dict) -> dict:
+        """What a store must agree on to hold this gallery's templates."""
+        return {"format": manifest["format"], "dim": manifest["dim"], "protector": manifest["protector"]["id"],
+                "recognizer": manifest["recognizer"]["fingerprint"], "key_id": manifest["key_id"]}
+
+    def close(self) -> None:
+        """Checkpoint derived index data and release the store."""
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def __enter__(self) -> "Gallery":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- properties ------------------------------------------------------------------------
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def protector_id(self) -> str:
+        return self.manifest["protector"]["id"]
+
+    @property
+    def recognizer_fingerprint(self) -> str:
+        return self.manifest["recognizer"]["fingerprint"]
+
+    @property
+    def key_id(self) -> str | None:
+        return self.manifest["key_id"]
+
+    def __len__(self) -> int:
+        self.store.refresh()
+        return len(self.store)
+
+    def info(self) -> dict:
+        """The manifest, the number of templates and the store's own facts."""
+        return {**self.manifest, "folder": str(self.folder), "templates": len(self), "store_info": self.store.info()}
+
+    # ---- operations ------------------------------------------------------------------------
+
+    def _check_provenance(self, fingerprint: str | None, key_id: str | None) -> None:
+        if fingerprint is not None and fingerprint != self.recognizer_fingerprint:
+            raise IncompatibleError(f"embeddings of recognizer {fingerprint} do not belong in {self.folder}, a gallery of "
+                                    f"recognizer {self.recognizer_fingerprint} ({self.manifest['recognizer']['name']})")
+        if key_id != self.key_id:
+            raise IncompatibleError(f"key {key_id} does not match the gallery's key {self.key_id} ({self.folder})")
+
+    def _matrix(self, x, what: str) -> np.ndarray:
+        x = np.asarray(x)
+        if x.dtype.kind != "f" or x.ndim not in (1, 2):
+            raise InvalidInputError(f"{what} must be a float array of shape (D,) or (N, D), got {x.dtype} {x.shape}")
+        x = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
+        if x.shape[1] != self.dim:
+            raise InvalidInputError(f"{what} have dimension {x.shape[1]}, the gallery {self.folder} holds {self.dim}-d templates")
+        if not np.isfinite(x).all():
+            rows = np.flatnonzero(~np.isfinite(x).all(axis=1))[:5].tolist()
+            raise NonFiniteError(f"{what} contain NaN or Inf (rows {rows}); nothing was changed")
+        zero = np.flatnonzero(~x.any(axis=1))
+        if zero.size:
+            raise InvalidInputError(f"{what} hold all-zero rows {zero[:5].tolist()}; nothing was changed")
+        return x
+
+    def enroll(self, ids, embeddings, fingerprint: str | None = None, protected_by: str | None = None,
+               key_id: str | None = None) -> int:
+        """Protect and store ``embeddings`` (N, D) under new unique ``ids``; all or nothing, durable on return.
+
+        ``fingerprint``: the recognizer that produced them, checked when given. ``protected_by``:
+        the embeddings are already templates of that protector id (must be this gallery's).
+        """
+        ids = _ids(ids)
+        x = self._matrix(embeddings, "embeddings")
+        if len(ids) != len(x):
+            raise InvalidInputError(f"{len(ids)} ids for {len(x)} embeddings")
+        self._check_provenance(fingerprint, key_id)
+        if protected_by is not None:
+            if protected_by != self.protector_id:
+                raise IncompatibleError(f"templates of protector {protected_by} do not belong in {self.folder}, a gallery "
+                                        f"of protector {self.protector_id}")
+        elif self.protector is not None:
+            x = self.protector.protect(x)
+        self.store.add(ids, l2_normalize(x).astype(np.float32))
+        return len(ids)
+
+    def search(self, probes, k: int = 5, fingerprint: str | None = None) -> SearchResult:
+        """Top-``k`` enrolled ids and cosine scores for each clean probe embedding (N, D)."""
+        if int(k) < 1:
+            raise InvalidInputError(f"k must be at least 1, got {k}")
+        self._check_provenance(fingerprint, None)
+        ids, scores = self.store.search(l2_normalize(self._matrix(probes, "probes")), int(k))
+        return SearchResult(ids, scores)
+
+    def remove(self, ids) -> int:
+        """Delete these ids (those enrolled); returns how many were removed."""
+        return self.store.remove(_ids(ids))
+
+    def contains(self, ids) -> np.ndarray:
+        """Boolean mask of the ids that are enrolled."""
+        self.store.refresh()
+        return self.store.contains(_ids(ids))

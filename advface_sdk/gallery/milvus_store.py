@@ -1,0 +1,161 @@
+"""Milvus store through ``pymilvus``: Milvus Lite (a local file inside the gallery folder) by
+default, or any Milvus standalone / distributed deployment by URI (``http://host:19530``).
+
+The gallery's identity (protector, recognizer, key) is written into the collection's properties,
+so a collection is refused by a gallery of another protector even when reached by URI. A token for
+a secured cluster is read from ``$MILVUS_TOKEN`` and never stored. Each ``add`` is inserted and
+flushed before it returns; a process killed inside ``add`` can leave part of that one batch behind
+(``advface-cli gallery enroll --skip-existing`` resumes). Milvus Lite serves a file to one process at
+a time (any number of clients inside it); use a server for many processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from facecore.errors import ArtifactError, BackendUnavailableError, DuplicateIdError, IncompatibleError, InvalidInputError
+
+from .stores import VectorStore
+
+PROPERTY = "advface.gallery"
+LITE_FILE = "milvus.db"
+INDEXES = {"flat": "FLAT", "hnsw": "HNSW"}
+DEFAULTS = {"uri": None, "collection": "advface_gallery", "index": "flat", "hnsw_m": 32, "ef_construction": 80,
+            "ef_search": 128}
+MAX_ID_LENGTH = 512
+_REQUEST_ROWS = 8192  # rows per insert / query request (well under the gRPC message limit)
+
+
+def _client(uri: str):
+    try:
+        from pymilvus import MilvusClient
+        from pymilvus.exceptions import MilvusException
+    except ImportError as exc:
+        raise BackendUnavailableError("the milvus gallery store needs pymilvus (and milvus-lite for local files): "
+                                      "pip install 'face-privacy-sdk[milvus]'") from exc
+    try:
+        return MilvusClient(uri, token=os.environ.get("MILVUS_TOKEN", ""))
+    except (MilvusException, OSError, RuntimeError) as exc:
+        raise BackendUnavailableError(f"cannot connect to Milvus at {uri}: {exc}") from exc
+
+
+class MilvusStore(VectorStore):
+    """One Milvus collection: ``id`` VARCHAR primary key + ``vector`` FLOAT_VECTOR, inner-product metric."""
+
+    name = "milvus"
+
+    def __init__(self, folder: Path, dim: int, options: dict):
+        unknown = set(options) - set(DEFAULTS)
+        if unknown:
+            raise InvalidInputError(f"unknown milvus store options {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+        self.options = {**DEFAULTS, **options}
+        if self.options["index"] not in INDEXES:
+            raise InvalidInputError(f"milvus index must be one of {tuple(INDEXES)}, got {self.options['index']!r}")
+        self.folder, self.dim = Path(folder), int(dim)
+        self.uri = self.options["uri"] or str(self.folder.resolve() / LITE_FILE)
+        self.collection = self.options["collection"]
+        self.client = _client(self.uri)
+
+    @classmethod
+    def create(cls, folder: Path, dim: int, identity: dict, options: dict) -> "MilvusStore":
+        from pymilvus import DataType, MilvusClient
+
+        folder.mkdir(parents=True, exist_ok=True)
+        store = cls(folder, dim, options)
+        c, name = store.client, store.collection
+        if c.has_collection(name):
+            found = store._identity()
+            if found not in (None, identity) or len(store):
+                raise IncompatibleError(f"Milvus collection {name!r} at {store.uri} already holds another gallery; "
+                                        "choose another --collection")
+        else:
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID_LENGTH)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=store.dim)
+            params = c.prepare_index_params()
+            opts = store.options
+            index_params = {"M": opts["hnsw_m"], "efConstruction": opts["ef_construction"]} if opts["index"] == "hnsw" else {}
+            params.add_index(field_name="vector", index_type=INDEXES[opts["index"]], metric_type="IP", params=index_params)
+            c.create_collection(name, schema=schema, index_params=params, consistency_level="Strong")
+        c.alter_collection_properties(name, properties={PROPERTY: json.dumps(identity, sort_keys=True)})
+        c.load_collection(name)
+        return store
+
+    @classmethod
+    def open(cls, folder: Path, dim: int, identity: dict, options: dict, rebuild: bool = False) -> "MilvusStore":
+        store = cls(folder, dim, options)
+        if not store.client.has_collection(store.collection):
+            raise ArtifactError(f"Milvus at {store.uri} has no collection {store.collection!r}")
+        found = store._identity()
+        if found != identity:
+            raise IncompatibleError(f"Milvus collection {store.collection!r} at {store.uri} belongs to another gallery "
+                                    f"(protector {(found or {}).get('protector')}, recognizer {(found or {}).get('recognizer')}, "
+                                    f"key {(found or {}).get('key_id')})")
+        store.client.load_collection(store.collection)
+        return store
+
+    def _identity(self) -> dict | None:
+        props = self.client.describe_collection(self.collection).get("properties", {})
+        return json.loads(props[PROPERTY]) if PROPERTY in props else None
+
+    def close(self) -> None:
+        self.client.close()
+
+    def add(self, ids: list[str], vectors: np.ndarray) -> None:
+        present = [i for i, hit in zip(ids, self.contains(ids)) if hit]
+        if present:
+            raise DuplicateIdError(f"{len(present)} ids are already enrolled (first: {present[:3]}); nothing was added")
+        done = 0
+        try:
+            for start in range(0, len(ids), _REQUEST_ROWS):
+                rows = [{"id": i, "vector": v} for i, v in zip(ids[start:start + _REQUEST_ROWS], vectors[start:start + _REQUEST_ROWS])]
+                self.client.insert(self.collection, rows)
+                done += len(rows)
+        except Exception:
+            if done:  # all or nothing: take back the requests that went in
+                self.client.delete(self.collection, ids=ids[:done])
+            raise
+        self.client.flush(self.collection)
+
+    def remove(self, ids: list[str]) -> int:
+        present = [i for i, hit in zip(ids, self.contains(ids)) if hit]
+        for start in range(0, len(present), _REQUEST_ROWS):
+            self.client.delete(self.collection, ids=present[start:start + _REQUEST_ROWS])
+        self.client.flush(self.collection)
+        return len(present)
+
+    def contains(self, ids: list[str]) -> np.ndarray:
+        found: set[str] = set()
+        for start in range(0, len(ids), _REQUEST_ROWS):
+            found.update(r["id"] for r in self.client.query(self.collection, ids=ids[start:start + _REQUEST_ROWS],
+                                                             output_fields=["id"]))
+        return np.fromiter((i in found for i in ids), bool, len(ids))
+
+    def __len__(self) -> int:
+        return int(self.client.query(self.collection, filter="", output_fields=["count(*)"])[0]["count(*)"])
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        params = {"metric_type": "IP", "params": {"ef": max(int(self.options["ef_search"]), k)}
+                  if self.options["index"] == "hnsw" else {}}
+        hits = self.client.search(self.collection, data=queries, limit=k, search_params=params, output_fields=[])
+        ids = np.full((len(queries), k), "", dtype=object)
+        scores = np.full((len(queries), k), -np.inf, np.float32)
+        for row, found in enumerate(hits):
+            for col, hit in enumerate(found):
+                ids[row, col], scores[row, col] = hit["id"], hit["distance"]
+        return ids.astype(str), scores
+
+    def info(self) -> dict:
+        out = {"index": self.options["index"], "collection": self.collection,
+               "uri": self.uri if self.options["uri"] is None else self.options["uri"].split("@")[-1]}
+        lite = Path(self.uri)
+        if self.options["uri"] is None and lite.exists():
+            files = [lite] if lite.is_file() else [p for p in lite.rglob("*") if p.is_file()]
+            out["bytes_on_disk"] = int(sum(p.stat().st_size for p in files))
+        if self.options["index"] == "hnsw":
+            out.update({k: self.options[k] for k in ("hnsw_m", "ef_construction", "ef_search")})
+        return out

@@ -1,0 +1,248 @@
+"""``Gallery`` on every store (FAISS exact, FAISS HNSW, a real Milvus Lite database): enroll, search, remove,
+reopen, typed errors that change nothing, provenance checks, a writer killed by SIGKILL, concurrent searches."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from advface_sdk import Gallery, Protector, protect
+from advface_sdk.gallery import list_stores
+from facecore.errors import ArtifactError, DuplicateIdError, IncompatibleError, InvalidInputError, NonFiniteError
+
+STORES = {"faiss-flat": ("faiss", {"index": "flat"}), "faiss-hnsw": ("faiss", {"index": "hnsw"}),
+          "milvus-lite": ("milvus", {"index": "flat"})}
+FR128 = Protector("fr128").artifact.recognizer_fingerprint
+
+
+@pytest.fixture(params=list(STORES))
+def kind(request):
+    return request.param
+
+
+def _people(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [f"p{seed}-{i}" for i in range(n)], rng.standard_normal((n, 128)).astype(np.float32)
+
+
+def _create(path, kind, **kw) -> Gallery:
+    store, options = STORES[kind]
+    return Gallery.create(path, store=store, **options, **kw)
+
+
+def test_registry_lists_both_stores():
+    assert {"faiss", "milvus"} <= set(list_stores())
+
+
+def test_enroll_search_remove_reopen(tmp_path, kind):
+    ids, x = _people(300)
+    with _create(tmp_path / "g", kind) as g:
+        assert g.enroll(ids[:200], x[:200], fingerprint=FR128) == 200
+        g.enroll(ids[200:], x[200:])
+        assert len(g) == 300
+        probes = x + 0.05 * np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
+        hits = g.search(probes, k=3)
+        assert hits.ids.shape == hits.scores.shape == (300, 3)
+        assert (hits.ids[:, 0] == np.asarray(ids)).mean() == 1.0
+        assert (np.diff(hits.scores, axis=1) <= 1e-6).all()
+        # stored are the protected templates: the template itself scores 1 against its own entry
+        own = g.search(protect(x[:5]), k=1)
+        np.testing.assert_allclose(own.scores[:, 0], 1.0, atol=1e-4)
+        assert g.remove([ids[0], ids[1], "never-enrolled"]) == 2
+        assert len(g) == 298 and g.contains(ids[:3]).tolist() == [False, False, True]
+        assert ids[0] not in g.search(x[:1], k=5).ids
+    with Gallery.open(tmp_path / "g") as g:
+        assert len(g) == 298
+        assert g.search(x[2:3], k=1).ids[0, 0] == ids[2]
+        assert g.info()["protector"]["id"].startswith("fr128@")
+        few = g.search(x[:1], k=400)  # more than enrolled: padded with "" / -inf (HNSW may return fewer)
+        found = int((few.ids[0] != "").sum())
+        assert (found == 298 if kind != "faiss-hnsw" else 250 <= found <= 298) and np.isneginf(few.scores[0, -1])
+
+
+def test_bad_input_typed_errors_change_nothing(tmp_path, kind):
+    ids, x = _people(50)
+    with _create(tmp_path / "g", kind) as g:
+        g.enroll(ids, x)
+        before = g.search(x, k=3)
+        nan = x[:2].copy()
+        nan[1, 7] = np.nan
+        cases = [
+            (InvalidInputError, lambda: g.enroll(["a", "b"], np.ones((2, 64), np.float32))),  # wrong dimension
+            (NonFiniteError, lambda: g.enroll(["a", "b"], nan)),
+            (DuplicateIdError, lambda: g.enroll(["a", "a"], x[:2])),  # within the batch
+            (DuplicateIdError, lambda: g.enroll(["new", ids[3]], x[:2])),  # already enrolled
+            (InvalidInputError, lambda: g.enroll(["a", ""], x[:2])),
+            (InvalidInputError, lambda: g.enroll(["a"], x[:2])),
+            (InvalidInputError, lambda: g.search(np.ones((1, 512), np.float32))),
+            (InvalidInputError, lambda: g.search(x[:1], k=0)),
+            (NonFiniteError, lambda: g.search(nan)),
+        ]
+        for error, call in cases:
+            with pytest.raises(error):
+                call()
+        assert len(g) == 50 and not g.contains(["a", "b", "new"]).any()
+        after = g.search(x, k=3)
+        np.testing.assert_array_equal(after.ids, before.ids)
+
+
+def test_refuses_other_protector_recognizer_and_key(tmp_path, kind):
+    ids, x = _people(20)
+    with _create(tmp_path / "g", kind) as g:
+        g.enroll(ids, x)
+        with pytest.raises(IncompatibleError, match="recognizer"):
+            g.enroll(["x"], x[:1], fingerprint="0123456789abcdef")
+        with pytest.raises(IncompatibleError, match="protector"):
+            g.enroll(["x"], x[:1], protected_by="fr512@0000000000000000")
+        with pytest.raises(IncompatibleError, match="key"):
+            g.enroll(["x"], x[:1], key_id="k1")
+        with pytest.raises(IncompatibleError, match="recognizer"):
+            g.search(x[:1], fingerprint="0123456789abcdef")
+        g.enroll(["pre"], protect(x[:1]), protected_by=g.protector_id)  # already-protected templates of this protector
+        assert g.search(protect(x[:1]), k=1).scores[0, 0] == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(IncompatibleError, match="protector"):
+        Gallery.open(tmp_path / "g", protector="fr512")
+    with pytest.raises(IncompatibleError, match="key"):
+        Gallery.open(tmp_path / "g", key_id="k1")
+    with pytest.raises(InvalidInputError, match="already holds"):
+        _create(tmp_path / "g", kind)
+    with Gallery.open(tmp_path / "g") as g:
+        assert len(g) == 21
+
+
+def test_milvus_collection_of_another_gallery_is_refused(tmp_path):
+    """Reached by URI, a collection still says whose templates it holds."""
+    ids, x = _people(10)
+    with Gallery.create(tmp_path / "a", store="milvus") as g:
+        g.enroll(ids, x)
+    uri = str(tmp_path / "a" / "milvus.db")
+    with pytest.raises(IncompatibleError, match="another gallery"):
+        Gallery.create(tmp_path / "b", protector="fr512", store="milvus", uri=uri)
+    raw = Gallery.create(tmp_path / "c", protector=None, store="milvus", uri=str(tmp_path / "c.db"), dim=128,
+                         recognizer_fingerprint=FR128)
+    raw.close()
+    with pytest.raises(IncompatibleError, match="another gallery"):
+        Gallery.open(tmp_path / "a", uri=str(tmp_path / "c.db"))
+    with Gallery.open(tmp_path / "a", uri=uri) as g:
+        assert len(g) == 10
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from advface_sdk import Gallery
+    from test_gallery import STORES, _people
+    store, options = STORES[sys.argv[2]]
+    g = Gallery.create(sys.argv[1], store=store, **options)
+    g.enroll(*_people(100))
+    rng = np.random.default_rng(7)
+    for c in range(10_000):
+        if c:
+            g.enroll([f"w{c}-{i}" for i in range(100)], rng.standard_normal((100, 128)).astype(np.float32))
+        print(c, flush=True)
+""")
+
+
+def test_writer_killed_during_enroll_loses_nothing_committed(tmp_path, kind):
+    """SIGKILL mid-enroll: every chunk reported committed survives, the gallery opens; searches from another
+    process (FAISS; Milvus Lite serves a file to one process) see whole commits only."""
+    ids, x = _people(100)
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "g"), kind], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).parent)
+    committed, sizes, reader = -1, [], None
+    try:
+        while committed < 8:
+            line = proc.stdout.readline()
+            assert line, "writer died"
+            committed = int(line)
+            if kind.startswith("faiss"):
+                reader = reader or Gallery.open(tmp_path / "g")
+                n = len(reader)
+                sizes.append(n)
+                assert n % 100 == 0 and n >= 100 * (committed + 1)
+                assert (reader.search(x[:20], k=1).ids[:, 0] == np.asarray(ids[:20])).all()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert sizes == sorted(sizes)
+    with Gallery.open(tmp_path / "g") as g:
+        reported = [f"w{c}-{i}" for c in range(1, committed + 1) for i in range(100)]
+        assert g.contains(reported).all() and g.contains(ids).all()
+        assert len(g) >= 100 * (committed + 1)
+        assert (g.search(x, k=1).ids[:, 0] == np.asarray(ids)).all()
+        g.enroll(["after-crash"], x[:1])
+
+
+def test_concurrent_searches_during_enroll(tmp_path, kind):
+    """A second gallery object searching while the first enrolls sees whole commits only, in order."""
+    ids, x = _people(200)
+    with _create(tmp_path / "g", kind) as writer:
+        writer.enroll(ids[:100], x[:100])
+        reader = Gallery.open(tmp_path / "g")
+        done, seen, errors = threading.Event(), [], []
+
+        def search_loop():
+            try:
+                while not done.is_set():
+                    n = len(reader)
+                    hits = reader.search(x[:10], k=1)
+                    seen.append(n)
+                    assert n % 10 == 0 and (hits.ids[:, 0] == np.asarray(ids[:10])).all()
+            except Exception as exc:  # surfaced below
+                errors.append(exc)
+
+        thread = threading.Thread(target=search_loop)
+        thread.start()
+        for start in range(100, 200, 10):
+            writer.enroll(ids[start:start + 10], x[start:start + 10])
+        done.set()
+        thread.join()
+        reader.close()
+    assert not errors, errors
+    assert seen == sorted(seen) and seen[-1] <= 200
+
+
+def test_corrupt_faiss_files_typed_errors_and_rebuild(tmp_path):
+    ids, x = _people(300)
+    with Gallery.create(tmp_path / "g", index="hnsw") as g:
+        g.enroll(ids, x)
+        expected = g.search(x[:20], k=5).ids
+    index_file = next((tmp_path / "g").glob("index-*.faiss"))
+    data = bytearray(index_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    index_file.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="index file is corrupt.*rebuild"):
+        Gallery.open(tmp_path / "g")
+    with Gallery.open(tmp_path / "g", rebuild_index=True) as g:  # the templates were never at risk
+        assert len(g) == 300
+        np.testing.assert_array_equal(g.search(x[:20], k=5).ids, expected)
+    segment = next((tmp_path / "g").glob("seg-*.npz"))
+    segment.write_bytes(segment.read_bytes()[:-10])
+    with pytest.raises(ArtifactError, match="seg-.*corrupt"):
+        Gallery.open(tmp_path / "g", rebuild_index=True)
+    (tmp_path / "g" / "state.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="state.json"):
+        Gallery.open(tmp_path / "g")
+    (tmp_path / "g" / "gallery.json").write_text("{}")
+    with pytest.raises(ArtifactError, match="format"):
+        Gallery.open(tmp_path / "g")
+    with pytest.raises(ArtifactError, match="no gallery"):
+        Gallery.open(tmp_path / "nothing")
+
+
+def test_raw_gallery_for_baselines(tmp_path):
+    ids, x = _people(30)
+    with Gallery.create(tmp_path / "raw", protector=None, dim=128, recognizer_fingerprint=FR128) as g:
+        g.enroll(ids, x)
+        np.testing.assert_allclose(g.search(x[:3], k=1).scores[:, 0], 1.0, atol=1e-5)
+    with pytest.raises(IncompatibleError, match="raw"):
+        Gallery.open(tmp_path / "raw", protector="fr128")
+    with pytest.raises(InvalidInputError, match="raw gallery"):
+        Gallery.create(tmp_path / "raw2", protector=None)
