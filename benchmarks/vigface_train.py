@@ -100,14 +100,13 @@ def autoencoder_cmd(pack_path: Path, out: Path, minutes: float, max_steps: int, 
 def diffusion_cmd(pack_path: Path, out: Path, minutes: float, max_steps: int, batch_size: int, widths: str, threads: int) -> None:
     """Latent diffusion over the trained autoencoder's latents (its scaling factor is set from them first)."""
     from vigface_sdk.models.autoencoder import FaceAutoencoder
-    from vigface_sdk.training.autoencoder import latent_statistics
-    from vigface_sdk.training.diffusion import DiffusionTrainConfig, train_latent_diffusion
+    from vigface_sdk.training.diffusion import DiffusionTrainConfig, latent_scaling_factor, train_latent_diffusion
 
     torch.set_num_threads(threads)
     ctx = init_distributed("cpu")
     train = training_subset(FaceTrainingSet.load(pack_path))
     ae = FaceAutoencoder.from_pretrained(out / "autoencoder")
-    _, scale = latent_statistics(ae, train.images)
+    scale = latent_scaling_factor(ae, train.images)
     ae.config["scaling_factor"] = scale
     w = [int(c) for c in widths.split(",")]
     cfg = DiffusionTrainConfig(max_steps=max_steps, max_minutes=minutes, batch_size=batch_size,
@@ -143,7 +142,8 @@ def assemble_cmd(pack_path: Path, out: Path, pipeline_dir: Path) -> None:
     meta = {"training": {"data": f"LFW 64x64, {len(train)} faces of {len(train_protos)} identities outside View-2 folds 6-10",
                          "autoencoder_command": json.loads((out / "autoencoder_log.json").read_text())["command"],
                          "diffusion_command": log["command"], "assemble_command": command_line(),
-                         "virtual_prototypes_exclude": f"all {len(real_all)} LFW identities"}}
+                         "virtual_prototypes_exclude": f"all {len(real_all)} LFW identities"},
+            "training_identities": [train.identities[lab] for lab in np.unique(train.labels)]}
     pipe = build_pipeline(FaceAutoencoder.from_pretrained(out / "autoencoder_scaled"),
                           PrototypeDenoiser.from_pretrained(out / "denoiser_ema"), log["scheduler_config"], train_protos,
                           exclude=real_all, metadata=meta, residuals=identity_residuals(train.embeddings, train.labels))
@@ -155,7 +155,8 @@ def assemble_cmd(pack_path: Path, out: Path, pipeline_dir: Path) -> None:
 @main.command("report")
 @click.option("--out", type=click.Path(exists=True, path_type=Path), required=True, help="The training folder.")
 @click.option("--results", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)
-@click.option("--phase", "phases", multiple=True, help="Earlier autoencoder phases: LOG.json=COMMAND (oldest first).")
+@click.option("--phase", "phases", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Logs of earlier autoencoder phases (oldest first), each with its 'command'.")
 def report_cmd(out: Path, results: Path, phases: tuple[str, ...]) -> None:
     """vigface_training.md/.json/.png: commands, steps, minutes and loss curves of every training phase."""
     import matplotlib
@@ -163,11 +164,10 @@ def report_cmd(out: Path, results: Path, phases: tuple[str, ...]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    logs = [(Path(p.split("=", 1)[0]), p.split("=", 1)[1]) for p in phases]
     runs = []
-    for path, command in logs + [(out / "autoencoder_log.json", None), (out / "diffusion_log.json", None)]:
-        log = json.loads(path.read_text())
-        runs.append({"stage": "diffusion" if "scheduler_config" in log else "autoencoder", "command": command or log["command"],
+    for path in [*phases, out / "autoencoder_log.json", out / "diffusion_log.json"]:
+        log = json.loads(Path(path).read_text())
+        runs.append({"stage": "diffusion" if "scheduler_config" in log else "autoencoder", "command": log["command"],
                      "steps": log["step"], "minutes": log["history"][-1]["minutes"], "final": log["history"][-1],
                      "history": log["history"]})
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))

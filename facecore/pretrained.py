@@ -55,7 +55,3 @@ class PretrainedModule(torch.nn.Module):
         except FacePrivacyError as exc:
             raise ArtifactError(f"{directory}: invalid {cls.__name__} config: {exc}") from exc
         return model.to(map_location).eval()
-
-
-def count_parameters(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -110,8 +109,8 @@ def train_diffusion_cmd(data, autoencoder_dir, out, channels, batch_size, exclud
     from facecore.training.distributed import cleanup, init_distributed
 
     from .models.autoencoder import FaceAutoencoder
-    from .training.autoencoder import identity_prototypes, identity_residuals, latent_statistics
-    from .training.diffusion import DiffusionTrainConfig, build_pipeline, train_latent_diffusion
+    from .training.autoencoder import identity_prototypes, identity_residuals
+    from .training.diffusion import DiffusionTrainConfig, build_pipeline, latent_scaling_factor, train_latent_diffusion
 
     ctx = init_distributed(device)
     ae = FaceAutoencoder.from_pretrained(autoencoder_dir, map_location=ctx.device)
@@ -123,7 +122,7 @@ def train_diffusion_cmd(data, autoencoder_dir, out, channels, batch_size, exclud
         widths = [int(c) for c in channels.split(",")]
     except ValueError:
         raise InvalidInputError(f"--channels must be comma-separated integers, got {channels!r}") from None
-    ae.config["scaling_factor"] = latent_statistics(ae, train.images)[1]
+    ae.config["scaling_factor"] = latent_scaling_factor(ae, train.images)
     cfg = DiffusionTrainConfig(max_steps=steps, max_minutes=max_minutes, batch_size=batch_size, seed=seed,
                                model={"block_out_channels": widths, "norm_num_groups": math.gcd(32, *widths),
                                       "attention_head_dim": math.gcd(32, *widths[1:])})
@@ -136,7 +135,8 @@ def train_diffusion_cmd(data, autoencoder_dir, out, channels, batch_size, exclud
             ds = IdentityFolderDataset.from_folder(exclude_root)
             exclude = np.concatenate([protos, identity_prototypes(extract_embeddings(rec, ds), ds.labels)])
         pipe = build_pipeline(ae.cpu(), ema.cpu(), dict(scheduler.config), protos, exclude,
-                              {"training": {"faces": len(train), "identities": int(len(protos)), "steps": state["step"]}},
+                              {"training": {"faces": len(train), "identities": int(len(protos)), "steps": state["step"]},
+                               "training_identities": [train.identities[lab] for lab in np.unique(train.labels)]},
                               residuals=identity_residuals(train.embeddings, train.labels))
         pipe.save_pretrained(out)
         click.echo(f"trained {state['step']} steps; pipeline saved to {out}")
@@ -212,6 +212,7 @@ def report_synthesis_cmd(dataset, pipeline, real_root, evaluator, far, grids, ou
     from facecore.recognizers import create_recognizer
 
     from .evaluation.synthesis_report import build_report, embed_faces, load_synthetic, save_grid, write_synthesis_report
+    from .pipelines.pipeline import load_pipeline
 
     out = out or dataset / "report"
     rec = create_recognizer(evaluator)
@@ -223,8 +224,7 @@ def report_synthesis_cmd(dataset, pipeline, real_root, evaluator, far, grids, ou
         all_emb = extract_embeddings(rec, ds)
         training = set(ds.identities)
         if pipeline is not None:
-            index = json.loads((pipeline / "model_index.json").read_text())
-            training = set(index.get("training_identities", [])) & training
+            training = set(load_pipeline(pipeline).metadata.get("training_identities", [])) & training
             if not training:
                 raise InvalidInputError(f"none of the pipeline's training identities is in {real_root}")
         is_train = np.asarray([ds.identities[lab] in training for lab in ds.labels])

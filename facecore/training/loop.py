@@ -8,7 +8,6 @@ steps (rank 0 writes, all ranks wait), and tells every rank to stop once any has
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch

@@ -216,13 +216,3 @@ def train_autoencoder(images: np.ndarray, embeddings: np.ndarray, labels: np.nda
     state = {**state, **meta, "step": tail.step, "config": run_config}
     return model.eval(), state
 
-
-@torch.no_grad()
-def latent_statistics(model: FaceAutoencoder, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, float]:
-    """Latent means of ``images`` (uint8 RGB) and the scaling factor that gives them unit variance."""
-    out = []
-    for lo in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[lo:lo + batch_size]).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-        out.append(model.encode(x.to(next(model.parameters()).device))[0].cpu())
-    z = torch.cat(out)
-    return z.numpy(), float(1.0 / z.std())

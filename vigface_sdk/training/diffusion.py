@@ -74,6 +74,12 @@ def encode_training_set(autoencoder: FaceAutoencoder, images: np.ndarray, batch_
     return torch.cat(means), torch.cat(logvars)
 
 
+def latent_scaling_factor(autoencoder: FaceAutoencoder, images: np.ndarray) -> float:
+    """The factor that gives the latent means of ``images`` unit variance (diffusers' ``scaling_factor``)."""
+    mean, _ = encode_training_set(autoencoder, images)
+    return float(1.0 / mean[:len(images)].std())
+
+
 def train_latent_diffusion(autoencoder: FaceAutoencoder, images: np.ndarray, embeddings: np.ndarray, labels: np.ndarray,
                            config: DiffusionTrainConfig, ctx: DistContext | None = None,
                            checkpoint_dir: str | Path | None = None, progress: bool = True
