@@ -52,6 +52,22 @@ def _open_npz(src: Path) -> zipfile.ZipFile:
         raise DataError(f"{src} is not a valid .npz file ({exc})") from exc
 
 
+def _npz_member(src: Path, key: str):
+    """``(zipfile, open member, shape, dtype)`` of array ``key`` of an ``.npz``, positioned after its header."""
+    zf = _open_npz(src)
+    name = f"{key}.npy"
+    if name not in zf.namelist():
+        zf.close()
+        raise DataError(f"{src} has no array {key!r} (arrays: {[n[:-4] for n in zf.namelist()]}); use --key")
+    fh = zf.open(name)
+    try:
+        shape, dtype = _read_header(fh, f"{src}:{key}")
+    except DataError:
+        zf.close()
+        raise
+    return zf, fh, shape, dtype
+
+
 def _npz_fingerprint(zf: zipfile.ZipFile, src: Path) -> str | None:
     if "fingerprint.npy" not in zf.namelist():
         return None
