@@ -264,7 +264,6 @@ def demo_cmd(out, identities, per_identity, seed) -> None:
     t = time.perf_counter()
     images = pipe(protos, per_identity, seed=seed, progress=True)
     seconds = time.perf_counter() - t
-    path = save_grid(images, Path(out) / "virtual_identities.png", columns=per_identity,
-                     title=f"{identities} virtual identities (rows) x {per_identity} samples, nobody's face")
+    path = save_grid(images, Path(out) / "virtual_identities.png", columns=per_identity)  # rows: virtual identities
     click.echo(f"VIGFace: {len(images)} faces of {identities} virtual identities in {seconds:.1f} s "
                f"({len(images) / seconds:.1f} img/s) -> {path}")
