@@ -136,7 +136,7 @@ class MilvusStore(VectorStore):
         return np.fromiter((i in found for i in ids), bool, len(ids))
 
     def __len__(self) -> int:
-        return int(self.client.query(self.collection, filter="", output_fields=["count(*)"])[0]["count(*)"])
+        return int(self.client.query(self.collection, filter="", output_fields=["count(*)"], consistency_level="Strong")[0]["count(*)"])
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         params = {"metric_type": "IP", "params": {"ef": max(int(self.options["ef_search"]), k)}
