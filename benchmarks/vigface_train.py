@@ -16,7 +16,6 @@ folder (re-run the same command) and bounded by --minutes.
 from __future__ import annotations
 
 import json
-import math
 import shlex
 import sys
 from pathlib import Path
@@ -108,10 +107,8 @@ def diffusion_cmd(pack_path: Path, out: Path, minutes: float, max_steps: int, ba
     ae = FaceAutoencoder.from_pretrained(out / "autoencoder")
     scale = latent_scaling_factor(ae, train.images)
     ae.config["scaling_factor"] = scale
-    w = [int(c) for c in widths.split(",")]
     cfg = DiffusionTrainConfig(max_steps=max_steps, max_minutes=minutes, batch_size=batch_size,
-                               model={"block_out_channels": w, "norm_num_groups": math.gcd(32, *w),
-                                      "attention_head_dim": math.gcd(32, *w[1:])})
+                               model={"block_out_channels": [int(c) for c in widths.split(",")]})
     model, ema, scheduler, state = train_latent_diffusion(ae, train.images, train.embeddings, train.labels, cfg, ctx,
                                                           out / "ckpt_diffusion")
     if ctx.is_main:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import click
@@ -76,7 +75,7 @@ def train_autoencoder_cmd(data, out, size, channels, batch_size, recognizer, hol
     train, rec = _training_set(data, recognizer, int(size), holdout_pairs, holdout_folds, ctx.is_main)
     cfg = AutoencoderTrainConfig(max_steps=steps, max_minutes=max_minutes, batch_size=batch_size,
                                  identity_batch=max(1, batch_size // 2), seed=seed,
-                                 model={"block_out_channels": widths, "norm_groups": math.gcd(8, *widths)})
+                                 model={"block_out_channels": widths})
     model, state = train_autoencoder(train.images, train.embeddings, train.labels, rec.to_torch(), cfg, ctx,
                                      checkpoint or out.with_name(out.name + ".checkpoint"),
                                      condition={"recognizer": recognizer, "fingerprint": rec.fingerprint}, progress=ctx.is_main)
@@ -124,8 +123,7 @@ def train_diffusion_cmd(data, autoencoder_dir, out, channels, batch_size, exclud
         raise InvalidInputError(f"--channels must be comma-separated integers, got {channels!r}") from None
     ae.config["scaling_factor"] = latent_scaling_factor(ae, train.images)
     cfg = DiffusionTrainConfig(max_steps=steps, max_minutes=max_minutes, batch_size=batch_size, seed=seed,
-                               model={"block_out_channels": widths, "norm_num_groups": math.gcd(32, *widths),
-                                      "attention_head_dim": math.gcd(32, *widths[1:])})
+                               model={"block_out_channels": widths})
     _, ema, scheduler, state = train_latent_diffusion(ae, train.images, train.embeddings, train.labels, cfg, ctx,
                                                       checkpoint or out.with_name(out.name + ".checkpoint"), ctx.is_main)
     if ctx.is_main:

@@ -13,6 +13,8 @@ decoding through a plain autoencoder learned no identity control in a CPU budget
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
@@ -33,10 +35,11 @@ class FaceAutoencoder(PretrainedModule):
     weights_name = "autoencoder.safetensors"
 
     def __init__(self, image_size: int = 64, latent_channels: int = 4, block_out_channels: tuple[int, ...] = (32, 64, 128, 128),
-                 cond_dim: int = 128, cond_embed_dim: int = 256, norm_groups: int = 8, scaling_factor: float = 1.0,
+                 cond_dim: int = 128, cond_embed_dim: int = 256, norm_groups: int | None = None, scaling_factor: float = 1.0,
                  condition: dict | None = None):
         super().__init__()
         widths = tuple(int(c) for c in block_out_channels)
+        norm_groups = norm_groups or math.gcd(8, *widths)  # the largest of 8 that divides every width
         if len(widths) < 2 or image_size % 2 ** (len(widths) - 1) or any(c % norm_groups for c in widths):
             raise InvalidInputError(f"image_size {image_size} must be divisible by 2^{len(widths) - 1} and every width by "
                                     f"norm_groups={norm_groups}")

@@ -7,6 +7,8 @@ a learned null embedding replaces it where the condition is dropped (classifier-
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from diffusers import UNet2DModel
@@ -21,9 +23,13 @@ class PrototypeDenoiser(PretrainedModule):
 
     def __init__(self, sample_size: int = 8, latent_channels: int = 4, cond_dim: int = 128,
                  block_out_channels: tuple[int, ...] = (128, 256), layers_per_block: int = 2,
-                 attention_head_dim: int = 32, norm_num_groups: int = 32, condition: dict | None = None):
+                 attention_head_dim: int | None = None, norm_num_groups: int | None = None, condition: dict | None = None):
+        """``norm_num_groups`` / ``attention_head_dim`` default to the largest of 32 that divides every width
+        (every width with attention)."""
         super().__init__()
         widths = [int(c) for c in block_out_channels]
+        norm_num_groups = norm_num_groups or math.gcd(32, *widths)
+        attention_head_dim = attention_head_dim or math.gcd(32, *(widths[1:] or widths))
         if not widths or sample_size % 2 ** (len(widths) - 1) or cond_dim <= 0:
             raise InvalidInputError(f"sample_size {sample_size} must be divisible by 2^{len(widths) - 1}; cond_dim > 0")
         self.config = dict(sample_size=int(sample_size), latent_channels=int(latent_channels), cond_dim=int(cond_dim),
