@@ -63,5 +63,8 @@ def any_rank(flag: bool, ctx: DistContext) -> bool:
 
 
 def cleanup(ctx: DistContext) -> None:
+    """Leave the process group together: a barrier first, so no rank tears down gloo and exits while another is
+    still working (rank 0 saving the model); seen here as a rare SIGABRT of rank 1 under gloo without it."""
     if ctx.distributed and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
