@@ -13,7 +13,6 @@ the generated faces' path (64 px, resized for the evaluator and the detector). W
 from __future__ import annotations
 
 import json
-import math
 import shlex
 import sys
 import time
@@ -23,8 +22,6 @@ import click
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
 from facecore.data import IdentityFolderDataset, read_pairs
 from facecore.metrics import cosine_scores, kfold_accuracy, tar_at_far
@@ -32,9 +29,8 @@ from facecore.paths import shared_path
 from facecore.recognizers import create_recognizer
 from facecore.training.face_pack import FaceTrainingSet
 from vigface_sdk.evaluation.synthesis_report import embed_faces, identity_control, save_grid
-from vigface_sdk.models.backbones import iresnet_backbone
-from vigface_sdk.models.heads import margin_logits
 from vigface_sdk.pipelines.pipeline import DEFAULT_GUIDANCE, DEFAULT_PIPELINE, DEFAULT_STEPS, load_pipeline
+from vigface_sdk.training.recognizer import RecognizerTrainConfig, embed_images, train_recognizer
 
 RESULT = "vigface_synthesis"
 HELD_OUT_FOLDS = range(5, 10)
@@ -174,69 +170,6 @@ def autoencoder_quality(pipe, pack: FaceTrainingSet, real_emb: np.ndarray, n: in
 
 
 # --- train-on-synthetic --------------------------------------------------------------------------
-def augment_batch(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """The recipe's augmentation, for real and synthetic training sets alike: a random similarity warp (±10°,
-    ±8 % scale and shift), brightness/contrast ±25 %, grayscale with p 0.2. Written here on batched tensors
-    because torchvision is not a dependency and these five operations are one ``grid_sample``."""
-    n = len(x)
-    u = lambda *shape: torch.rand(*shape, generator=g) * 2 - 1  # noqa: E731
-    angle, scale, tx, ty = u(n) * math.radians(10), 1 + u(n) * 0.08, u(n) * 0.08, u(n) * 0.08
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
-    x = F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), padding_mode="reflection",
-                      align_corners=False)
-    mean = x.mean((1, 2, 3), keepdim=True)
-    x = ((x - mean) * (1 + u(n, 1, 1, 1) * 0.25) + mean) * (1 + u(n, 1, 1, 1) * 0.25)
-    x = torch.where((torch.rand(n, generator=g) < 0.2)[:, None, None, None], x.mean(1, keepdim=True).expand_as(x), x)
-    return x.clamp(0, 1)
-
-
-def train_recognizer(images: np.ndarray, labels: np.ndarray, steps: int, augment: bool, batch_size: int = 128,
-                     seed: int = 0) -> tuple[torch.nn.Module, dict]:
-    """Stage 1's IResNet (r18 layout, width 32, 128-d) with an ArcFace head, from scratch: ``steps`` SGD steps
-    (one-cycle, peak 0.1) of ``batch_size`` images with mirroring (+ :func:`augment_batch`). A fixed number of
-    steps is the CPU budget, so a busy machine changes the minutes, not the result."""
-    torch.manual_seed(seed)
-    net = iresnet_backbone(layers=(2, 2, 2, 2), dim=128, width=32, input_size=images.shape[1])
-    _, labels = np.unique(labels, return_inverse=True)
-    head = torch.nn.Parameter(torch.randn(int(labels.max()) + 1, 128) * 0.01)
-    x_all, y_all = torch.from_numpy(images), torch.from_numpy(labels)
-    opt = torch.optim.SGD([{"params": net.parameters(), "weight_decay": 5e-4}, {"params": [head]}], lr=0.1, momentum=0.9)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=steps, pct_start=0.1)
-    g = torch.Generator().manual_seed(seed)
-    perm, losses, t = torch.empty(0, dtype=torch.long), [], time.monotonic()
-    net.train()
-    for _ in tqdm(range(steps), desc="train recognizer", unit="step", leave=False):
-        if len(perm) < batch_size:
-            perm = torch.randperm(len(images), generator=g)
-        idx, perm = perm[:batch_size], perm[batch_size:]
-        x = x_all[idx].permute(0, 3, 1, 2).float().div(255)
-        x = torch.where((torch.rand(len(idx), generator=g) < 0.5)[:, None, None, None], x.flip(3), x)
-        if augment:
-            x = augment_batch(x, g)
-        cos = F.normalize(net(x), dim=1) @ F.normalize(head, dim=1).t()
-        loss = F.cross_entropy(margin_logits(cos, y_all[idx], "arcface", 0.5, 32.0), y_all[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-    info = {"steps": steps, "epochs": steps * batch_size / len(images), "augment": augment, "seconds": time.monotonic() - t,
-            "final_loss": float(np.mean(losses[-20:]))}
-    print(f"  recognizer: {steps} steps ({info['epochs']:.1f} epochs), augment {augment}, final loss "
-          f"{info['final_loss']:.3f}, {info['seconds']:.0f} s", flush=True)
-    return net.eval(), info
-
-
-@torch.no_grad()
-def embed_with(net: torch.nn.Module, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    out = []
-    for lo in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[lo:lo + batch_size]).permute(0, 3, 1, 2).float().div(255)
-        out.append((net(x) + net(x.flip(3))).numpy())
-    return np.concatenate(out)
-
-
 def verification(net, lfw: FaceTrainingSet, att: FaceTrainingSet) -> dict:
     pairs = read_pairs(shared_path("data", "lfw", "pairs.txt")).select(HELD_OUT_FOLDS)
     index = {r: i for i, r in enumerate(lfw.relpaths)}
@@ -244,9 +177,9 @@ def verification(net, lfw: FaceTrainingSet, att: FaceTrainingSet) -> dict:
     right = np.asarray([index[p] for p in pairs.right])
     used = np.unique(np.r_[left, right])
     emb = np.zeros((len(lfw), 128), np.float32)
-    emb[used] = embed_with(net, lfw.images[used])
+    emb[used] = embed_images(net, lfw.images[used])
     out = {"lfw_folds_6_10": kfold_accuracy(cosine_scores(emb[left], emb[right]), pairs.issame, pairs.folds).to_dict()}
-    e = embed_with(net, att.images)
+    e = embed_images(net, att.images)
     i, j = np.triu_indices(len(att), 1)
     s, same = cosine_scores(e[i], e[j]), att.labels[i] == att.labels[j]
     pick = np.r_[np.flatnonzero(same), np.random.default_rng(0).choice(np.flatnonzero(~same), same.sum(), replace=False)]
@@ -341,7 +274,8 @@ def markdown(r: dict) -> str:
              f"populous first, at most {r['settings']['per_identity']} images each ({t['identities']} identities); synthetic = "
              "as many virtual identities, each with as many images as its real counterpart (sampled at guidance "
              f"{t['guidance_scale']}). Two training recipes, each applied to both sets: *mirror* (random horizontal flip) and "
-             "*augmented* (flip + random similarity warp ±10°/±8 %, brightness/contrast ±25 %, grayscale p 0.2). Evaluated on "
+             "*augmented* (flip + `vigface_sdk.training.recognizer.augment_faces`: random similarity warp ±10°/±8 %, "
+             "brightness/contrast ±25 %, grayscale p 0.2). Evaluated on "
              "LFW View-2 folds 6-10 (3,000 pairs) and AT&T (every genuine pair and as many impostor pairs, 10 folds).", "",
              "| training set | recipe | epochs | final loss | LFW folds 6-10 | AT&T | AT&T TAR@FAR=1e-3 (all pairs) |",
              "|---|---|---|---|---|---|---|"]
@@ -434,7 +368,9 @@ def main(pack_path, pipe_dir, identities, per_identity, guidance_scale, steps, b
            "batch_size": 128, "images": int(len(real_imgs)), "identities": int(real_ids), "guidance_scale": train_guidance, "runs": {}}
     for data, (imgs, labs) in {"synthetic": (like_imgs, like_labels), "real": (real_imgs, real_labels)}.items():
         for recipe in RECIPES:
-            net, info = train_recognizer(imgs, labs, train_steps, augment=recipe == "augmented")
+            net, info = train_recognizer(imgs, labs, RecognizerTrainConfig(steps=train_steps, augment=recipe == "augmented"))
+            print(f"  recognizer on {data}, {recipe}: {info['epochs']:.1f} epochs, final loss {info['final_loss']:.3f}, "
+                  f"{info['minutes']:.1f} min", flush=True)
             tos["runs"][f"{data}|{recipe}"] = {**verification(net, pack, att), "training": info}
     acc = {k: (v["lfw_folds_6_10"]["accuracy"], v["att"]["accuracy"]) for k, v in tos["runs"].items()}
     for recipe in RECIPES:
