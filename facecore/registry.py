@@ -64,6 +64,11 @@ class Registry(Generic[T]):
 
         return add if obj is None else add(obj)
 
+    def unregister(self, name: str) -> None:
+        """Forget what this process registered or loaded under ``name`` (an entry point is read again on next use)."""
+        self._factories.pop(name, None)
+        self._lazy.pop(name, None)
+
     # --- lookup ---------------------------------------------------------------------------------
     def entry_points(self) -> dict[str, EntryPoint]:
         """Installed plug-ins: ``{name: entry point}``, the neutral group winning over legacy ones."""
@@ -98,7 +103,7 @@ class Registry(Generic[T]):
                 raise self.error(f"unknown {self.kind} {name!r}; available: {', '.join(self.names()) or 'none'}")
             load = ep
         try:
-            factory = _import(load) if isinstance(load, str) else load.load()
+            factory = import_object(load) if isinstance(load, str) else load.load()
         except (ImportError, AttributeError) as exc:
             raise self.error(f"{self.kind} {name!r} cannot be imported here: {exc}") from exc
         if self.base is not None and not (isinstance(factory, type) and issubclass(factory, self.base)):
@@ -119,6 +124,7 @@ class Registry(Generic[T]):
         return f"Registry({self.kind!r}, group={self.group!r}, names={self.names()})"
 
 
-def _import(target: str) -> Any:
+def import_object(target: str) -> Any:
+    """The object named by ``"module:attr"``."""
     module, _, attr = target.partition(":")
     return getattr(import_module(module), attr)
