@@ -22,7 +22,7 @@ from facecore.training.checkpoints import load_checkpoint, save_checkpoint
 from vigface_sdk import FaceAutoencoder, PrototypeDenoiser, VIGFacePipeline, VirtualPrototypeSampler, load_pipeline
 from vigface_sdk.models.backbones import iresnet_backbone, load_backbone, save_backbone
 from vigface_sdk.models.prototypes import PrototypeStore
-from vigface_sdk.pipelines.pipeline import load_scheduler, save_scheduler
+from vigface_sdk.pipelines.pipeline import SCHEDULERS, load_scheduler, save_scheduler
 
 torch.set_num_threads(1)
 TINY_AE = dict(image_size=16, latent_channels=2, block_out_channels=(8, 16), cond_dim=8, cond_embed_dim=16, norm_groups=4)
@@ -112,6 +112,21 @@ def test_scheduler_round_trip(tmp_path):
     back = load_scheduler(tmp_path / "s")
     public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
     assert type(back) is DPMSolverMultistepScheduler and public(back.config) == public(sched.config)
+
+
+class ShiftedDPM(DPMSolverMultistepScheduler):
+    """A third-party scheduler: not in diffusers, so it loads only once registered."""
+
+
+def test_registered_scheduler_round_trip(tmp_path):
+    save_scheduler(ShiftedDPM(num_train_timesteps=50), tmp_path / "s")
+    with pytest.raises(ArtifactError, match="'ShiftedDPM' is neither a diffusers scheduler"):
+        load_scheduler(tmp_path / "s")
+    SCHEDULERS.register(ShiftedDPM, name="ShiftedDPM")
+    try:
+        assert type(load_scheduler(tmp_path / "s")) is ShiftedDPM
+    finally:
+        SCHEDULERS.unregister("ShiftedDPM")
 
 
 def test_protector_artifact_round_trip(tmp_path):

@@ -17,7 +17,8 @@ def main() -> None:
     """VIGFace: virtual identities for face-recognition training sets."""
 
 
-main.add_command(plugins_command({"recognizers": "facecore.recognizers:RECOGNIZERS"}))
+main.add_command(plugins_command({"recognizers": "facecore.recognizers:RECOGNIZERS",
+                                  "schedulers (besides diffusers' own)": "vigface_sdk.pipelines.pipeline:SCHEDULERS"}))
 
 
 @main.command("train-space")

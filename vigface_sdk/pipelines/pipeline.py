@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from facecore.errors import ArtifactError, IncompatibleError, InvalidInputError
 from facecore.pretrained import Contents, read_index, read_pretrained, save_components, write_pretrained
+from facecore.registry import Registry
 
 from ..models.autoencoder import FaceAutoencoder
 from ..models.denoiser import PrototypeDenoiser
@@ -30,6 +31,8 @@ from ..models.virtual import VirtualPrototypeSampler
 
 INDEX = "model_index.json"
 SCHEDULER_CONFIG = "scheduler_config.json"
+#: schedulers beyond diffusers' own, registered under their class name (the name a saved config holds)
+SCHEDULERS: Registry[SchedulerMixin] = Registry("scheduler", "facepriv.schedulers", error=ArtifactError, base=SchedulerMixin)
 DEFAULT_STEPS = 10
 DEFAULT_GUIDANCE = 1.0  # identity is rendered by the decoder; guidance 2 looked the same at twice the cost
 
@@ -45,13 +48,26 @@ def save_scheduler(scheduler: SchedulerMixin, directory: str | Path) -> Path:
     return write_pretrained(directory, Contents(json.loads(scheduler.to_json_string())), SCHEDULER_CONFIG)
 
 
-def load_scheduler(directory: str | Path) -> SchedulerMixin:
-    """The diffusers scheduler named by a verified ``scheduler_config.json``."""
-    config = read_pretrained(directory, SCHEDULER_CONFIG).config
-    name = config.get("_class_name")
+def scheduler_class(name: str) -> type[SchedulerMixin]:
+    """The scheduler class saved under ``name``: one registered in :data:`SCHEDULERS` (by class name, or through the
+    ``facepriv.schedulers`` entry-point group), else diffusers' own."""
+    if name in SCHEDULERS:
+        return SCHEDULERS.get(name)
     cls = getattr(diffusers, str(name), None)
     if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
-        raise ArtifactError(f"{directory}: {name!r} is not a diffusers scheduler")
+        raise ArtifactError(f"{name!r} is neither a diffusers scheduler nor one registered in {SCHEDULERS.group} "
+                            f"({', '.join(SCHEDULERS.names()) or 'none'})")
+    return cls
+
+
+def load_scheduler(directory: str | Path) -> SchedulerMixin:
+    """The scheduler named by a verified ``scheduler_config.json`` (see :func:`scheduler_class`)."""
+    config = read_pretrained(directory, SCHEDULER_CONFIG).config
+    name = config.get("_class_name")
+    try:
+        cls = scheduler_class(str(name))
+    except ArtifactError as exc:
+        raise ArtifactError(f"{directory}: {exc}") from None
     try:
         return cls.from_config(config)
     except (TypeError, ValueError) as exc:
