@@ -83,14 +83,23 @@ def write_pretrained(directory: str | Path, contents: Contents, config_name: str
 
 def read_pretrained(directory: str | Path, config_name: str = CONFIG_NAME, weights_name: str | None = None,
                     library: TensorLibrary = "numpy", files: tuple[str, ...] = (),
-                    check: Callable[[Path], None] | None = None) -> Contents:
-    """Verify every checksum, run ``check(directory)`` (e.g. a signature), then parse config, weights and ``files``."""
+                    check: Callable[[Path], None] | None = None, tag: dict | None = None) -> Contents:
+    """Verify every checksum; with a ``tag``, refuse a config lacking any of its items (before looking for the
+    weights: "holds another class" says more than "weights missing"); require the weights and ``files``; run
+    ``check(directory)`` (e.g. a signature) before anything else is parsed; then parse config and weights."""
     directory = Path(directory)
-    required = (config_name, *((weights_name,) if weights_name else ()), *files)
-    verify_artifact(directory, required)
+    sums = verify_artifact(directory, (config_name,))
+    config = read_json(directory, config_name) if tag else None
+    for key, value in (tag or {}).items():
+        if config.get(key) != value:
+            raise ArtifactError(f"{directory} holds a {config.get(key)}, not a {value}")
+    for name in (*((weights_name,) if weights_name else ()), *files):
+        if name not in sums:
+            raise ArtifactError(f"{directory}: {name} is missing from the artifact")
     if check is not None:
         check(directory)
-    config = read_json(directory, config_name)
+    if config is None:
+        config = read_json(directory, config_name)
     tensors = load_tensors(member(directory, weights_name).read_bytes(), library, directory / weights_name) if weights_name else {}
     return Contents(config, tensors, {name: member(directory, name).read_bytes() for name in files})
 
@@ -135,10 +144,8 @@ class Pretrained:
         """Load a folder written by :meth:`save_pretrained` (every checksum verified first); other
         arguments go to :meth:`from_contents`."""
         directory = Path(directory)
-        contents = read_pretrained(directory, cls.config_name, cls.weights_name, cls.tensor_library, cls.extra_files)
-        for key, value in cls.format_tag().items():
-            if contents.config.get(key) != value:
-                raise ArtifactError(f"{directory} holds a {contents.config.get(key)}, not a {value}")
+        contents = read_pretrained(directory, cls.config_name, cls.weights_name, cls.tensor_library, cls.extra_files,
+                                   tag=cls.format_tag())
         try:
             return cls.from_contents(contents, directory, *args, **options)
         except ArtifactError:
@@ -194,11 +201,11 @@ def save_components(directory: str | Path, index_name: str, index: dict,
     return directory
 
 
-def read_index(directory: str | Path, index_name: str, class_name: str, hint: str = "") -> dict:
-    """The verified index of a folder written by :func:`save_components` (components verify themselves)."""
+def read_index(directory: str | Path, index_name: str, class_name: str, kind: str, hint: str = "") -> dict:
+    """The verified index of a ``kind`` folder written by :func:`save_components` (components verify themselves)."""
     directory = Path(directory)
     if not (directory / index_name).is_file():
-        raise ArtifactError(f"{directory} is not a {class_name} folder (no {index_name}){hint}")
+        raise ArtifactError(f"{directory} is not a {kind} folder (no {index_name}){hint}")
     verify_artifact(directory, (index_name,), cover=(index_name,))
     index = read_json(directory, index_name)
     if index.get("_class_name") != class_name:

@@ -220,8 +220,8 @@ class VIGFacePipeline:
                         scheduler: SchedulerMixin | None = None) -> "VIGFacePipeline":
         """Load a pipeline folder (every checksum verified); ``scheduler`` replaces the saved one."""
         directory = Path(directory)
-        index = read_index(directory, INDEX, cls.__name__, "; train one with `vigface-cli train-diffusion` or use the "
-                                                           "default (no --pipeline)")
+        index = read_index(directory, INDEX, cls.__name__, "VIGFace pipeline",
+                           "; train one with `vigface-cli train-diffusion` or use the default (no --pipeline)")
         autoencoder = FaceAutoencoder.from_pretrained(directory / "autoencoder", map_location=device)
         denoiser = PrototypeDenoiser.from_pretrained(directory / "denoiser", map_location=device)
         scheduler = scheduler or load_scheduler(directory / "scheduler")
