@@ -14,13 +14,12 @@ artifact weights and the engine itself; :func:`check_engine` refuses any mismatc
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from facecore.artifacts import sha256_file
+from facecore.artifacts import sha256_bytes, sha256_file
 from facecore.errors import ArtifactError, BackendUnavailableError, IncompatibleError, InvalidInputError, ModelLoadError
 
 from ._onnx_export import INPUT, OUTPUT, generator_to_onnx
@@ -178,8 +177,8 @@ def build_engine(artifact, out: str | Path, min_batch: int = 1, opt_batch: int =
         "input": INPUT, "output": OUTPUT, "dim": dim,
         "shapes": {"min": [min_batch, dim], "opt": [opt_batch, dim], "max": [max_batch, dim]},
         "workspace_mb": int(workspace_mb), "timing_cache": cache_state,
-        "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
-        "engine_sha256": hashlib.sha256(engine_bytes).hexdigest(),
+        "onnx_sha256": sha256_bytes(onnx_bytes),
+        "engine_sha256": sha256_bytes(engine_bytes),
         "artifact": {"name": artifact.directory.name, "weights_sha256": artifact_weights_sha256(artifact),
                      "recognizer": artifact.recognizer_fingerprint},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

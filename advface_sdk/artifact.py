@@ -28,12 +28,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import numpy_helper
-from safetensors.numpy import load as st_load
-from safetensors.numpy import save as st_save
 
 from facecore import __version__
-from facecore.artifacts import member, read_json, require_keys, verify_artifact, write_artifact
+from facecore.artifacts import require_keys
 from facecore.errors import ArtifactError, IncompatibleError, InvalidInputError, UnsignedArtifactWarning
+from facecore.pretrained import Contents, read_pretrained, write_pretrained
 from facecore.signing import SignatureStatus, artifact_signature_error, check_signature, public_key_raw
 
 from ._onnx_export import generator_to_onnx
@@ -169,7 +168,7 @@ def save_artifact(generator, directory: str | Path, recognizer: dict, training: 
     check_config(config, Path(directory))
     check_state(state, config, Path(directory))
     model = generator_to_onnx(state, config)
-    return write_artifact(directory, {WEIGHTS: st_save(state), CONFIG: config, ONNX: model.SerializeToString()})
+    return write_pretrained(directory, Contents(config, state, {ONNX: model.SerializeToString()}), CONFIG, WEIGHTS)
 
 
 def check_config(config: dict, where: Path) -> None:
@@ -248,22 +247,22 @@ def load_artifact(name_or_path: str | Path, trust: tuple | list = (), require_si
     directory = defaults.get(str(name_or_path)) or Path(name_or_path)
     if not directory.is_dir():
         raise ArtifactError(f"no protector artifact at {name_or_path!r}; defaults: {sorted(defaults) or 'none installed'}")
-    verify_artifact(directory, (WEIGHTS, CONFIG, ONNX))
-    status = check_signature(directory, trusted_keys(trust))
     if require_signature is None:
         require_signature = os.environ.get("FACEPRIV_REQUIRE_SIGNATURE", "") not in ("", "0")
-    if not status.verified:
-        if shipped or require_signature:
-            raise artifact_signature_error(directory, status)
-        warnings.warn(f"protector artifact {directory}: {status.describe()}", UnsignedArtifactWarning, stacklevel=2)
-    config = read_json(directory, CONFIG)
+    status = SignatureStatus("unsigned")
+
+    def check_signed(folder: Path) -> None:  # after the checksums, before anything is parsed
+        nonlocal status
+        status = check_signature(folder, trusted_keys(trust))
+        if not status.verified:
+            if shipped or require_signature:
+                raise artifact_signature_error(folder, status)
+            warnings.warn(f"protector artifact {folder}: {status.describe()}", UnsignedArtifactWarning, stacklevel=4)
+
+    contents = read_pretrained(directory, CONFIG, WEIGHTS, "numpy", (ONNX,), check=check_signed)
+    config, state, data = contents.config, contents.tensors, contents.files[ONNX]
     check_config(config, directory)
-    try:
-        state = st_load(member(directory, WEIGHTS).read_bytes())
-    except Exception as exc:
-        raise ArtifactError(f"{directory / WEIGHTS} is not valid safetensors: {exc}") from exc
     check_state(state, config, directory)
-    data = member(directory, ONNX).read_bytes()
     check_onnx(data, state, config, directory)
     art = ProtectorArtifact(directory, config, state, data, status)
     _check_protection(art)

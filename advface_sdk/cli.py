@@ -8,7 +8,7 @@ import click
 import numpy as np
 
 from facecore import __version__
-from facecore._cli import build_recognizer, friendly_errors, recognizer_option
+from facecore._cli import build_recognizer, friendly_errors, plugins_command, recognizer_option
 
 from .gallery.cli import gallery
 
@@ -20,6 +20,9 @@ def main() -> None:
 
 
 main.add_command(gallery)
+main.add_command(plugins_command({"recognizers": "facecore.recognizers:RECOGNIZERS", "backends": "advface_sdk.backends:BACKENDS",
+                                  "protection methods": "advface_sdk.evaluation.methods:METHODS",
+                                  "gallery stores": "advface_sdk.gallery:STORES"}))
 
 
 @main.command()

@@ -92,6 +92,11 @@ class Protector:
         """Id of the deployment key (``None``: unkeyed); stored with templates and probes to catch mix-ups."""
         return None if self.key is None else self.key.key_id
 
+    def backend(self, name: str | None = None, device: str | None = None):
+        """The backend instance ``name`` on ``device`` (default: the host backend and device), created and
+        checked against the weights' reference on first use."""
+        return self._backend(name or self._host_backend, _require_device(device or self.device))
+
     def _backend(self, name: str, device: str):
         key = (name, device)
         backend = self._backends.get(key)

@@ -54,3 +54,20 @@ def build_recognizer(recognizer: str, channel_order, mean, std):
 
     kwargs = {k: v for k, v in {"channel_order": channel_order, "mean": mean, "std": std}.items() if v is not None}
     return create_recognizer(recognizer, **kwargs)
+
+
+def plugins_command(registries: dict[str, str]) -> click.Command:
+    """A ``plugins`` command listing the names of each registry (``{title: "module:REGISTRY"}``, imported when run)."""
+    from .registry import import_object
+
+    @click.command("plugins")
+    @friendly_errors
+    def plugins() -> None:
+        """List the registered recognizers, backends, methods, ... (built-ins and installed plug-ins)."""
+        for title, target in registries.items():
+            registry = import_object(target)
+            eps = registry.entry_points()
+            names = [f"{n} ({eps[n].dist.name if eps[n].dist else eps[n].value})" if n in eps else n for n in registry.names()]
+            click.echo(f"{title}: {', '.join(names)}")
+
+    return plugins

@@ -24,7 +24,13 @@ SIGNATURE = "signature.json"
 _UNCOVERED_OK = {CHECKSUMS, SIGNATURE}
 
 
-def sha256_file(path: Path) -> str:
+def sha256_bytes(data: bytes) -> str:
+    """SHA-256 of ``data``, as hex."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, as hex (read in 1 MiB blocks): the project's one file checksum."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -69,7 +75,7 @@ def write_artifact(directory: str | Path, files: dict[str, bytes | dict]) -> Pat
             data = (json.dumps(content, indent=2, sort_keys=True) + "\n").encode() if isinstance(content, dict) else content
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name).write_bytes(data)
-            sums.append(f"{hashlib.sha256(data).hexdigest()}  {name}")
+            sums.append(f"{sha256_bytes(data)}  {name}")
         (tmp / CHECKSUMS).write_text("\n".join(sums) + "\n")
         replace_dir(tmp, directory)
     finally:

@@ -20,13 +20,14 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from facecore.artifacts import sha256_file
 from facecore.errors import InvalidInputError, ModelLoadError, NoFaceError
-from facecore.images import as_image_batch, flag_degenerate, read_image
+from facecore.images import flag_degenerate, read_image
 from facecore.paths import ENV_VAR, shared_root
-from facecore.recognizers.base import Preprocessing, Recognizer, file_sha256, make_fingerprint
+from facecore.recognizers.base import FileRecognizer, Preprocessing
 from facecore.recognizers.registry import BUILTIN
 
-__all__ = ["InsightFaceRecognizer", "InsightFacePack"]
+__all__ = ["ArcFaceEmbedder", "InsightFaceRecognizer", "InsightFacePack"]
 
 _DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 
@@ -39,7 +40,7 @@ def _builtin_match(model_path: Path, sha: str) -> tuple[str, Preprocessing] | No
     size = model_path.stat().st_size
     for name, (rel, pre) in BUILTIN.items():
         candidate = root / rel
-        if candidate.is_file() and candidate.stat().st_size == size and file_sha256(candidate) == sha:
+        if candidate.is_file() and candidate.stat().st_size == size and sha256_file(candidate) == sha:
             return name, pre
     return None
 
@@ -69,19 +70,19 @@ def _get_feat(self, imgs):
     return self.session.run(self.output_names, {self.input_name: self._coerce_input_blob(blob)})[0]
 
 
-class _ArcFaceEmbedder(Recognizer):
-    """A Recognizer around an InsightFace ``ArcFaceONNX`` whose preprocessing is set explicitly."""
+class ArcFaceEmbedder(FileRecognizer):
+    """A :class:`FileRecognizer` around an InsightFace ``ArcFaceONNX`` whose preprocessing is set explicitly."""
 
-    def _attach(self, model, model_path: Path, preprocessing, name_prefix: str) -> None:
+    def __init__(self, model, model_path: Path, preprocessing, name_prefix: str):
         if model is None or getattr(model, "taskname", None) != "recognition":
             raise ModelLoadError(f"InsightFace does not take {model_path} for a recognition model "
                                  "(expected an .onnx with one square NCHW input of 112 or more)")
+        sha = sha256_file(model_path)
+        name, pre = _resolve_preprocessing(model_path, sha, preprocessing, (model.input_mean, model.input_std))
+        batch = model.input_shape[0]
+        super().__init__(model_path, pre, f"{name_prefix}-{name}", sha,
+                         batch if isinstance(batch, int) and batch > 0 else None)
         self.model = model
-        self.model_path = model_path
-        self._sha = file_sha256(self.model_path)
-        name, self._pre = _resolve_preprocessing(self.model_path, self._sha, preprocessing,
-                                                 (model.input_mean, model.input_std))
-        self.name = f"{name_prefix}-{name}"
         if tuple(model.input_size) != self._pre.input_size:
             raise ModelLoadError(f"{self.model_path}: the model takes {model.input_size[0]}x{model.input_size[1]} "
                                  f"input but preprocessing says {self._pre.input_size[0]}x{self._pre.input_size[1]}")
@@ -89,40 +90,14 @@ class _ArcFaceEmbedder(Recognizer):
         model.input_std = float(self._pre.std)
         model.swapRB = self._pre.channel_order == "RGB"
         model.get_feat = types.MethodType(_get_feat, model)  # also used by FaceAnalysis.get
-        batch = model.input_shape[0]
-        self._fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
-        out = model.output_shape[-1]
-        w, h = self._pre.input_size
-        self._dim = int(out) if isinstance(out, int) else int(self.embed(np.zeros((1, h, w, 3), np.uint8)).shape[-1])
+        self.set_dim(model.output_shape[-1])
 
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return self._pre
-
-    @property
-    def fingerprint(self) -> str:
-        return make_fingerprint(self._sha, self._pre)
-
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        out = self.model.get_feat(list(batch))
+    def infer(self, crops: np.ndarray) -> np.ndarray:
+        out = self.model.get_feat(list(crops))
         return out.reshape(len(out), -1)
 
-    def embed(self, aligned_images) -> np.ndarray:
-        batch = as_image_batch(aligned_images, self._pre.input_size)
-        return self._embed_in_batches(batch, self._run, self._fixed_batch, 64)
 
-    def to_torch(self, trainable: bool = False):
-        from facecore.recognizers.torch_graph import DifferentiableRecognizer, load_onnx_as_torch
-
-        module = DifferentiableRecognizer(load_onnx_as_torch(self.model_path, trainable=trainable), self._pre)
-        return module if trainable else module.eval().requires_grad_(False)
-
-
-class InsightFaceRecognizer(_ArcFaceEmbedder):
+class InsightFaceRecognizer(ArcFaceEmbedder):
     """A recognition ONNX loaded with ``insightface.model_zoo.get_model``, explicit preprocessing.
 
     ``preprocessing`` defaults to that of the shared built-in with the same file bytes
@@ -140,10 +115,10 @@ class InsightFaceRecognizer(_ArcFaceEmbedder):
             model = model_zoo.get_model(str(path), providers=list(providers or _DEFAULT_PROVIDERS))
         except Exception as exc:
             raise ModelLoadError(f"InsightFace cannot load {path}: {exc}") from exc
-        self._attach(model, path, preprocessing, "insightface")
+        super().__init__(model, path, preprocessing, "insightface")
 
 
-class InsightFacePack(_ArcFaceEmbedder):
+class InsightFacePack(ArcFaceEmbedder):
     """An InsightFace model pack (a folder with a detector and a recognizer ONNX) via ``FaceAnalysis``.
 
     ``root`` is the pack folder itself (e.g. one holding ``scrfd_500m_bnkps.onnx`` and
@@ -185,11 +160,11 @@ class InsightFacePack(_ArcFaceEmbedder):
         if not getattr(app.det_model, "use_kps", False):
             raise ModelLoadError(f"the detector {app.det_model.model_file} gives no 5-point landmarks; use a *_kps SCRFD model")
         app.prepare(ctx_id=0, det_thresh=float(det_thresh), det_size=tuple(det_size))
+        recognition = app.models["recognition"]
+        super().__init__(recognition, Path(recognition.model_file), preprocessing, "insightface-pack")
         self.app = app
         self.folder = folder
         self.det_thresh = float(det_thresh)
-        recognition = app.models["recognition"]
-        self._attach(recognition, Path(recognition.model_file), preprocessing, "insightface-pack")
 
     def _detect_align(self, image: np.ndarray, label: str) -> tuple[np.ndarray, float, np.ndarray]:
         from insightface.utils import face_align

@@ -168,7 +168,7 @@ def test_onnxruntime_bad_options(art, options, message):
 @pytest.mark.parametrize("precision, tol", [("fp32", 1e-5), ("fp16", 1e-3)])
 def test_onnxruntime_cuda_numpy_and_iobinding(art, z, precision, tol):
     protector = Protector(art, backend="onnxruntime", device="cuda", precision=precision)
-    assert protector._backend("onnxruntime", "cuda").session.get_providers()[0] == "CUDAExecutionProvider"
+    assert protector.backend("onnxruntime", "cuda").session.get_providers()[0] == "CUDAExecutionProvider"
     ref = _reference(art, z)
     np.testing.assert_allclose(protector.protect(z), ref, atol=tol)
     x = torch.from_numpy(z).cuda()
@@ -203,7 +203,7 @@ def test_engine_matches_torch_with_chunking(art, z, engines, precision, tol):
     assert meta["tensorrt_version"] == trt.__version__ and meta["precision"] == precision
     assert meta["gpu"] == tb.gpu_info(0) and meta["shapes"]["max"] == [256, 128]
     protector = Protector(art, backend="tensorrt", device="cuda", engine=str(engines[precision]))
-    backend = protector._backend("tensorrt", "cuda")
+    backend = protector.backend("tensorrt", "cuda")
     assert (backend.min_batch, backend.max_batch) == (1, 256)
     ref = _reference(art, z)
     out = protector.protect(z)  # 600 rows > max 256: three chunks

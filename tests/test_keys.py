@@ -41,7 +41,7 @@ def test_no_key_is_todays_protection_bit_for_bit(plain, z):
     x64 = z.astype(np.float64)
     scale = np.abs(x64).max(axis=1, keepdims=True)
     norm = np.sqrt(((x64 / scale) ** 2).sum(axis=1, keepdims=True)) * scale
-    expected = (plain._backend("onnxruntime", "cpu").run((x64 / norm).astype(np.float32)).astype(np.float64) * norm).astype(np.float32)
+    expected = (plain.backend("onnxruntime", "cpu").run((x64 / norm).astype(np.float32)).astype(np.float64) * norm).astype(np.float32)
     assert np.array_equal(Protector("fr128", backend="onnxruntime", key=None).protect(z), expected)
     assert np.array_equal(protect(z, key=None), protect(z))
     assert plain.key_id is None and np.array_equal(plain.prepare_probe(z), z)

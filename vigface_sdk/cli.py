@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from facecore import __version__
-from facecore._cli import build_recognizer, friendly_errors, recognizer_option
+from facecore._cli import build_recognizer, friendly_errors, plugins_command, recognizer_option
 from facecore.data.lfw import parse_folds
 
 
@@ -15,6 +15,10 @@ from facecore.data.lfw import parse_folds
 @click.version_option(__version__, prog_name="vigface-cli")
 def main() -> None:
     """VIGFace: virtual identities for face-recognition training sets."""
+
+
+main.add_command(plugins_command({"recognizers": "facecore.recognizers:RECOGNIZERS",
+                                  "schedulers (besides diffusers' own)": "vigface_sdk.pipelines.pipeline:SCHEDULERS"}))
 
 
 @main.command("train-space")

@@ -1,66 +1,41 @@
-"""Execution backends for :class:`~advface_sdk.Protector`, behind one registry.
+"""Execution backends for :class:`~advface_sdk.Protector`, behind one :class:`~facecore.registry.Registry`.
 
 Built-ins: ``torch``, ``onnxruntime`` and ``tensorrt``. Third-party backends register under the
-``advface_sdk.backends`` entry-point group and are imported lazily, on first use.
+``facepriv.backends`` entry-point group (``advface_sdk.backends`` is still read, deprecated) and are
+imported lazily, on first use. A backend is ``factory(artifact, device=..., **options)`` returning an
+object with ``run(float32 (N, dim) unit rows) -> (N, dim)``.
 """
 
 from __future__ import annotations
 
-from importlib import import_module
-from importlib.metadata import entry_points
 from typing import Callable
 
 from facecore.errors import BackendUnavailableError
+from facecore.registry import Registry
 
-ENTRY_POINT_GROUP = "advface_sdk.backends"
-_BUILTIN = {
-    "torch": "advface_sdk.backends.torch_backend:TorchBackend",
-    "onnxruntime": "advface_sdk.backends.onnxruntime_backend:OnnxRuntimeBackend",
-    "tensorrt": "advface_sdk.backends.tensorrt_backend:TensorRTBackend",
-}
-_REGISTRY: dict[str, Callable] = {}
+ENTRY_POINT_GROUP = "facepriv.backends"
+LEGACY_ENTRY_POINT_GROUP = "advface_sdk.backends"
+
+BACKENDS: Registry = Registry("backend", ENTRY_POINT_GROUP, legacy_groups=(LEGACY_ENTRY_POINT_GROUP,),
+                              error=BackendUnavailableError)
+BACKENDS.register("advface_sdk.backends.torch_backend:TorchBackend", name="torch")
+BACKENDS.register("advface_sdk.backends.onnxruntime_backend:OnnxRuntimeBackend", name="onnxruntime")
+BACKENDS.register("advface_sdk.backends.tensorrt_backend:TensorRTBackend", name="tensorrt")
 
 
 def register_backend(name: str, factory: Callable) -> None:
-    """Register ``factory(artifact, device=..., **options)`` under ``name``."""
-    _REGISTRY[name] = factory
+    """Register ``factory(artifact, device=..., **options)`` under ``name`` (replacing any previous one)."""
+    BACKENDS.register(factory, name=name, override=True)
 
 
 def list_backends() -> list[str]:
-    return sorted(set(_REGISTRY) | set(_BUILTIN) | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+    return BACKENDS.names()
 
 
 def resolve_backend(name: str) -> Callable:
     """The factory registered under ``name`` (imported on first use)."""
-    return _resolve(name)
-
-
-def _resolve(name: str) -> Callable:
-    if not isinstance(name, str):
-        raise BackendUnavailableError(f"backend must be a name, got {name!r}")
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    target = _BUILTIN.get(name)
-    if target is None:
-        eps = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
-        if name not in eps:
-            raise BackendUnavailableError(f"unknown backend {name!r}; available: {', '.join(list_backends())}")
-        factory = eps[name].load()
-    else:
-        module, _, attr = target.partition(":")
-        try:
-            factory = getattr(import_module(module), attr)
-        except ImportError as exc:
-            raise BackendUnavailableError(f"backend {name!r} cannot be imported here: {exc}") from exc
-    _REGISTRY[name] = factory
-    return factory
+    return BACKENDS.get(name)
 
 
 def create_backend(name: str, artifact, device: str = "cpu", **options):
-    factory = _resolve(name)
-    try:
-        return factory(artifact, device=device, **options)
-    except TypeError as exc:
-        from facecore.errors import InvalidInputError
-
-        raise InvalidInputError(f"backend {name!r}: bad option ({exc})") from exc
+    return BACKENDS.create(name, artifact, device=device, **options)

@@ -7,6 +7,6 @@
 """
 
 from .gallery import Gallery, SearchResult, protector_id
-from .stores import VectorStore, list_stores, register_store
+from .stores import STORES, VectorStore, list_stores, register_store
 
-__all__ = ["Gallery", "SearchResult", "protector_id", "VectorStore", "list_stores", "register_store"]
+__all__ = ["Gallery", "SearchResult", "protector_id", "VectorStore", "STORES", "list_stores", "register_store"]

@@ -2,18 +2,18 @@
 
 A store keeps unit-length templates under unique string ids and answers inner-product (cosine)
 top-k queries. ``add`` and ``remove`` are all-or-nothing: once they return, the change is durable.
-Register more with :func:`register_store`.
+Register more with :func:`register_store` or the ``facepriv.gallery_stores`` entry-point group.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from facecore.errors import BackendUnavailableError
+from facecore.registry import Registry
 
 
 class VectorStore(ABC):
@@ -62,35 +62,21 @@ class VectorStore(ABC):
         """Release files and connections."""
 
 
-_STORES: dict[str, Callable[[], type[VectorStore]]] = {}
+ENTRY_POINT_GROUP = "facepriv.gallery_stores"
+
+STORES: Registry[VectorStore] = Registry("gallery store", ENTRY_POINT_GROUP, error=BackendUnavailableError, base=VectorStore)
+STORES.register("advface_sdk.gallery.faiss_store:FaissStore", name="faiss")
+STORES.register("advface_sdk.gallery.milvus_store:MilvusStore", name="milvus")
 
 
-def register_store(name: str, loader: Callable[[], type[VectorStore]]) -> None:
-    """Register a store class under ``name``; ``loader`` imports it lazily."""
-    _STORES[name] = loader
+def register_store(name: str, store: type[VectorStore] | str) -> None:
+    """Register a store class (or a ``"module:Class"`` string, imported on first use) under ``name``."""
+    STORES.register(store, name=name, override=True)
 
 
 def list_stores() -> list[str]:
-    return sorted(_STORES)
+    return STORES.names()
 
 
 def store_class(name: str) -> type[VectorStore]:
-    if name not in _STORES:
-        raise BackendUnavailableError(f"unknown gallery store {name!r}; available: {list_stores()}")
-    return _STORES[name]()
-
-
-def _faiss() -> type[VectorStore]:
-    from .faiss_store import FaissStore
-
-    return FaissStore
-
-
-def _milvus() -> type[VectorStore]:
-    from .milvus_store import MilvusStore
-
-    return MilvusStore
-
-
-register_store("faiss", _faiss)
-register_store("milvus", _milvus)
+    return STORES.get(name)

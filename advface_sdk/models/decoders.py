@@ -11,11 +11,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from facecore.artifacts import read_json, verify_artifact, write_artifact
 from facecore.errors import InvalidInputError
+from facecore.pretrained import Contents, PretrainedModule
 
 ARCHS = ("upconv", "deconv")
 
@@ -43,8 +42,14 @@ def _deconv_block(cin: int, cout: int) -> nn.Sequential:
                          _Residual(cout))
 
 
-class FaceDecoder(nn.Module):
-    """``(N, dim)`` embeddings → ``(N, 3, size, size)`` RGB images in [0, 1]; inputs are L2-normalised first."""
+class FaceDecoder(PretrainedModule):
+    """``(N, dim)`` embeddings → ``(N, 3, size, size)`` RGB images in [0, 1]; inputs are L2-normalised first.
+
+    Saved as ``config.json`` (untagged, extras beside the constructor's arguments) + ``decoder.safetensors``.
+    """
+
+    weights_name = "decoder.safetensors"
+    format_key = None
 
     def __init__(self, dim: int, size: int = 64, arch: str = "upconv", width: int = 32):
         super().__init__()
@@ -70,20 +75,15 @@ class FaceDecoder(nn.Module):
         x = self.fc(z).view(len(z), -1, self.base, self.base)
         return torch.sigmoid(self.head(self.blocks(x)))
 
-    def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        tmp = Path(directory).with_suffix(".st.tmp")
-        save_file(state, str(tmp))
-        data = tmp.read_bytes()
-        tmp.unlink()
-        return write_artifact(directory, {"decoder.safetensors": data, "config.json": {**self.config, **(extra or {})}})
+    def to_contents(self, extra: dict | None = None) -> Contents:
+        """Weights and config; ``extra`` (training log, recognizer, ...) is stored beside the config."""
+        return Contents({**self.config, **(extra or {})}, self.state_dict())
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str = "cpu") -> "FaceDecoder":
-        verify_artifact(directory, ("decoder.safetensors", "config.json"))
-        cfg = read_json(directory)
+    def from_contents(cls, contents: Contents, directory: Path, map_location: str = "cpu") -> "FaceDecoder":
+        cfg = contents.config
         model = cls(cfg["dim"], cfg["size"], cfg["arch"], cfg["width"])
-        model.load_state_dict(load_file(str(Path(directory) / "decoder.safetensors"), device=map_location))
+        model.load_state_dict({k: v.to(map_location) for k, v in contents.tensors.items()})
         model.extra_config = {k: v for k, v in cfg.items() if k not in model.config}
         return model.eval()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,8 +13,9 @@ from tqdm.auto import tqdm
 
 from facecore.errors import IncompatibleError, InvalidInputError
 from facecore.training.checkpoints import load_checkpoint, save_checkpoint
-from facecore.training.distributed import DistContext, any_rank, barrier, wrap_ddp
+from facecore.training.distributed import DistContext, wrap_ddp
 from facecore.training.face_pack import FaceTrainingSet
+from facecore.training.loop import EpochTail
 
 from ..models.decoders import FaceDecoder
 from ..models.generator import NoiseGenerator
@@ -136,7 +136,7 @@ def train_generator(
     n = len(train)
     per_rank = n // ctx.world_size
     steps = math.ceil(per_rank / config.batch_size)
-    start = time.monotonic()
+    tail = EpochTail(ctx, config.max_minutes, (lambda st: save_checkpoint(ckpt, gen, opt, st)) if ckpt else None)
     for epoch in range(state["epoch"], config.epochs):
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
         perm = perm[ctx.rank * per_rank:(ctx.rank + 1) * per_rank]
@@ -155,10 +155,7 @@ def train_generator(
             bar.set_postfix({k: f"{v.item():.3f}" for k, v in terms.items()})
         state = {"epoch": epoch + 1, "config": asdict(config), "clean_threshold": threshold,
                  "history": state["history"] + [totals]}
-        if ckpt and ctx.is_main:
-            save_checkpoint(ckpt, gen, opt, state)
-        barrier(ctx)
-        if any_rank(bool(config.max_minutes) and (time.monotonic() - start) / 60 > config.max_minutes, ctx):
+        if tail(state):
             break
     gen.eval()
     return gen, state

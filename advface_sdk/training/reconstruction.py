@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -14,8 +13,9 @@ from tqdm.auto import tqdm
 
 from facecore.errors import InvalidInputError
 from facecore.training.checkpoints import load_checkpoint, save_checkpoint
-from facecore.training.distributed import DistContext, any_rank, barrier, wrap_ddp
+from facecore.training.distributed import DistContext, wrap_ddp
 from facecore.training.face_pack import FaceTrainingSet
+from facecore.training.loop import EpochTail
 
 from ..models.decoders import FaceDecoder
 
@@ -91,7 +91,7 @@ def train_decoder(
     steps = math.ceil(per_rank / config.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=config.epochs * steps, pct_start=0.1,
                                                 last_epoch=state["epoch"] * steps - 1 if state["epoch"] else -1)
-    start = time.monotonic()
+    tail = EpochTail(ctx, config.max_minutes, (lambda st: save_checkpoint(ckpt, model, opt, st)) if ckpt else None)
     for epoch in range(state["epoch"], config.epochs):
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
         perm = perm[ctx.rank * per_rank:(ctx.rank + 1) * per_rank]
@@ -118,10 +118,7 @@ def train_decoder(
             bar.set_postfix(pixel=f"{pixel.item():.3f}")
         state = {"epoch": epoch + 1, "config": asdict(config),
                  "history": state["history"] + [{k: v / steps for k, v in totals.items()}]}
-        if ckpt and ctx.is_main:
-            save_checkpoint(ckpt, model, opt, state)
-        barrier(ctx)
-        if any_rank(bool(config.max_minutes) and (time.monotonic() - start) / 60 > config.max_minutes, ctx):
+        if tail(state):
             break
     model.eval()
     return model, state

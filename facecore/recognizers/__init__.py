@@ -1,6 +1,7 @@
 """Recognizer adapters behind one interface (``embed``, ``dim``, ``fingerprint``)."""
 
-from .base import Preprocessing, Recognizer
-from .registry import create_recognizer, list_recognizers
+from .base import FileRecognizer, Preprocessing, Recognizer
+from .registry import RECOGNIZERS, create_recognizer, list_recognizers, register_recognizer
 
-__all__ = ["Preprocessing", "Recognizer", "create_recognizer", "list_recognizers"]
+__all__ = ["Preprocessing", "Recognizer", "FileRecognizer", "RECOGNIZERS", "create_recognizer", "list_recognizers",
+           "register_recognizer"]

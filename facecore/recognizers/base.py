@@ -1,4 +1,4 @@
-"""The one small interface every recognizer adapter implements."""
+"""The one small interface every recognizer adapter implements, and the base of file-backed ones."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifacts import sha256_file
 from ..errors import InvalidInputError, ModelLoadError, NonFiniteError
+from ..images import as_image_batch
 
 
 @dataclass(frozen=True)
@@ -39,18 +41,6 @@ class Preprocessing:
         d = asdict(self)
         d["input_size"] = list(self.input_size)
         return d
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes, as hex."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"model file not found: {path}")
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def make_fingerprint(model_sha256: str, preprocessing: Preprocessing, extra: dict | None = None) -> str:
@@ -112,3 +102,60 @@ class Recognizer(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, fingerprint={self.fingerprint})"
+
+
+class FileRecognizer(Recognizer):
+    """A recognizer backed by one model file with explicit preprocessing.
+
+    Subclasses load their runtime, call ``super().__init__`` and implement :meth:`infer` (aligned
+    crops → raw outputs); the base gives ``dim``, ``preprocessing``, ``fingerprint`` (model bytes +
+    preprocessing), batched ``embed`` with output checks, and ``to_torch`` (the ONNX graph in torch).
+    ``fixed_batch`` (a model's static batch size, else ``None``) pads chunks; ``batch_size`` sizes the others.
+    """
+
+    def __init__(self, model_path: str | Path, preprocessing: Preprocessing, name: str, model_sha256: str | None = None,
+                 fixed_batch: int | None = None, batch_size: int = 64):
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise ModelLoadError(f"recognizer model not found: {self.model_path}")
+        self._pre = preprocessing
+        self.name = name
+        self._sha = model_sha256 or sha256_file(self.model_path)
+        self.fixed_batch = fixed_batch
+        self.batch_size = int(batch_size)
+        self._dim: int | None = None
+
+    def set_dim(self, static: object) -> None:
+        """The embedding width: ``static`` when the model declares it (an int), else measured on one blank crop."""
+        if isinstance(static, int):
+            self._dim = int(static)
+        else:
+            w, h = self._pre.input_size
+            self._dim = int(self.infer(np.zeros((1, h, w, 3), np.uint8)).reshape(1, -1).shape[-1])
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self._pre
+
+    @property
+    def fingerprint(self) -> str:
+        return make_fingerprint(self._sha, self._pre)
+
+    @abstractmethod
+    def infer(self, crops: np.ndarray) -> np.ndarray:
+        """Raw outputs ``(N, D)`` for a chunk of aligned uint8 BGR crops ``(N, H, W, 3)`` (preprocessing is the subclass's)."""
+
+    def embed(self, aligned_images) -> np.ndarray:
+        batch = as_image_batch(aligned_images, self._pre.input_size)
+        return self._embed_in_batches(batch, self.infer, self.fixed_batch, self.batch_size)
+
+    def to_torch(self, trainable: bool = False):
+        """A differentiable torch copy of the ONNX graph, frozen unless ``trainable``."""
+        from .torch_graph import DifferentiableRecognizer, load_onnx_as_torch
+
+        module = DifferentiableRecognizer(load_onnx_as_torch(self.model_path, trainable=trainable), self._pre)
+        return module if trainable else module.eval().requires_grad_(False)

@@ -8,8 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ModelLoadError
-from ..images import as_image_batch
-from .base import Preprocessing, Recognizer, file_sha256, make_fingerprint
+from .base import FileRecognizer, Preprocessing
 
 
 def check_external_data(path: Path) -> None:
@@ -45,7 +44,7 @@ def _session(path: Path, providers: Sequence[str] | None, threads: int | None):
         raise ModelLoadError(f"cannot load ONNX model {path}: {exc}") from exc
 
 
-class OnnxRecognizer(Recognizer):
+class OnnxRecognizer(FileRecognizer):
     """Any ONNX face recognizer: ``(N, 3, H, W)`` float input → ``(N, D)`` output.
 
     Fixed-batch-1 models are run one crop at a time, dynamic-batch models in batches
@@ -61,15 +60,10 @@ class OnnxRecognizer(Recognizer):
         providers: Sequence[str] | None = None,
         threads: int | None = None,
     ):
-        self.model_path = Path(model_path)
-        if not self.model_path.is_file():
-            raise ModelLoadError(f"recognizer model not found: {self.model_path}")
+        path = Path(model_path)
         if isinstance(preprocessing, dict):
             preprocessing = Preprocessing(**preprocessing)
-        self._pre = preprocessing or Preprocessing()
-        self.name = name or self.model_path.stem
-        self.batch_size = int(batch_size)
-        self._sha = file_sha256(self.model_path)
+        super().__init__(path, preprocessing or Preprocessing(), name or path.stem, batch_size=batch_size)
         check_external_data(self.model_path)
         self.session = _session(self.model_path, providers, threads)
         inp = self.session.get_inputs()[0]
@@ -87,32 +81,8 @@ class OnnxRecognizer(Recognizer):
         if len(out_shape) != 2 and not (len(out_shape) == 4 and out_shape[2:] == [1, 1]):
             raise ModelLoadError(f"{self.model_path}: the output has shape {out_shape}, not (N, D) embeddings: "
                                  "is it a face recognizer?")
-        if isinstance(out_shape[-1], int):
-            self._dim = int(out_shape[-1])
-        else:
-            self._dim = int(self._run(np.zeros((1, 3, h, w), np.float32)).shape[-1])
+        self.set_dim(out_shape[-1])
 
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return self._pre
-
-    @property
-    def fingerprint(self) -> str:
-        return make_fingerprint(self._sha, self._pre)
-
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def infer(self, crops: np.ndarray) -> np.ndarray:
+        x = self._pre.apply(crops)
         return self.session.run(None, {self._input_name: x})[0].reshape(x.shape[0], -1)
-
-    def embed(self, aligned_images) -> np.ndarray:
-        batch = as_image_batch(aligned_images, self._pre.input_size)
-        return self._embed_in_batches(batch, lambda chunk: self._run(self._pre.apply(chunk)), self.fixed_batch, self.batch_size)
-
-    def to_torch(self, trainable: bool = False):
-        from .torch_graph import DifferentiableRecognizer, load_onnx_as_torch
-
-        module = DifferentiableRecognizer(load_onnx_as_torch(self.model_path, trainable=trainable), self._pre)
-        return module if trainable else module.eval().requires_grad_(False)

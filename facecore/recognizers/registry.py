@@ -1,21 +1,23 @@
-"""Recognizer registry: built-in specs for the shared models plus adapters from entry points.
+"""The recognizer registry: the shared built-ins, the generic ONNX adapter and entry-point adapters.
 
 ``create_recognizer("fr128")`` opens a built-in model under ``$FACEPRIV_SHARED/models``;
-``create_recognizer("onnx", model_path=..., preprocessing=...)`` or any adapter registered
-under the ``advface_sdk.recognizers`` entry-point group (imported lazily, on first use);
+``create_recognizer("onnx", model_path=..., preprocessing=...)`` or any adapter registered under the
+``facepriv.recognizers`` entry-point group (imported lazily, on first use);
 ``create_recognizer("path/to/model.onnx", channel_order="BGR", mean=127, std=128)``.
 """
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
+from functools import partial
 from pathlib import Path
 
 from ..errors import InvalidInputError
 from ..paths import shared_path
+from ..registry import Registry
 from .base import Preprocessing, Recognizer
 
-ENTRY_POINT_GROUP = "advface_sdk.recognizers"
+ENTRY_POINT_GROUP = "facepriv.recognizers"
+LEGACY_ENTRY_POINT_GROUP = "advface_sdk.recognizers"
 
 # Built-in recognizers: the two pretrained models of the shared folder, with their explicit preprocessing.
 BUILTIN = {
@@ -23,29 +25,41 @@ BUILTIN = {
     "fr128": ("models/fr128_mobilefacenet/mobilefacenet.onnx", Preprocessing("RGB", 127.5, 128.0)),
 }
 
+RECOGNIZERS: Registry[Recognizer] = Registry("recognizer", ENTRY_POINT_GROUP, legacy_groups=(LEGACY_ENTRY_POINT_GROUP,))
 
-def _adapters() -> dict:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+def _builtin(name: str, **kwargs) -> Recognizer:
+    from .onnx_recognizer import OnnxRecognizer
+
+    rel, pre = BUILTIN[name]
+    return OnnxRecognizer(shared_path(rel), pre, name=kwargs.pop("name", name), **kwargs)
+
+
+for _name in BUILTIN:
+    RECOGNIZERS.register(partial(_builtin, _name), name=_name)
+RECOGNIZERS.register("facecore.recognizers.onnx_recognizer:OnnxRecognizer", name="onnx")
+
+
+def register_recognizer(obj=None, *, name: str | None = None, override: bool = False):
+    """Register a recognizer class or factory (decorator or call); see :meth:`Registry.register`."""
+    return RECOGNIZERS.register(obj, name=name, override=override)
 
 
 def list_recognizers() -> list[str]:
-    """Names accepted by :func:`create_recognizer` (built-ins, then entry-point adapters)."""
-    return sorted(BUILTIN) + sorted(_adapters())
+    """Names accepted by :func:`create_recognizer` (built-ins, registered and entry-point adapters)."""
+    return RECOGNIZERS.names()
 
 
 def create_recognizer(spec: str, **kwargs) -> Recognizer:
-    """Build a recognizer from a built-in name, an adapter name or an ``.onnx`` path."""
-    from .onnx_recognizer import OnnxRecognizer
-
+    """Build a recognizer from a registered name (built-in or adapter) or an ``.onnx`` path."""
     name = str(spec)
-    if name in BUILTIN:
-        rel, pre = BUILTIN[name]
-        return OnnxRecognizer(shared_path(rel), pre, name=kwargs.pop("name", name), **kwargs)
-    if name.endswith(".onnx"):
+    if name.endswith(".onnx") and name not in RECOGNIZERS:
+        from .onnx_recognizer import OnnxRecognizer
+
         pre_keys = {"channel_order", "mean", "std", "input_size"}
         pre = Preprocessing(**{k: kwargs.pop(k) for k in list(kwargs) if k in pre_keys})
         return OnnxRecognizer(Path(name), kwargs.pop("preprocessing", pre), **kwargs)
-    adapters = _adapters()
-    if name not in adapters:
-        raise InvalidInputError(f"unknown recognizer {name!r}; available: {', '.join(list_recognizers())} or a path to an .onnx file")
-    return adapters[name].load()(**kwargs)
+    if name not in RECOGNIZERS:
+        raise InvalidInputError(f"unknown recognizer {name!r}; available: {', '.join(list_recognizers())} "
+                                "or a path to an .onnx file")
+    return RECOGNIZERS.create(name, **kwargs)

@@ -1,8 +1,9 @@
-"""The step loop's tail every training run repeats: running means, log, checkpoint, time budget.
+"""The loop tail every training run repeats: checkpoint (rank 0 writes, all ranks wait) and time budget.
 
-``StepTail`` is called once per optimiser step; it keeps loss sums on the device (no host sync per
-step), writes a history entry every ``log_every`` steps, checkpoints every ``checkpoint_every``
-steps (rank 0 writes, all ranks wait), and tells every rank to stop once any has used its minutes.
+``EpochTail`` is called once per epoch (the AdvFace loops): checkpoint, then stop once any rank has
+used its minutes. ``StepTail`` is called once per optimiser step (the VIGFace loops); it also keeps
+loss sums on the device (no host sync per step), writes a history entry every ``log_every`` steps
+and checkpoints every ``checkpoint_every`` steps.
 """
 
 from __future__ import annotations
@@ -16,20 +17,56 @@ from tqdm.auto import tqdm
 from .distributed import DistContext, any_rank, barrier
 
 
-class StepTail:
-    def __init__(self, ctx: DistContext, total_steps: int, start_step: int, history: list, desc: str,
-                 log_every: int = 50, checkpoint_every: int = 500, max_minutes: float | None = None,
-                 save: Callable[[int], None] | None = None, progress: bool = True):
-        self.ctx, self.total, self.step, self.history = ctx, total_steps, start_step, history
-        self.log_every, self.checkpoint_every, self.max_minutes, self.save = log_every, checkpoint_every, max_minutes, save
+class TimeBudget:
+    """Minutes since construction, and whether any rank has used more than ``max_minutes`` (None: no limit)."""
+
+    def __init__(self, ctx: DistContext, max_minutes: float | None = None):
+        self.ctx, self.max_minutes = ctx, max_minutes
         self.start = time.monotonic()
-        self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
-        self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, unit="step", disable=not (progress and ctx.is_main))
 
     @property
     def minutes(self) -> float:
         return (time.monotonic() - self.start) / 60
+
+    def exceeded(self) -> bool:
+        """True on every rank once any rank is out of time (a collective: call it on all ranks)."""
+        return any_rank(bool(self.max_minutes) and self.minutes > self.max_minutes, self.ctx)
+
+    def checkpoint(self, save: Callable[..., None], *args) -> None:
+        """``save(*args)`` on rank 0 while the other ranks wait."""
+        if self.ctx.is_main:
+            save(*args)
+        barrier(self.ctx)
+
+
+class EpochTail(TimeBudget):
+    """``tail(state)`` at the end of each epoch: ``save(state)`` on rank 0 (when given), all ranks wait;
+    returns True when training should stop (out of time)."""
+
+    def __init__(self, ctx: DistContext, max_minutes: float | None = None, save: Callable[[dict], None] | None = None):
+        super().__init__(ctx, max_minutes)
+        self.save = save
+
+    def __call__(self, state: dict) -> bool:
+        if self.save is not None:
+            self.checkpoint(self.save, state)
+        else:
+            barrier(self.ctx)
+        return self.exceeded()
+
+
+class StepTail(TimeBudget):
+    """``tail(loss_terms)`` after each optimiser step; returns True when training should stop."""
+
+    def __init__(self, ctx: DistContext, total_steps: int, start_step: int, history: list, desc: str,
+                 log_every: int = 50, checkpoint_every: int = 500, max_minutes: float | None = None,
+                 save: Callable[[int], None] | None = None, progress: bool = True):
+        super().__init__(ctx, max_minutes)
+        self.total, self.step, self.history = total_steps, start_step, history
+        self.log_every, self.checkpoint_every, self.save = log_every, checkpoint_every, save
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+        self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, unit="step", disable=not (progress and ctx.is_main))
 
     def __call__(self, terms: dict[str, torch.Tensor]) -> bool:
         """Record one finished step's loss terms; returns True when training should stop."""
@@ -38,8 +75,7 @@ class StepTail:
             self.sums[k] = self.sums.get(k, 0.0) + v.detach().float()
         self.count += 1
         self.bar.update(1)
-        out_of_time = bool(self.max_minutes) and self.minutes > self.max_minutes
-        stop = any_rank(out_of_time, self.ctx) or self.step >= self.total
+        stop = self.exceeded() or self.step >= self.total
         if self.step % self.log_every == 0 or stop:
             entry = {"step": self.step, "minutes": round(self.minutes, 3),
                      **{k: round(float(v) / self.count, 6) for k, v in self.sums.items()}}
@@ -47,9 +83,7 @@ class StepTail:
             self.bar.set_postfix({k: f"{v:.4f}" for k, v in entry.items() if k not in ("step", "minutes")})
             self.sums, self.count = {}, 0
         if self.save is not None and (self.step % self.checkpoint_every == 0 or stop):
-            if self.ctx.is_main:
-                self.save(self.step)
-            barrier(self.ctx)
+            self.checkpoint(self.save, self.step)
         if stop:
             self.bar.close()
         return stop

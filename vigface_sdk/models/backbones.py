@@ -14,19 +14,16 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from torch import nn
 from tqdm.auto import tqdm
 
-from facecore.artifacts import read_json, verify_artifact, write_artifact
 from facecore.errors import ArtifactError, IncompatibleError, InvalidInputError, ModelLoadError
+from facecore.pretrained import Contents, load_tensors, read_pretrained, write_pretrained
 from facecore.recognizers import Preprocessing, Recognizer, create_recognizer
 from facecore.recognizers.registry import BUILTIN
 from facecore.recognizers.torch_graph import DifferentiableRecognizer
 
 WEIGHTS = "backbone.safetensors"
-CONFIG = "config.json"
 IRESNET_LAYERS = {"r18": (2, 2, 2, 2), "r34": (3, 4, 6, 3), "r50": (3, 4, 14, 3), "r100": (3, 13, 30, 3)}
 # arcface_torch feeds RGB images normalised as (x / 255 - 0.5) / 0.5
 ARCFACE_PREPROCESSING = Preprocessing("RGB", 127.5, 127.5)
@@ -168,7 +165,7 @@ def load_arcface_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise ModelLoadError(f"checkpoint not found: {path}")
     try:
         if path.suffix == ".safetensors":
-            state = st_load(path.read_bytes())
+            state = load_tensors(path.read_bytes(), "torch", path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated files, foreign formats
@@ -227,10 +224,8 @@ def _build(spec: dict) -> FaceBackbone:
 
 def save_backbone(backbone: FaceBackbone, directory: str | Path) -> Path:
     """Write the backbone's weights (safetensors) and spec (JSON) with checksums, atomically."""
-    state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
-    config = {"spec": backbone.spec, "fingerprint": backbone.fingerprint,
-              "format": "vigface-backbone/1"}
-    return write_artifact(directory, {WEIGHTS: st_save(state), CONFIG: config})
+    config = {"spec": backbone.spec, "fingerprint": backbone.fingerprint, "format": "vigface-backbone/1"}
+    return write_pretrained(directory, Contents(config, backbone.state_dict()), weights_name=WEIGHTS, library="torch")
 
 
 class LoadedBackbone(NamedTuple):
@@ -240,13 +235,13 @@ class LoadedBackbone(NamedTuple):
 
 def load_backbone(directory: str | Path) -> LoadedBackbone:
     """``(module, fingerprint)`` of a backbone saved by :func:`save_backbone`; the module is frozen, in eval mode."""
-    verify_artifact(directory, (WEIGHTS, CONFIG))
-    config = read_json(directory, CONFIG)
+    contents = read_pretrained(directory, weights_name=WEIGHTS, library="torch")
+    config = contents.config
     if config.get("format") != "vigface-backbone/1":
         raise ArtifactError(f"{directory} is not a VIGFace backbone (format {config.get('format')!r})")
     backbone = _build(config["spec"])
     try:
-        backbone.load_state_dict(st_load((Path(directory) / WEIGHTS).read_bytes()))
+        backbone.load_state_dict(contents.tensors)
     except RuntimeError as exc:
         raise ArtifactError(f"{directory}: weights do not fit the saved spec: {exc}") from exc
     backbone.freeze()

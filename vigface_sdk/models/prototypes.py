@@ -6,22 +6,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load as st_load
-from safetensors.numpy import save as st_save
 
-from facecore.artifacts import read_json, verify_artifact, write_artifact
 from facecore.errors import IncompatibleError, InvalidInputError
-
-WEIGHTS = "prototypes.safetensors"
-CONFIG = "config.json"
+from facecore.pretrained import Contents, Pretrained
 
 
 @dataclass
-class PrototypeStore:
+class PrototypeStore(Pretrained):
     """``real`` (n, D) and ``virtual`` (k, D) unit-norm prototypes of one face feature space.
 
     ``metadata`` holds at least ``backbone_fingerprint`` and the margin settings the space was trained with.
     """
+
+    weights_name = "prototypes.safetensors"
+    format_key = "format"
+    format_name = "vigface-prototypes/1"
 
     real: np.ndarray
     virtual: np.ndarray
@@ -54,17 +53,14 @@ class PrototypeStore:
                 "use the backbone saved with the space or retrain it (vigface-cli train-space)"
             )
 
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def to_contents(self) -> Contents:
         config = {**self.metadata, "dim": self.dim, "num_real": len(self.real), "num_virtual": len(self.virtual),
-                  "identities": list(self.identities), "format": "vigface-prototypes/1"}
-        weights = st_save({"real": np.ascontiguousarray(self.real), "virtual": np.ascontiguousarray(self.virtual)})
-        return write_artifact(directory, {WEIGHTS: weights, CONFIG: config})
+                  "identities": list(self.identities)}
+        return Contents(config, {"real": self.real, "virtual": self.virtual})
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, backbone_fingerprint: str | None = None) -> "PrototypeStore":
-        verify_artifact(directory, (WEIGHTS, CONFIG))
-        config = read_json(directory, CONFIG)
-        tensors = st_load((Path(directory) / WEIGHTS).read_bytes())
+    def from_contents(cls, contents: Contents, directory: Path, backbone_fingerprint: str | None = None) -> "PrototypeStore":
+        config, tensors = contents.config, contents.tensors
         meta = {k: v for k, v in config.items() if k not in ("identities", "num_real", "num_virtual", "format")}
         store = cls(tensors["real"], tensors["virtual"], list(config["identities"]), meta)
         if store.dim != config.get("dim"):

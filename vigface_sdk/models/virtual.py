@@ -20,21 +20,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load as st_load
-from safetensors.numpy import save as st_save
 
-from facecore.artifacts import read_json, verify_artifact, write_artifact
 from facecore.embeddings import l2_normalize
-from facecore.errors import ArtifactError, InvalidInputError
+from facecore.errors import InvalidInputError
+from facecore.pretrained import Contents, Pretrained
 
-WEIGHTS = "sampler.safetensors"
-CONFIG = "config.json"
 MAX_ATTEMPTS = 1000
 
 
-class VirtualPrototypeSampler:
+class VirtualPrototypeSampler(Pretrained):
     """``sample(indices, seed)`` → unit prototypes ``normalize(mean + L z)`` with ``z`` seeded per index,
     redrawn while closer than ``max_similarity`` (cosine) to any ``exclude`` prototype."""
+
+    weights_name = "sampler.safetensors"
 
     def __init__(self, mean: np.ndarray, scale_tril: np.ndarray, exclude: np.ndarray | None = None,
                  max_similarity: float | None = None, metadata: dict | None = None, intra_tril: np.ndarray | None = None):
@@ -107,26 +105,20 @@ class VirtualPrototypeSampler:
             return np.zeros((0, self.dim), np.float32)
         return np.stack([self._draw(seed, i) for i in indices]).astype(np.float32)
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        tensors = {"mean": self.mean, "scale_tril": np.ascontiguousarray(self.scale_tril)}
+    def to_contents(self) -> Contents:
+        tensors = {"mean": self.mean, "scale_tril": self.scale_tril}
         if self.exclude is not None:
             tensors["exclude"] = self.exclude.astype(np.float16)
         if self.intra_tril is not None:
-            tensors["intra_tril"] = np.ascontiguousarray(self.intra_tril)
-        config = {**self.metadata, "_class_name": type(self).__name__, "dim": self.dim, "max_similarity": self.max_similarity}
-        return write_artifact(directory, {WEIGHTS: st_save(tensors), CONFIG: config})
+            tensors["intra_tril"] = self.intra_tril
+        return Contents({**self.metadata, "dim": self.dim, "max_similarity": self.max_similarity}, tensors)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "VirtualPrototypeSampler":
-        verify_artifact(directory, (WEIGHTS, CONFIG))
-        config = read_json(directory, CONFIG)
-        try:
-            t = st_load((Path(directory) / WEIGHTS).read_bytes())
-            meta = {k: v for k, v in config.items() if k not in ("_class_name", "dim", "max_similarity")}
-            exclude = t["exclude"].astype(np.float32) if "exclude" in t else None
-            return cls(t["mean"], t["scale_tril"], exclude, config.get("max_similarity"), meta, t.get("intra_tril"))
-        except (KeyError, AttributeError, InvalidInputError) as exc:
-            raise ArtifactError(f"{directory}: not a virtual prototype sampler: {exc}") from exc
+    def from_contents(cls, contents: Contents, directory: Path) -> "VirtualPrototypeSampler":
+        config, t = contents.config, contents.tensors
+        meta = {k: v for k, v in config.items() if k not in ("_class_name", "dim", "max_similarity")}
+        exclude = t["exclude"].astype(np.float32) if "exclude" in t else None
+        return cls(t["mean"], t["scale_tril"], exclude, config.get("max_similarity"), meta, t.get("intra_tril"))
 
 
 def load_prototype_store(path: str | Path):

@@ -12,9 +12,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import diffusers
@@ -24,9 +21,9 @@ from diffusers import DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from tqdm.auto import tqdm
 
-from facecore.artifacts import read_json, replace_dir, verify_artifact, write_artifact
 from facecore.errors import ArtifactError, IncompatibleError, InvalidInputError
-from facecore.tempfiles import remove_stale
+from facecore.pretrained import Contents, read_index, read_pretrained, save_components, write_pretrained
+from facecore.registry import Registry
 
 from ..models.autoencoder import FaceAutoencoder
 from ..models.denoiser import PrototypeDenoiser
@@ -34,6 +31,8 @@ from ..models.virtual import VirtualPrototypeSampler
 
 INDEX = "model_index.json"
 SCHEDULER_CONFIG = "scheduler_config.json"
+#: schedulers beyond diffusers' own, registered under their class name (the name a saved config holds)
+SCHEDULERS: Registry[SchedulerMixin] = Registry("scheduler", "facepriv.schedulers", error=ArtifactError, base=SchedulerMixin)
 DEFAULT_STEPS = 10
 DEFAULT_GUIDANCE = 1.0  # identity is rendered by the decoder; guidance 2 looked the same at twice the cost
 
@@ -46,17 +45,29 @@ def sample_seed(seed: int, identity: int, sample: int) -> int:
 
 def save_scheduler(scheduler: SchedulerMixin, directory: str | Path) -> Path:
     """A scheduler's config as a checksummed artifact folder (diffusers writes it without a checksum)."""
-    return write_artifact(directory, {SCHEDULER_CONFIG: json.loads(scheduler.to_json_string())})
+    return write_pretrained(directory, Contents(json.loads(scheduler.to_json_string())), SCHEDULER_CONFIG)
+
+
+def scheduler_class(name: str) -> type[SchedulerMixin]:
+    """The scheduler class saved under ``name``: one registered in :data:`SCHEDULERS` (by class name, or through the
+    ``facepriv.schedulers`` entry-point group), else diffusers' own."""
+    if name in SCHEDULERS:
+        return SCHEDULERS.get(name)
+    cls = getattr(diffusers, str(name), None)
+    if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
+        raise ArtifactError(f"{name!r} is neither a diffusers scheduler nor one registered in {SCHEDULERS.group} "
+                            f"({', '.join(SCHEDULERS.names()) or 'none'})")
+    return cls
 
 
 def load_scheduler(directory: str | Path) -> SchedulerMixin:
-    """The diffusers scheduler named by a verified ``scheduler_config.json``."""
-    verify_artifact(directory, (SCHEDULER_CONFIG,))
-    config = read_json(directory, SCHEDULER_CONFIG)
-    name = config.get("_class_name") if isinstance(config, dict) else None
-    cls = getattr(diffusers, str(name), None)
-    if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
-        raise ArtifactError(f"{directory}: {name!r} is not a diffusers scheduler")
+    """The scheduler named by a verified ``scheduler_config.json`` (see :func:`scheduler_class`)."""
+    config = read_pretrained(directory, SCHEDULER_CONFIG).config
+    name = config.get("_class_name")
+    try:
+        cls = scheduler_class(str(name))
+    except ArtifactError as exc:
+        raise ArtifactError(f"{directory}: {exc}") from None
     try:
         return cls.from_config(config)
     except (TypeError, ValueError) as exc:
@@ -194,38 +205,23 @@ class VIGFacePipeline:
     # --- persistence ---------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
         """Write every component into ``directory`` atomically (built aside, then swapped in)."""
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale(directory)  # build folders of killed runs
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp{os.getpid()}.", dir=directory.parent))
-        try:
-            index = {"_class_name": type(self).__name__, "autoencoder": type(self.autoencoder).__name__,
-                     "denoiser": type(self.denoiser).__name__, "scheduler": type(self.scheduler).__name__, **self.metadata}
-            if self.virtual_sampler is not None:
-                index["virtual_sampler"] = type(self.virtual_sampler).__name__
-            root = write_artifact(tmp / "pipeline", {INDEX: index})
-            self.autoencoder.save_pretrained(root / "autoencoder", dtype=dtype)
-            self.denoiser.save_pretrained(root / "denoiser", dtype=dtype)
-            save_scheduler(self.scheduler, root / "scheduler")
-            if self.virtual_sampler is not None:
-                self.virtual_sampler.save_pretrained(root / "virtual_sampler")
-            replace_dir(root, directory)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return directory
+        index = {"_class_name": type(self).__name__, "autoencoder": type(self.autoencoder).__name__,
+                 "denoiser": type(self.denoiser).__name__, "scheduler": type(self.scheduler).__name__, **self.metadata}
+        components = {"autoencoder": lambda path: self.autoencoder.save_pretrained(path, dtype=dtype),
+                      "denoiser": lambda path: self.denoiser.save_pretrained(path, dtype=dtype),
+                      "scheduler": lambda path: save_scheduler(self.scheduler, path)}
+        if self.virtual_sampler is not None:
+            index["virtual_sampler"] = type(self.virtual_sampler).__name__
+            components["virtual_sampler"] = self.virtual_sampler.save_pretrained
+        return save_components(directory, INDEX, index, components)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu",
                         scheduler: SchedulerMixin | None = None) -> "VIGFacePipeline":
         """Load a pipeline folder (every checksum verified); ``scheduler`` replaces the saved one."""
         directory = Path(directory)
-        if not (directory / INDEX).is_file():
-            raise ArtifactError(f"{directory} is not a VIGFace pipeline folder (no {INDEX}); train one with "
-                                "`vigface-cli train-diffusion` or use the default (no --pipeline)")
-        verify_artifact(directory, (INDEX,), cover=(INDEX,))  # each component folder is verified by its own loader
-        index = read_json(directory, INDEX)
-        if not isinstance(index, dict) or index.get("_class_name") != cls.__name__:
-            raise ArtifactError(f"{directory / INDEX} does not describe a {cls.__name__}")
+        index = read_index(directory, INDEX, cls.__name__, "VIGFace pipeline",
+                           "; train one with `vigface-cli train-diffusion` or use the default (no --pipeline)")
         autoencoder = FaceAutoencoder.from_pretrained(directory / "autoencoder", map_location=device)
         denoiser = PrototypeDenoiser.from_pretrained(directory / "denoiser", map_location=device)
         scheduler = scheduler or load_scheduler(directory / "scheduler")

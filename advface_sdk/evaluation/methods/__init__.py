@@ -11,9 +11,9 @@ from .gaussian import GaussianNoise
 from .mlphash import MLPHash
 from .polyprotect import PolyProtect
 from .raw import NoProtection
-from .registry import create_method, list_methods, register_method
+from .registry import METHODS, create_method, list_methods, register_method
 from .slerpface import SlerpFace
 
-__all__ = ["ProtectionMethod", "KeyedMethod", "create_method", "list_methods", "register_method",
+__all__ = ["ProtectionMethod", "KeyedMethod", "METHODS", "create_method", "list_methods", "register_method",
            "NoProtection", "GaussianNoise", "PolyProtect", "BioHashing", "MLPHash", "SlerpFace",
            "AdvFace", "AdvFaceKeyed", "AdvFacePGD"]

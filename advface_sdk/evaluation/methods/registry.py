@@ -1,36 +1,26 @@
-"""Name -> class registry of protection methods."""
+"""Name -> class registry of protection methods (entry-point group ``facepriv.protection_methods``)."""
 
 from __future__ import annotations
 
-from facecore.errors import InvalidInputError
+from facecore.registry import Registry
 
 from .base import ProtectionMethod
 
-_METHODS: dict[str, type[ProtectionMethod]] = {}
+ENTRY_POINT_GROUP = "facepriv.protection_methods"
+
+METHODS: Registry[ProtectionMethod] = Registry("protection method", ENTRY_POINT_GROUP, base=ProtectionMethod)
 
 
 def register_method(cls: type[ProtectionMethod]) -> type[ProtectionMethod]:
     """Class decorator: make ``cls`` available to :func:`create_method` under ``cls.name``."""
-    if not (isinstance(cls, type) and issubclass(cls, ProtectionMethod)) or not getattr(cls, "name", None):
-        raise InvalidInputError(f"{cls!r} is not a ProtectionMethod subclass with a name")
-    if _METHODS.get(cls.name, cls) is not cls:
-        raise InvalidInputError(f"a protection method named {cls.name!r} is already registered ({_METHODS[cls.name]!r})")
-    _METHODS[cls.name] = cls
-    return cls
+    return METHODS.register(cls)
 
 
 def list_methods() -> list[str]:
     """Names accepted by :func:`create_method`."""
-    return sorted(_METHODS)
+    return METHODS.names()
 
 
 def create_method(name: str, **kwargs) -> ProtectionMethod:
     """Build a method by name, e.g. ``create_method("biohashing", seed=3)``."""
-    try:
-        cls = _METHODS[name]
-    except KeyError:
-        raise InvalidInputError(f"unknown protection method {name!r}; available: {', '.join(list_methods())}") from None
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:  # unknown or missing keyword
-        raise InvalidInputError(f"bad parameters for protection method {name!r}: {exc}") from None
+    return METHODS.create(name, **kwargs)
