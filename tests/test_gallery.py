@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from advface_sdk import Gallery, Protector, protect
+from advface_sdk import DeploymentKey, Gallery, Protector, protect
 from advface_sdk.gallery import list_stores
-from facecore.errors import ArtifactError, DuplicateIdError, IncompatibleError, InvalidInputError, NonFiniteError
+from facecore.errors import (ArtifactError, DeploymentKeyError, DuplicateIdError, IncompatibleError, InvalidInputError,
+                             KeyMismatchError, NonFiniteError)
 
 STORES = {"faiss-flat": ("faiss", {"index": "flat"}), "faiss-hnsw": ("faiss", {"index": "hnsw"}),
           "faiss-ivf": ("faiss", {"index": "ivf", "nlist": 16, "nprobe": 8}), "milvus-lite": ("milvus", {"index": "flat"})}
@@ -303,3 +304,56 @@ def test_ivf_trains_on_first_commit_records_nprobe_and_retrains_on_rebuild(tmp_p
     assert isinstance(faiss.read_index(str(next((tmp_path / "g").glob("index-*.faiss")))), faiss.IndexIVFFlat)
     with pytest.raises(InvalidInputError, match="nprobe"):
         Gallery.create(tmp_path / "bad", index="ivf", nprobe=0)
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    """Two deployment keys of the shipped fr128 protector and one of fr512."""
+    folder = tmp_path_factory.mktemp("keys")
+    fr128, fr512 = Protector("fr128").artifact.protector_id, Protector("fr512").artifact.protector_id
+    paths = {name: folder / f"{name}.key" for name in ("a", "b", "fr512")}
+    for name, pid in (("a", fr128), ("b", fr128), ("fr512", fr512)):
+        DeploymentKey.generate(pid).save(paths[name])
+    return paths
+
+
+def test_keyed_gallery(tmp_path, kind, keys):
+    """A keyed gallery stores R·advface(z), prepares probes with the key, records key_id, and opens only with its key:
+    a missing key, another key, a key for an unkeyed gallery or for another protector are KeyMismatchErrors."""
+    ids, x = _people(200)
+    probes = x + 0.05 * np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
+    with _create(tmp_path / "g", kind, key=keys["a"]) as g:
+        g.enroll(ids, x)
+        assert g.key_id == DeploymentKey.load(keys["a"]).key_id == g.info()["key_id"]
+        hits = g.search(probes, k=3)
+        assert (hits.ids[:, 0] == np.asarray(ids)).mean() >= (0.98 if kind == "faiss-ivf" else 1.0)
+        # stored: the keyed templates; a prepared probe equal to the keyed template scores 1, the clean template does not
+        keyed = protect(x[:5], key=keys["a"])
+        own = g.store.search(keyed / np.linalg.norm(keyed, axis=1, keepdims=True), 1)
+        assert own[0][:, 0].tolist() == ids[:5] and np.allclose(own[1][:, 0], 1.0, atol=1e-4)
+        plain = protect(x[:5])
+        assert (g.store.search(plain / np.linalg.norm(plain, axis=1, keepdims=True), 1)[1][:, 0] < 0.5).all()
+        # keyed scores = unkeyed AdvFace scores (a rotation keeps cosines)
+        with _create(tmp_path / "plain", kind) as p:
+            p.enroll(ids, x)
+            np.testing.assert_allclose(np.sort(p.search(probes[:20], k=3).scores, axis=1),
+                                       np.sort(hits.scores[:20], axis=1), atol=2e-4)
+        g.enroll(["pre"], protect(x[:1], key=keys["a"]), protected_by=g.protector_id, key_id=g.key_id)
+        with pytest.raises(KeyMismatchError, match="key"):  # already-protected templates must say their key
+            g.enroll(["pre2"], protect(x[:1]), protected_by=g.protector_id)
+        n, hits = len(g), g.search(probes, k=3)
+    with pytest.raises(KeyMismatchError, match="keyed gallery"):
+        Gallery.open(tmp_path / "g")
+    with pytest.raises(KeyMismatchError, match="not the key"):
+        Gallery.open(tmp_path / "g", key=keys["b"])
+    with pytest.raises(KeyMismatchError, match="not keyed"):
+        Gallery.open(tmp_path / "plain", key=keys["a"])
+    with pytest.raises(KeyMismatchError, match="made for protector"):
+        Gallery.create(tmp_path / "g512", "fr128", key=keys["fr512"])
+    with pytest.raises(DeploymentKeyError, match="not found"):
+        Gallery.open(tmp_path / "g", key=tmp_path / "missing.key")
+    with Gallery.open(tmp_path / "g", key=DeploymentKey.load(keys["a"])) as g:
+        assert len(g) == n
+        np.testing.assert_array_equal(g.search(probes, k=3).ids, hits.ids)
+    with Gallery.open(tmp_path / "g", protector=Protector("fr128", key=keys["a"])) as g:
+        assert len(g) == n
