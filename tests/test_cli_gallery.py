@@ -56,7 +56,7 @@ def test_enroll_search_info_remove(tmp_path, store):
     result = _run("remove", g, "person0/img0.jpg", "nobody")
     assert "removed 1 of 2 ids" in result.output and "(39 left)" in result.output
     result = _run("enroll", g, tmp_path / "emb.npz", "--skip-existing")  # resume: only the missing one goes in
-    assert "enrolled 1 templates" in result.output and "(40 in total)" in result.output
+    assert "enrolled 1 templates" in result.output and "(40 in total; protector fr128@" in result.output
 
 
 def test_bad_input_one_error_line_nothing_lost(tmp_path):
