@@ -344,7 +344,7 @@ def to_markdown(result: dict, name: str = NAME) -> str:
         by = {r.get("mode", "advface" if r["protected"] else "raw"): r for r in result["rows"]
               if r["distractors"] == size and r["backend"] == "faiss-flat"}
         if "raw" in by and "advface" in by:
-            def chain(metric):
+            def chain(metric, by=by):
                 return " → ".join(f"{100 * by[m][metric]:.2f} %" for m in MODES if m in by)
             lines.append(f"- {size:,} distractors: rank-1 {chain('rank1')} ({100 * (by['advface']['rank1'] - by['raw']['rank1']):+.2f} "
                          f"points AdvFace vs raw); TPIR@FPIR 1e-2 {chain('tpir@fpir=0.01')}; TPIR@FPIR 1e-3 {chain('tpir@fpir=0.001')}")

@@ -15,8 +15,15 @@ import pytest
 
 from advface_sdk import DeploymentKey, Gallery, Protector, protect
 from advface_sdk.gallery import list_stores
-from facecore.errors import (ArtifactError, DeploymentKeyError, DuplicateIdError, IncompatibleError, InvalidInputError,
-                             KeyMismatchError, NonFiniteError)
+from facecore.errors import (
+    ArtifactError,
+    DeploymentKeyError,
+    DuplicateIdError,
+    IncompatibleError,
+    InvalidInputError,
+    KeyMismatchError,
+    NonFiniteError,
+)
 
 STORES = {"faiss-flat": ("faiss", {"index": "flat"}), "faiss-hnsw": ("faiss", {"index": "hnsw"}),
           "faiss-ivf": ("faiss", {"index": "ivf", "nlist": 16, "nprobe": 8}), "milvus-lite": ("milvus", {"index": "flat"})}

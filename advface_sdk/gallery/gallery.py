@@ -13,8 +13,14 @@ import numpy as np
 
 from facecore.artifacts import sha256_file
 from facecore.embeddings import l2_normalize
-from facecore.errors import (ArtifactError, DuplicateIdError, IncompatibleError, InvalidInputError, KeyMismatchError,
-                             NonFiniteError)
+from facecore.errors import (
+    ArtifactError,
+    DuplicateIdError,
+    IncompatibleError,
+    InvalidInputError,
+    KeyMismatchError,
+    NonFiniteError,
+)
 
 from ..artifact import WEIGHTS, default_artifacts
 from ..keys import DeploymentKey, as_key
