@@ -1,4 +1,4 @@
-"""1:N identification with protected galleries: raw vs AdvFace templates, FAISS exact vs HNSW vs Milvus Lite.
+"""1:N identification with protected galleries: raw vs AdvFace vs keyed templates, FAISS exact vs HNSW vs IVF vs Milvus Lite.
 
 Protocol (fr128 embeddings of ``data/lfw/aligned112`` and ``data/att_faces``, cached in $FACEPRIV_CACHE):
 every LFW identity with >= 2 images enrolls its first image (1,680 mates); its other images are the mated
@@ -8,7 +8,13 @@ LFW embeddings, re-normalised, up to 10 k / 100 k / 1 M distractors. Non-mated s
 with their own mate left out (the best score among the other enrolled people), so every probe is both a
 mated and a non-mated search. Rank-1 = the mate is the top candidate; TPIR at FPIR f = share of mated
 searches whose rank-1 mate scores above the threshold that f of the non-mated searches exceed.
-Timings run on one thread (OMP/FAISS), gallery code included (normalisation, id mapping).
+Stored templates: raw (unprotected), AdvFace (the shipped fr128 protector) and keyed AdvFace (a fresh
+deployment key, probes prepared with it; ``--keyed-backends``). The templates of a size and mode are
+protected once and enrolled into each index as already-protected templates; build time = that
+protection time + enroll (chunked commits) + index build (+ IVF retraining on all templates by
+``rebuild``) + checkpoint. Approximate indexes (HNSW, IVF at each ``--ivf-nprobe``) report recall@1 and
+recall@10 against exact search of the same templates. Timings run on one thread (OMP/FAISS), gallery code
+included (normalisation, id mapping, probe preparation).
 
     OMP_NUM_THREADS=1 FACEPRIV_SHARED=/path/to/shared python benchmarks/gallery_1n.py --sizes 10000 100000 1000000
 """
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import shutil
@@ -29,14 +36,15 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from advface_sdk import Gallery
+from advface_sdk import DeploymentKey, Gallery, Protector
 from facecore.data import IdentityFolderDataset
 from facecore.embeddings import extract_embeddings, l2_normalize
 from facecore.paths import shared_path
 from facecore.recognizers import create_recognizer
 
 NAME = "gallery_1n"
-BACKENDS = ("faiss-flat", "faiss-hnsw", "milvus-lite-flat")
+BACKENDS = ("faiss-flat", "faiss-ivf", "faiss-hnsw", "milvus-lite-flat")
+MODES = ("raw", "advface", "keyed")
 FPIRS = (1e-2, 1e-3)
 K = 20
 CHUNK = 65536
@@ -91,35 +99,71 @@ def metrics(ids: np.ndarray, scores: np.ndarray, mates: np.ndarray) -> dict:
     return out
 
 
-def build(path: Path, store: str, options: dict, protected: bool, fingerprint: str, ids: list[str], x: np.ndarray) -> tuple[Gallery, float]:
-    start = time.perf_counter()
-    g = (Gallery.create(path, "fr128", store=store, **options) if protected
+def build(path: Path, store: str, options: dict, protector: Protector | None, fingerprint: str, ids: list[str],
+          x: np.ndarray) -> tuple[float, float]:
+    """Enroll ``x`` (already-protected templates when ``protector``) chunk by chunk; IVF is retrained on all of them.
+    Returns wall and CPU seconds."""
+    start, cpu = time.perf_counter(), cpu_seconds()
+    g = (Gallery.create(path, protector, store=store, **options) if protector is not None
          else Gallery.create(path, None, store=store, dim=x.shape[1], recognizer_fingerprint=fingerprint, **options))
     for s in range(0, len(ids), CHUNK):
-        g.enroll(ids[s:s + CHUNK], x[s:s + CHUNK])
+        if protector is None:
+            g.enroll(ids[s:s + CHUNK], x[s:s + CHUNK])
+        else:
+            g.enroll(ids[s:s + CHUNK], x[s:s + CHUNK], protected_by=g.protector_id, key_id=g.key_id)
     g.close()
-    seconds = time.perf_counter() - start
-    return Gallery.open(path, **({"ef_search": options["ef_search"]} if "ef_search" in options else {})), seconds
+    if options.get("index") == "ivf":  # the first commit trained it on CHUNK rows: retrain on all (gallery rebuild)
+        Gallery.open(path, protector=protector, rebuild_index=True).close()
+    return time.perf_counter() - start, cpu_seconds() - cpu
 
 
 def timed_search(g: Gallery, probes: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
     ids, scores = [], []
-    start, cpu = time.perf_counter(), time.process_time()
+    start, cpu = time.perf_counter(), cpu_seconds()
     for s in range(0, len(probes), 1024):
         hits = g.search(probes[s:s + 1024], k=K)
         ids.append(hits.ids)
         scores.append(hits.scores)
-    total, total_cpu = time.perf_counter() - start, time.process_time() - cpu
+    total, total_cpu = time.perf_counter() - start, cpu_seconds() - cpu
     lat, lat_cpu = [], []
     for i in range(200):
-        t, c = time.perf_counter(), time.process_time()
+        t, c = time.perf_counter(), cpu_seconds()
         g.search(probes[i:i + 1], k=K)
         lat.append(time.perf_counter() - t)
-        lat_cpu.append(time.process_time() - c)
+        lat_cpu.append(cpu_seconds() - c)
     perf = {"throughput_batch1024_per_s": len(probes) / total, "throughput_batch1024_per_cpu_s": len(probes) / total_cpu,
             "latency_batch1_p50_ms": 1e3 * float(np.percentile(lat, 50)), "latency_batch1_p99_ms": 1e3 * float(np.percentile(lat, 99)),
             "cpu_batch1_p50_ms": 1e3 * float(np.percentile(lat_cpu, 50)), "cpu_batch1_p99_ms": 1e3 * float(np.percentile(lat_cpu, 99))}
     return np.concatenate(ids), np.concatenate(scores), perf
+
+
+def _descendants(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids = [int(k) for k in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for kid in kids:
+            out += [kid, *_descendants(kid)]
+    return out
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process and its live child processes (the Milvus Lite server runs as one)."""
+    total = time.process_time()
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for pid in _descendants(os.getpid()) if Path("/proc/self/task").is_dir() else []:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def recall(found: np.ndarray, exact: np.ndarray, k: int) -> float:
+    return float(np.mean([len(set(a[:k]) & set(b[:k])) / k for a, b in zip(found, exact)]))
 
 
 def bytes_per_template(g: Gallery) -> float:
@@ -132,47 +176,79 @@ def run(args, report) -> dict:
     p = load_protocol(args.seed)
     fingerprint = p["recognizer"].fingerprint
     configs = [("faiss-flat", "faiss", {"index": "flat"}),
+               ("faiss-ivf", "faiss", {"index": "ivf", "nprobe": args.ivf_nprobe[0]}),
                ("faiss-hnsw", "faiss", {"index": "hnsw", "hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction,
                                         "ef_search": args.ef_search}),
                ("milvus-lite-flat", "milvus", {"index": "flat"})]
     rows = []
+    work = Path(tempfile.mkdtemp(prefix="gallery1n-", dir=args.work))
+    plain = Protector("fr128")
+    key = DeploymentKey.generate(plain.artifact.protector_id)  # a fresh key, never written: the benchmark's own
+    protectors = {"raw": None, "advface": plain, "keyed": Protector("fr128", key=key)}
     protocol = {"mates": len(p["mate_ids"]), "mated_searches": len(p["probes"]),
                 "real_distractors": {"lfw_single_image_people": p["n_single"], "att_images": p["n_att"]},
                 "synthetic_distractors": "Gaussian fitted to unit-length fr128 LFW embeddings (mean + full covariance), re-normalised",
-                "k": K, "recognizer": "fr128", "fingerprint": fingerprint, "protector": "fr128 (shipped)"}
-    work = Path(tempfile.mkdtemp(prefix="gallery1n-", dir=args.work))
+                "k": K, "recognizer": "fr128", "fingerprint": fingerprint, "protector": "fr128 (shipped)",
+                "key": f"a fresh deployment key ({key.key_id}) for the keyed mode",
+                "ivf": "IVF-Flat, nlist = 4*sqrt(templates), spherical k-means (10 iterations, <= 64 points per list) on "
+                       "all templates (`gallery rebuild` after the chunked enroll)",
+                "hnsw": {"M": args.hnsw_m, "ef_construction": args.ef_construction, "ef_search": args.ef_search}}
+    def todo_for(size: int, mode: str) -> list:
+        wanted = args.keyed_backends if mode == "keyed" else args.backends
+        return [c for c in configs if c[0] in wanted and not (c[1] == "milvus" and size > args.milvus_max)]
+
+    planned = [f"{size:,} {MODE_NAMES[mode]} {label}" + (f"(nprobe={n})" if n else "")
+               for size in args.sizes for mode in args.modes for label, _, _ in todo_for(size, mode)
+               for n in (args.ivf_nprobe if label == "faiss-ivf" else [None])]
     try:
         for size in args.sizes:
             d = distractors(p, size)
             ids = p["mate_ids"] + [f"d:{i}" for i in range(len(d))]
             x = np.concatenate([p["mates"], d])
-            for protected in (False, True):
+            del d
+            for mode in args.modes:
+                todo = todo_for(size, mode)
+                if not todo:
+                    continue
+                prot = protectors[mode]
+                t, c = time.perf_counter(), cpu_seconds()
+                templates = x if prot is None else prot.protect(x)
+                protect_s, protect_cpu = time.perf_counter() - t, cpu_seconds() - c
                 exact = None
-                for label, store, options in configs:
-                    if label not in args.backends or (store == "milvus" and size > args.milvus_max):
-                        continue
-                    path = work / f"{size}-{protected}-{label}"
-                    g, seconds = build(path, store, options, protected, fingerprint, ids, x)
-                    found, scores, perf = timed_search(g, p["probes"])
-                    row = {"distractors": size, "templates": len(g), "protected": protected, "backend": label,
-                           "build_s": seconds, "bytes_per_template": bytes_per_template(g), **perf,
-                           **metrics(found, scores, p["probe_mates"])}
-                    if label == "faiss-flat":
-                        exact = found
-                    elif exact is not None:
-                        row["recall@10_vs_exact"] = float(np.mean([len(set(a[:10]) & set(b[:10])) / 10 for a, b in zip(found, exact)]))
-                        row["rank1_agreement_vs_exact"] = float((found[:, 0] == exact[:, 0]).mean())
-                    g.close()
+                for label, store, options in todo:
+                    path = work / f"{size}-{mode}-{label}"
+                    seconds, cpu = build(path, store, options, prot, fingerprint, ids, templates)
+                    nprobes = args.ivf_nprobe if label == "faiss-ivf" else [None]
+                    for nprobe in nprobes:
+                        extra = {"nprobe": nprobe} if nprobe else {}
+                        g = Gallery.open(path, protector=prot, **extra)
+                        found, scores, perf = timed_search(g, p["probes"])
+                        name = f"{label}(nprobe={nprobe})" if nprobe else label
+                        row = {"distractors": size, "templates": len(g), "mode": mode, "protected": mode != "raw",
+                               "backend": name, "build_s": protect_s + seconds, "build_cpu_s": protect_cpu + cpu,
+                               "protect_s": protect_s, "bytes_per_template": bytes_per_template(g), "store_info": g.store.info(),
+                               **perf, **metrics(found, scores, p["probe_mates"])}
+                        if label == "faiss-flat":
+                            exact = found
+                        elif exact is not None:
+                            row["recall@1_vs_exact"] = recall(found, exact, 1)
+                            row["recall@10_vs_exact"] = recall(found, exact, 10)
+                            row["rank1_agreement_vs_exact"] = float((found[:, 0] == exact[:, 0]).mean())
+                        g.close()
+                        rows.append(row)
+                        print(f"{size:>8} {mode:>7} {name:>22}: rank-1 {100 * row['rank1']:.2f} %  "
+                              f"TPIR@1e-3 {100 * row['tpir@fpir=0.001']:.2f} %  {perf['throughput_batch1024_per_cpu_s']:.0f} probes/cpu-s  "
+                              f"p50 {perf['cpu_batch1_p50_ms']:.2f} ms cpu  build {row['build_s']:.1f} s ({row['build_cpu_s']:.1f} cpu-s)"
+                              + (f"  recall@10 {row['recall@10_vs_exact']:.4f}" if "recall@10_vs_exact" in row else ""), flush=True)
+                        report({"rows": rows, "protocol": protocol, "planned": planned})
                     shutil.rmtree(path, ignore_errors=True)
-                    rows.append(row)
-                    print(f"{size:>8} {'advface' if protected else 'raw':>7} {label:>16}: rank-1 {100 * row['rank1']:.2f} %  "
-                          f"TPIR@1e-3 {100 * row['tpir@fpir=0.001']:.2f} %  {perf['throughput_batch1024_per_cpu_s']:.0f} probes/cpu-s  "
-                          f"p50 {perf['latency_batch1_p50_ms']:.2f} ms  build {seconds:.1f} s"
-                          + (f"  recall@10 {row['recall@10_vs_exact']:.4f}" if "recall@10_vs_exact" in row else ""), flush=True)
-                    report({"rows": rows, "protocol": protocol})
+                del templates
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"rows": rows, "protocol": protocol}
+    return {"rows": rows, "protocol": protocol, "planned": planned}
+
+
+MODE_NAMES = {"raw": "raw", "advface": "AdvFace", "keyed": "keyed AdvFace"}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -181,14 +257,24 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (det, cmc) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for row in result["rows"]:
-        if row["backend"] != "faiss-flat":
-            continue
-        label = f"{row['distractors']:,} distr., {'AdvFace' if row['protected'] else 'raw'}"
+    fig, (det, cmc, scale) = plt.subplots(1, 3, figsize=(16, 4.8))
+    exact = [r for r in result["rows"] if r["backend"] == "faiss-flat"]
+    for row in exact:
+        if row["mode"] == "keyed":
+            continue  # = AdvFace up to rounding
+        label = f"{row['distractors']:,} distr., {MODE_NAMES[row['mode']]}"
         style = "-" if row["protected"] else "--"
         det.plot(row["det"]["fpir"], row["det"]["fnir"], style, label=label)
         cmc.plot(range(1, K + 1), row["cmc"], style, marker=".", label=label)
+    for mode, color in (("raw", "tab:gray"), ("advface", "tab:blue"), ("keyed", "tab:green")):
+        rows = sorted((r for r in exact if r["mode"] == mode), key=lambda r: r["distractors"])
+        if not rows:
+            continue
+        sizes = [r["distractors"] for r in rows]
+        for metric, style, name in (("rank1", "-o", "rank-1"), ("tpir@fpir=0.01", "--s", "TPIR@FPIR 1e-2"),
+                                    ("tpir@fpir=0.001", ":^", "TPIR@FPIR 1e-3")):
+            scale.plot(sizes, [100 * r[metric] for r in rows], style, color=color, label=f"{MODE_NAMES[mode]} {name}",
+                       alpha=0.6 if mode == "keyed" else 1.0)
     det.set_xscale("log")
     det.set_xlabel("FPIR (non-mated searches above threshold)")
     det.set_ylabel("FNIR (mated searches missed at rank 1)")
@@ -196,14 +282,28 @@ def plot(result: dict, path: Path) -> None:
     cmc.set_xlabel("rank")
     cmc.set_ylabel("identification rate")
     cmc.set_title("CMC")
-    for ax in (det, cmc):
+    scale.set_xscale("log")
+    scale.set_xlabel("distractors in the gallery")
+    scale.set_ylabel("%")
+    scale.set_title("rank-1 and TPIR vs gallery size (exact)")
+    for ax in (det, cmc, scale):
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(path)
+
+
+def _partial(result: dict) -> list[str]:
+    """A line saying which planned configurations have no row yet (a run still going, or stopped)."""
+    done = {f"{r['distractors']:,} {MODE_NAMES[r['mode']]} {r['backend']}" for r in result["rows"] if "mode" in r}
+    missing = [c for c in result.get("planned", []) if c not in done]
+    if not missing:
+        return []
+    return [f"**Partial**: {len(result['planned']) - len(missing)} of {len(result['planned'])} planned configurations "
+            f"measured so far; not (yet) measured: {'; '.join(missing)}.", ""]
 
 
 def to_markdown(result: dict, name: str = NAME) -> str:
@@ -211,35 +311,45 @@ def to_markdown(result: dict, name: str = NAME) -> str:
     lines = [
         "# 1:N identification with protected galleries (fr128, LFW + distractors)", "",
         f"Command: `{result['command']}`", "",
+        *_partial(result),
         f"{p['mates']:,} LFW people enrolled with one image each; {p['mated_searches']:,} mated searches (their other "
         f"images), each also a non-mated search with its own mate left out. Distractors: "
         f"{p['real_distractors']['lfw_single_image_people']:,} LFW single-image people + {p['real_distractors']['att_images']} "
-        f"AT&T images (real), the rest synthetic: {p['synthetic_distractors']}. Raw = unprotected templates; AdvFace = "
-        "templates from the shipped fr128 protector, searched with clean probes. One CPU thread, on a 2-core machine shared "
-        "with a training job: throughput and latency are given per CPU-second of the search process (the one-core figure) "
-        "and, in brackets, in wall time; batch 1 latency over 200 probes, throughput over all probes in batches of 1,024; bytes/template = index file (FAISS) or Milvus Lite data on "
-        "disk over templates; build = protect + commit + index + checkpoint. Recall@10 and rank-1 agreement are against "
-        "exact FAISS search of the same gallery.", "",
+        f"AT&T images (real), the rest synthetic: {p['synthetic_distractors']}. Stored: raw = unprotected templates; "
+        "AdvFace = templates of the shipped fr128 protector, searched with clean probes; keyed = AdvFace under "
+        f"{p.get('key', 'a deployment key')}, probes prepared with the key. IVF: {p.get('ivf', '')}. HNSW: {p.get('hnsw', '')}. "
+        "One CPU thread (OMP_NUM_THREADS=1, nice 19) on a 2-core machine shared with other jobs: throughput and latency are "
+        "given per CPU-second of the search process and its children (the Milvus Lite server; the one-core figure) and, in brackets, in wall time, which counts "
+        "the time other processes held the CPU; batch 1 latency over 200 probes, throughput over all probes in batches of "
+        "1,024; bytes/template = index file (FAISS) or Milvus Lite data on disk over templates; build = protect + commit "
+        "+ index (+ IVF retraining) + checkpoint, wall seconds (CPU seconds). Recall@1 / recall@10 are against exact "
+        "FAISS search of the same templates.", "",
         "| distractors | templates | stored | backend | rank-1 | TPIR@FPIR 1e-2 | TPIR@FPIR 1e-3 | probes per CPU-s (wall) "
-        "batch 1024 | batch 1 p50 / p99 ms CPU (wall) | bytes/template | build s | recall@10 vs exact |",
+        "batch 1024 | batch 1 p50 / p99 ms CPU (wall) | bytes/template | build s (CPU s) | recall@1 / @10 vs exact |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
-        recall = f"{r['recall@10_vs_exact']:.4f}" if "recall@10_vs_exact" in r else "exact"
+        mode = r.get("mode", "advface" if r["protected"] else "raw")
+        rec = (f"{r['recall@1_vs_exact']:.4f} / {r['recall@10_vs_exact']:.4f}" if "recall@1_vs_exact" in r
+               else f"– / {r['recall@10_vs_exact']:.4f}" if "recall@10_vs_exact" in r else "exact")
+        cpu = f" ({r['build_cpu_s']:.0f})" if "build_cpu_s" in r else ""
         lines.append(
-            f"| {r['distractors']:,} | {r['templates']:,} | {'AdvFace' if r['protected'] else 'raw'} | {r['backend']} "
+            f"| {r['distractors']:,} | {r['templates']:,} | {MODE_NAMES[mode]} | {r['backend']} "
             f"| {100 * r['rank1']:.2f} % | {100 * r['tpir@fpir=0.01']:.2f} % | {100 * r['tpir@fpir=0.001']:.2f} % "
             f"| {r['throughput_batch1024_per_cpu_s']:,.0f} ({r['throughput_batch1024_per_s']:,.0f}) "
             f"| {r['cpu_batch1_p50_ms']:.2f} / {r['cpu_batch1_p99_ms']:.2f} ({r['latency_batch1_p50_ms']:.2f} / {r['latency_batch1_p99_ms']:.2f}) "
-            f"| {r['bytes_per_template']:.0f} | {r['build_s']:.1f} | {recall} |")
-    lines += ["", "Rank-1, raw → AdvFace (exact search):", ""]
+            f"| {r['bytes_per_template']:.0f} | {r['build_s']:.0f}{cpu} | {rec} |")
+    lines += ["", "Exact search (FAISS flat), raw → AdvFace (→ keyed):", ""]
     for size in sorted({r["distractors"] for r in result["rows"]}):
-        pair = {r["protected"]: r for r in result["rows"] if r["distractors"] == size and r["backend"] == "faiss-flat"}
-        if len(pair) == 2:
-            lines.append(f"- {size:,} distractors: {100 * pair[False]['rank1']:.2f} % → {100 * pair[True]['rank1']:.2f} % "
-                         f"({100 * (pair[True]['rank1'] - pair[False]['rank1']):+.2f} points)")
-    lines += ["", f"Picture: `{name}.png` (DET and CMC, exact search). Environment: {result['environment']}. "
-              f"Written {result['written']} in {result['seconds'] / 60:.1f} min.", ""]
+        by = {r.get("mode", "advface" if r["protected"] else "raw"): r for r in result["rows"]
+              if r["distractors"] == size and r["backend"] == "faiss-flat"}
+        if "raw" in by and "advface" in by:
+            def chain(metric, by=by):
+                return " → ".join(f"{100 * by[m][metric]:.2f} %" for m in MODES if m in by)
+            lines.append(f"- {size:,} distractors: rank-1 {chain('rank1')} ({100 * (by['advface']['rank1'] - by['raw']['rank1']):+.2f} "
+                         f"points AdvFace vs raw); TPIR@FPIR 1e-2 {chain('tpir@fpir=0.01')}; TPIR@FPIR 1e-3 {chain('tpir@fpir=0.001')}")
+    lines += ["", f"Picture: `{name}.png` (DET and CMC of exact search; rank-1 and TPIR vs gallery size). Environment: "
+              f"{result['environment']}. Written {result['written']} in {result['seconds'] / 60:.1f} min.", ""]
     return "\n".join(lines)
 
 
@@ -248,7 +358,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000], help="distractor counts")
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS, help="configurations to run")
     parser.add_argument("--name", default=NAME, help="stem of the result files")
-    parser.add_argument("--milvus-max", type=int, default=100_000, help="largest distractor count run on Milvus Lite")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="stored templates to compare")
+    parser.add_argument("--keyed-backends", nargs="+", default=["faiss-flat"], choices=BACKENDS,
+                        help="configurations run with keyed templates (exact search equals AdvFace's up to rounding)")
+    parser.add_argument("--ivf-nprobe", type=int, nargs="+", default=[32, 128], help="IVF lists searched (one row each)")
+    parser.add_argument("--milvus-max", type=int, default=10_000, help="largest distractor count run on Milvus Lite")
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--ef-construction", type=int, default=64)
     parser.add_argument("--ef-search", type=int, default=128)

@@ -1,10 +1,13 @@
 """Protected 1:N gallery: enroll one LFW photo per person as AdvFace templates, identify other photos.
 
-    FACEPRIV_SHARED=/path/to/shared python examples/gallery_search.py [--store faiss|milvus] [--uri http://host:19530]
+    FACEPRIV_SHARED=/path/to/shared python examples/gallery_search.py [--store faiss|milvus] [--index flat|hnsw|ivf]
+        [--uri http://host:19530] [--key deploy.key]
 
 Builds a FAISS gallery folder (or a Milvus Lite file inside it, or a collection on a Milvus server with
 --uri), enrolls the first image of people with at least 5 photos, searches their other photos with clean
 probes, and prints rank-1 accuracy and a few top-3 answers. The gallery refuses a foreign recognizer.
+With --key (a deployment key from `advface-cli keygen KEY`), the gallery is keyed: it stores keyed templates,
+prepares probes with the key, and refuses to open without it.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 from advface_sdk import Gallery
 from facecore.data import IdentityFolderDataset
 from facecore.embeddings import extract_embeddings
-from facecore.errors import FacePrivacyError, IncompatibleError
+from facecore.errors import FacePrivacyError, IncompatibleError, KeyMismatchError
 from facecore.paths import shared_path
 from facecore.recognizers import create_recognizer
 
@@ -27,7 +30,8 @@ from facecore.recognizers import create_recognizer
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", default="faiss", choices=["faiss", "milvus"])
-    ap.add_argument("--index", default="flat", choices=["flat", "hnsw"])
+    ap.add_argument("--index", default="flat", choices=["flat", "hnsw", "ivf"])
+    ap.add_argument("--key", type=Path, default=None, help="deployment key file: a keyed gallery")
     ap.add_argument("--uri", default=None, help="Milvus server URI (default: Milvus Lite file in the gallery folder)")
     ap.add_argument("--gallery", type=Path, default=None, help="gallery folder (default: a temporary one)")
     args = ap.parse_args()
@@ -45,7 +49,7 @@ def main() -> int:
 
     folder = args.gallery or Path(tempfile.mkdtemp()) / "gallery"
     options = {"index": args.index, **({"uri": args.uri} if args.uri else {})}
-    with Gallery.create(folder, protector="fr128", store=args.store, **options) as gallery:
+    with Gallery.create(folder, protector="fr128", store=args.store, key=args.key, **options) as gallery:
         gallery.enroll(names[data.labels[first]], emb[first], fingerprint=rec.fingerprint)  # stores protected templates
         hits = gallery.search(emb[probes], k=3, fingerprint=rec.fingerprint)  # clean probes
         truth = names[data.labels[probes]]
@@ -57,6 +61,11 @@ def main() -> int:
         try:
             gallery.search(emb[probes[:1]], fingerprint="another-recognizer")
         except IncompatibleError as exc:
+            print(f"refused as expected: {exc}")
+    if args.key is not None:
+        try:
+            Gallery.open(folder)  # without its key
+        except KeyMismatchError as exc:
             print(f"refused as expected: {exc}")
     return 0
 

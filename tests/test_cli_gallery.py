@@ -56,7 +56,7 @@ def test_enroll_search_info_remove(tmp_path, store):
     result = _run("remove", g, "person0/img0.jpg", "nobody")
     assert "removed 1 of 2 ids" in result.output and "(39 left)" in result.output
     result = _run("enroll", g, tmp_path / "emb.npz", "--skip-existing")  # resume: only the missing one goes in
-    assert "enrolled 1 templates" in result.output and "(40 in total)" in result.output
+    assert "enrolled 1 templates" in result.output and "(40 in total; protector fr128@" in result.output
 
 
 def test_bad_input_one_error_line_nothing_lost(tmp_path):
@@ -109,3 +109,41 @@ def test_readme_three_commands(lfw_root, tmp_path, monkeypatch):
     rows = [line.split("\t") for line in result.stdout.splitlines()]
     assert len(rows) == 15
     assert sum(probe.split("/")[0] == hit.split("/")[0] for probe, _, hit, _ in rows) >= 14
+
+
+def test_keyed_gallery_ivf_and_model_of_an_existing_gallery(tmp_path):
+    """-K: a keyed gallery is created and searched with the key file, refused without it or with another; --index ivf
+    records nprobe and rebuild retrains; -m / --index of an existing gallery must be the recorded ones."""
+    from advface_sdk import DeploymentKey
+
+    pid = Protector("fr128").artifact.protector_id
+    for name in ("a", "b"):
+        DeploymentKey.generate(pid).save(tmp_path / f"{name}.key")
+    arrays = _npz(tmp_path / "emb.npz", n=60)
+    g = tmp_path / "g"
+    result = _run("enroll", g, tmp_path / "emb.npz", "-K", tmp_path / "a.key", "--index", "ivf", "--nprobe", "4",
+                  "--chunk", "10")
+    assert result.exit_code == 0, result.output
+    key_id = DeploymentKey.load(tmp_path / "a.key").key_id
+    assert f"deployment key {key_id}" in result.stdout
+    assert "gallery rebuild" in result.stderr  # trained on the first 10 of 60 rows: retraining advised
+    info = json.loads(_run("info", g, "-K", tmp_path / "a.key").stdout)
+    assert info["key_id"] == key_id and info["store"]["options"]["nprobe"] == 4 and info["store_info"]["nlist"] == 10  # 4*sqrt(10) capped at 10 rows
+    assert "keyed gallery" in _error_line(_run("search", g, tmp_path / "emb.npz"))
+    assert "not the key" in _error_line(_run("search", g, tmp_path / "emb.npz", "-K", tmp_path / "b.key"))
+    assert "not found" in _error_line(_run("search", g, tmp_path / "emb.npz", "-K", tmp_path / "nokey.key"))
+    assert "IVF retrained: 31 lists" in _run("rebuild", g, "-K", tmp_path / "a.key").output  # 4*sqrt(60)
+    result = _run("search", g, tmp_path / "emb.npz", "-K", tmp_path / "a.key", "-k", "1", "--nprobe", "31")
+    assert result.exit_code == 0, result.output
+    hits = [line.split("\t") for line in result.stdout.splitlines()]
+    assert len(hits) == 60 and all(probe == hit for probe, _, hit, _ in hits)
+    # an existing gallery keeps its protector and index: a different -m or --index is refused, naming the recorded one
+    more = _npz(tmp_path / "more.npz", n=5, seed=2, ids=np.asarray([f"m{i}" for i in range(5)]))
+    assert "fr128@" in _error_line(_run("enroll", g, tmp_path / "more.npz", "-K", tmp_path / "a.key", "-m", "fr512"))
+    assert "index 'ivf' (not 'flat')" in _error_line(_run("enroll", g, tmp_path / "more.npz", "-K", tmp_path / "a.key",
+                                                          "--index", "flat"))
+    result = _run("enroll", g, tmp_path / "more.npz", "-K", tmp_path / "a.key", "-m", "fr128")
+    assert result.exit_code == 0 and "(65 in total; protector fr128@" in result.stdout
+    with Gallery.open(g, key=tmp_path / "a.key") as gallery:
+        assert len(gallery) == 65 and gallery.contains(list(more["ids"])).all()
+        assert gallery.contains(list(arrays["relpaths"])).all()

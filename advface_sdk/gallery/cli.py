@@ -10,7 +10,7 @@ import click
 import numpy as np
 
 from facecore._cli import friendly_errors
-from facecore.errors import DataError
+from facecore.errors import DataError, IncompatibleError
 
 from .._streaming import _npz_member
 
@@ -46,10 +46,11 @@ def _chunks(path: Path, key: str, chunk: int):
     return shape, blocks()
 
 
-def _open(gallery: Path, uri: str | None):
+def _open(gallery: Path, uri: str | None, deployment_key: Path | None = None, model: str | None = None, **options):
     from .gallery import Gallery
 
-    return Gallery.open(gallery, **({"uri": uri} if uri else {}))
+    options = {k: v for k, v in {"uri": uri, **options}.items() if v is not None}
+    return Gallery.open(gallery, protector=model, key=deployment_key, **options)
 
 
 @click.group()
@@ -59,6 +60,9 @@ def gallery() -> None:
 
 _uri_option = click.option("--uri", default=None,
                            help="Milvus URI, e.g. http://host:19530 (token from $MILVUS_TOKEN); default: the recorded one.")
+_key_option = click.option("--deployment-key", "-K", "deployment_key", default=None,
+                           type=click.Path(exists=False, dir_okay=False, path_type=Path),
+                           help="Deployment key file (advface-cli keygen): a keyed gallery is created, and opened, only with it.")
 
 
 @gallery.command()
@@ -66,18 +70,28 @@ _uri_option = click.option("--uri", default=None,
 @click.argument("emb", metavar="EMB.npz", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--key", default="embeddings", show_default=True, help="Embeddings array inside EMB.npz.")
 @click.option("--ids", "ids_key", default=None, help="Ids array inside EMB.npz [default: ids, else relpaths].")
-@click.option("--model", "-m", default="fr128", show_default=True, help="Protector of a new gallery (artifact name or folder).")
-@click.option("--store", type=click.Choice(["faiss", "milvus"]), default="faiss", show_default=True, help="Store of a new gallery.")
-@click.option("--index", type=click.Choice(["flat", "hnsw"]), default="flat", show_default=True,
-              help="Index of a new gallery: flat = exact, hnsw = approximate.")
+@click.option("--model", "-m", default=None,
+              help="Protector of a new gallery (artifact name or folder) [default: fr128]; for an existing gallery it must be "
+                   "the recorded one.")
+@click.option("--store", type=click.Choice(["faiss", "milvus"]), default=None, help="Store of a new gallery [default: faiss].")
+@click.option("--index", type=click.Choice(["flat", "hnsw", "ivf"]), default=None,
+              help="Index of a new gallery [default: flat]: flat = exact; hnsw, ivf (FAISS) = approximate.")
+@click.option("--nprobe", type=click.IntRange(min=1), default=None,
+              help="IVF lists searched per probe, recorded in a new gallery [default: 32].")
+@click.option("--nlist", type=click.IntRange(min=1), default=None,
+              help="IVF lists of a new gallery [default: 4*sqrt(N) of the first commit; `gallery rebuild` retrains].")
 @_uri_option
 @click.option("--collection", default=None, help="Milvus collection of a new gallery [default: advface_gallery].")
+@_key_option
 @click.option("--chunk", default=65536, show_default=True, help="Rows per commit.")
 @click.option("--skip-existing", is_flag=True, help="Skip ids already enrolled (resume an interrupted enroll).")
 @friendly_errors
-def enroll(gallery_dir: Path, emb: Path, key: str, ids_key, model: str, store: str, index: str, uri, collection,
-           chunk: int, skip_existing: bool) -> None:
-    """Protect the embeddings of EMB.npz and enroll them into GALLERY (created on first use); each chunk commits atomically."""
+def enroll(gallery_dir: Path, emb: Path, key: str, ids_key, model, store, index, nprobe, nlist, uri, collection,
+           deployment_key, chunk: int, skip_existing: bool) -> None:
+    """Protect the embeddings of EMB.npz and enroll them into GALLERY (created on first use); each chunk commits atomically.
+
+    An existing gallery keeps its protector, key, store and index: -m, --store, --index, --nlist and --collection must
+    then be the recorded ones (or left out)."""
     from tqdm.auto import tqdm
 
     from .gallery import MANIFEST, Gallery
@@ -87,10 +101,20 @@ def enroll(gallery_dir: Path, emb: Path, key: str, ids_key, model: str, store: s
     if shape[0] != len(ids):
         raise DataError(f"{emb}: {len(ids)} ids for {shape[0]} embeddings")
     if (gallery_dir / MANIFEST).exists():
-        g = _open(gallery_dir, uri)
+        g = _open(gallery_dir, uri, deployment_key, model, nprobe=nprobe)
+        recorded = {"store": g.manifest["store"]["name"], **g.manifest["store"]["options"]}
+        given = {"store": store, "index": index, "nlist": nlist, "collection": collection}
+        clash = {k: (v, recorded.get(k)) for k, v in given.items() if v is not None and v != recorded.get(k)}
+        if clash:
+            g.close()
+            raise IncompatibleError(f"{gallery_dir} exists with " + ", ".join(f"{k} {old!r} (not {new!r})" for k, (new, old)
+                                                                              in clash.items())
+                                    + "; enroll into it without these options, or into a new gallery")
     else:
-        options = {k: v for k, v in {"index": index, "uri": uri, "collection": collection}.items() if v is not None}
-        g = Gallery.create(gallery_dir, protector=model, store=store, recognizer_fingerprint=fingerprint, **options)
+        options = {k: v for k, v in {"index": index, "uri": uri, "collection": collection, "nprobe": nprobe,
+                                     "nlist": nlist}.items() if v is not None}
+        g = Gallery.create(gallery_dir, protector=model or "fr128", store=store or "faiss", recognizer_fingerprint=fingerprint,
+                           key=deployment_key, **options)
     added = 0
     with g, tqdm(total=shape[0], desc="enroll", unit="tmpl", file=sys.stderr, disable=None) as bar:
         for start, block in blocks:
@@ -100,7 +124,12 @@ def enroll(gallery_dir: Path, emb: Path, key: str, ids_key, model: str, store: s
                 added += g.enroll([i for i, k in zip(block_ids, keep) if k], block[keep], fingerprint=fingerprint)
             bar.update(len(block))
         total = len(g)
-    click.echo(f"enrolled {added} templates into {gallery_dir} ({total} in total)")
+        advise = g.store.info().get("retrain_advised")
+    click.echo(f"enrolled {added} templates into {gallery_dir} ({total} in total; protector {g.protector_id}"
+               + (f", deployment key {g.key_id}" if g.key_id else "") + ")")
+    if advise:
+        click.echo(f"note: the IVF index was trained on far fewer templates; retrain it: advface-cli gallery rebuild {gallery_dir}",
+                   err=True)
 
 
 @gallery.command()
@@ -112,9 +141,11 @@ def enroll(gallery_dir: Path, emb: Path, key: str, ids_key, model: str, store: s
 @click.option("--batch", default=1024, show_default=True, help="Probes per search call.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write results to .tsv or .npz (atomic) instead of printing TSV.")
+@click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF lists searched per probe [default: the recorded].")
 @_uri_option
+@_key_option
 @friendly_errors
-def search(gallery_dir: Path, probes: Path, k: int, key: str, ids_key, batch: int, out, uri) -> None:
+def search(gallery_dir: Path, probes: Path, k: int, key: str, ids_key, batch: int, out, nprobe, uri, deployment_key) -> None:
     """Search each probe of PROBES.npz (clean embeddings) in GALLERY: TSV lines probe, rank, id, score."""
     import os
 
@@ -130,7 +161,7 @@ def search(gallery_dir: Path, probes: Path, k: int, key: str, ids_key, batch: in
     sink = open(tmp, "w") if tmp else sys.stdout
     all_ids, all_scores = [], []
     try:
-        with _open(gallery_dir, uri) as g, tqdm(total=shape[0], desc="search", unit="probe", file=sys.stderr, disable=None) as bar:
+        with _open(gallery_dir, uri, deployment_key, nprobe=nprobe) as g, tqdm(total=shape[0], desc="search", unit="probe", file=sys.stderr, disable=None) as bar:
             for start, block in blocks:
                 hits = g.search(block, k, fingerprint=fingerprint)
                 if out is not None and out.suffix == ".npz":
@@ -156,10 +187,11 @@ def search(gallery_dir: Path, probes: Path, k: int, key: str, ids_key, batch: in
 @gallery.command()
 @click.argument("gallery_dir", metavar="GALLERY", type=click.Path(file_okay=False, path_type=Path))
 @_uri_option
+@_key_option
 @friendly_errors
-def info(gallery_dir: Path, uri) -> None:
+def info(gallery_dir: Path, uri, deployment_key) -> None:
     """Show GALLERY's protector, recognizer, key, store and size."""
-    with _open(gallery_dir, uri) as g:
+    with _open(gallery_dir, uri, deployment_key) as g:
         click.echo(json.dumps(g.info(), indent=2))
 
 
@@ -168,11 +200,12 @@ def info(gallery_dir: Path, uri) -> None:
 @click.argument("ids", nargs=-1)
 @click.option("--from-file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="More ids, one per line.")
 @_uri_option
+@_key_option
 @friendly_errors
-def remove(gallery_dir: Path, ids: tuple[str, ...], from_file, uri) -> None:
+def remove(gallery_dir: Path, ids: tuple[str, ...], from_file, uri, deployment_key) -> None:
     """Remove templates by id from GALLERY."""
     wanted = list(dict.fromkeys([*ids, *(from_file.read_text().split() if from_file else [])]))
-    with _open(gallery_dir, uri) as g:
+    with _open(gallery_dir, uri, deployment_key) as g:
         n = g.remove(wanted) if wanted else 0
         total = len(g)
     click.echo(f"removed {n} of {len(wanted)} ids from {gallery_dir} ({total} left)")
@@ -180,10 +213,12 @@ def remove(gallery_dir: Path, ids: tuple[str, ...], from_file, uri) -> None:
 
 @gallery.command()
 @click.argument("gallery_dir", metavar="GALLERY", type=click.Path(file_okay=False, path_type=Path))
+@_key_option
 @friendly_errors
-def rebuild(gallery_dir: Path) -> None:
-    """Rebuild GALLERY's FAISS index from its committed templates (after a corrupt index file)."""
-    from .gallery import Gallery
-
-    with Gallery.open(gallery_dir, rebuild_index=True) as g:
-        click.echo(f"rebuilt the index of {gallery_dir} ({len(g)} templates)")
+def rebuild(gallery_dir: Path, deployment_key) -> None:
+    """Rebuild GALLERY's FAISS index from its committed templates (after a corrupt index file); an IVF index is
+    retrained on all of them (after the gallery has grown)."""
+    with _open(gallery_dir, None, deployment_key, rebuild_index=True) as g:
+        extra = g.store.info()
+        click.echo(f"rebuilt the index of {gallery_dir} ({len(g)} templates"
+                   + (f"; IVF retrained: {extra['nlist']} lists" if extra.get("nlist") else "") + ")")

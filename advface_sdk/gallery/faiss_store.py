@@ -6,6 +6,11 @@ index checkpoint (``index-N.faiss``). A commit writes and fsyncs its segment, th
 ``state.json``: a crash before the rename leaves the previous state, after it the new one.
 The FAISS index is derived data: rows committed after the checkpoint are re-added on open, and
 a corrupt checkpoint is rebuilt from the segments by ``Gallery.open(..., rebuild_index=True)``.
+The ``ivf`` index (IVF-Flat) is trained once, by the writer of the first non-empty commit, on the templates
+of that commit (``nlist`` = 4·sqrt(N) unless given): the trained, empty index is an immutable, checksummed
+``ivf-N.faiss`` named in ``state.json``, so every process adds the same rows to the same centroids.
+``rebuild`` retrains on all stored templates (do so once the gallery has grown well past the size it
+was trained on; ``info()`` says when).
 Writers serialise on an ``flock``; readers never lock and see whole commits only.
 """
 
@@ -14,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 from pathlib import Path
 
@@ -26,8 +32,12 @@ from facecore.errors import ArtifactError, DuplicateIdError, InvalidInputError
 from .stores import VectorStore
 
 STATE = "state.json"
-INDEXES = ("flat", "hnsw")
-DEFAULTS = {"index": "flat", "hnsw_m": 32, "ef_construction": 80, "ef_search": 128}
+INDEXES = ("flat", "hnsw", "ivf")
+DEFAULTS = {"index": "flat", "hnsw_m": 32, "ef_construction": 80, "ef_search": 128, "nlist": None, "nprobe": 32}
+#: IVF training: k-means iterations and the most points per centroid it samples (FAISS subsamples deterministically)
+IVF_NITER, IVF_POINTS_PER_LIST = 10, 64
+#: ``info()`` advises ``rebuild`` once an IVF gallery holds this many times the rows it was trained on
+RETRAIN_GROWTH = 4
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -54,8 +64,13 @@ def _write_durable(path: Path, write) -> str:
     return digest
 
 
+def ivf_nlist(rows: int, nlist: int | None = None) -> int:
+    """Inverted lists for ``rows`` templates: ``nlist`` if given, else 4·sqrt(rows); never more than rows."""
+    return max(1, min(int(rows), int(nlist) if nlist else round(4 * math.sqrt(rows))))
+
+
 class FaissStore(VectorStore):
-    """FAISS ``flat`` (exact) or ``hnsw`` (approximate) inner-product index over a segment log."""
+    """FAISS ``flat`` (exact), ``hnsw`` or ``ivf`` (approximate) inner-product index over a segment log."""
 
     name = "faiss"
 
@@ -66,6 +81,11 @@ class FaissStore(VectorStore):
         self.options = {**DEFAULTS, **options}
         if self.options["index"] not in INDEXES:
             raise InvalidInputError(f"faiss index must be one of {INDEXES}, got {self.options['index']!r}")
+        for name in ("nlist", "nprobe"):
+            value = self.options[name]
+            if not (value is None and name == "nlist") and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise InvalidInputError(f"faiss {name} must be a positive integer{' or None (auto)' if name == 'nlist' else ''}, "
+                                        f"got {value!r}")
         self.folder, self.dim = Path(folder), int(dim)
         self._reset()
 
@@ -79,6 +99,7 @@ class FaissStore(VectorStore):
         self._stamp = None
         self._params = None
         self._selector = None
+        self._trained = None  # file name of the trained IVF index the in-memory index grew from
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -106,7 +127,9 @@ class FaissStore(VectorStore):
         self.checkpoint()
         self._index = None
 
-    def _make_index(self):
+    def _make_index(self, trained: dict | None = None):
+        if self.options["index"] == "ivf":  # untrained (empty gallery): an empty exact index stands in
+            return self._read_index(trained, "trained IVF index") if trained else faiss.IndexFlatIP(self.dim)
         if self.options["index"] == "flat":
             return faiss.IndexFlatIP(self.dim)
         index = faiss.IndexHNSWFlat(self.dim, int(self.options["hnsw_m"]), faiss.METRIC_INNER_PRODUCT)
@@ -143,12 +166,14 @@ class FaissStore(VectorStore):
         for attempt in range(5):  # a concurrent checkpoint may delete the index file we were told about
             state, stamp = self._read_state()
             files = [s["file"] for s in state["segments"]]
-            if files[:len(self._applied)] != self._applied:
+            trained = state.get("trained")
+            if files[:len(self._applied)] != self._applied or (trained and trained["file"]) != self._trained:
                 self._reset()
             try:
                 if self._index is None:
-                    self._index = self._open_checkpoint(state.get("index")) if use_checkpoint else None
-                    self._index = self._index or self._make_index()
+                    self._index = self._open_checkpoint(state.get("index"), trained) if use_checkpoint else None
+                    self._index = self._index or self._make_index(trained)
+                    self._trained = trained and trained["file"]
                 break
             except FileNotFoundError:
                 if attempt == 4:
@@ -157,17 +182,24 @@ class FaissStore(VectorStore):
             self._apply(seg)
         self._stamp = stamp
 
-    def _open_checkpoint(self, entry: dict | None):
-        if not entry:
-            return None
+    def _read_index(self, entry: dict, what: str):
         path = self.folder / entry["file"]
         if sha256_file(path) != entry["sha256"]:
-            raise ArtifactError(f"{path}: index file is corrupt (checksum mismatch); the templates are intact: rebuild "
+            raise ArtifactError(f"{path}: {what} file is corrupt (checksum mismatch); the templates are intact: rebuild "
                                 f"the index with `advface-cli gallery rebuild {self.folder}`")
         try:
             index = faiss.read_index(str(path))
         except RuntimeError as exc:
-            raise ArtifactError(f"{path}: unreadable index file ({exc})") from exc
+            raise ArtifactError(f"{path}: unreadable {what} file ({exc})") from exc
+        if index.d != self.dim:
+            raise ArtifactError(f"{path}: {what} of dim {index.d}, the gallery holds {self.dim}-d templates")
+        return index
+
+    def _open_checkpoint(self, entry: dict | None, trained: dict | None = None):
+        if not entry or entry.get("trained") != (trained and trained["file"]):  # a checkpoint of an older training
+            return None
+        path = self.folder / entry["file"]
+        index = self._read_index(entry, "index")
         if index.ntotal != entry["rows"] or index.d != self.dim:
             raise ArtifactError(f"{path}: index holds {index.ntotal} rows of dim {index.d}, the log says {entry['rows']} of {self.dim}")
         return index
@@ -209,9 +241,9 @@ class FaissStore(VectorStore):
     def _write_state(self, state: dict) -> None:
         _write_durable(self.folder / STATE, lambda fh: fh.write(json.dumps(state, indent=1).encode()))
 
-    def _commit(self, kind: str, suffix: str, write, rows: int = 0) -> None:
+    def _commit(self, kind: str, suffix: str, write, rows: int = 0, state: dict | None = None) -> None:
         """Append one segment (written by ``write(fh)``) to the log; caller holds the lock."""
-        state, _ = self._read_state()
+        state = state or self._read_state()[0]
         generation = state["generation"] + 1
         name = f"{'seg' if kind == 'add' else 'del'}-{generation:08d}{suffix}"
         digest = _write_durable(self.folder / name, write)
@@ -226,8 +258,11 @@ class FaissStore(VectorStore):
             present = [i for i in ids if i in self._keys]
             if present:
                 raise DuplicateIdError(f"{len(present)} ids are already enrolled (first: {present[:3]}); nothing was added")
+            state, _ = self._read_state()
+            if self.options["index"] == "ivf" and not state.get("trained") and len(ids):
+                state = self._train(state, vectors)  # written before the commit that names it
             self._commit("add", ".npz", lambda fh: np.savez(fh, ids=np.asarray(ids, dtype=str),
-                                                             vectors=np.ascontiguousarray(vectors, np.float32)), len(ids))
+                                                             vectors=np.ascontiguousarray(vectors, np.float32)), len(ids), state)
 
     def remove(self, ids: list[str]) -> int:
         with self._lock():
@@ -254,25 +289,63 @@ class FaissStore(VectorStore):
         name = f"index-{state['generation']:08d}.faiss"
         buf = faiss.serialize_index(self._index)
         digest = _write_durable(self.folder / name, lambda fh: fh.write(buf.tobytes()))
-        self._write_state({**state, "index": {"file": name, "rows": int(self._index.ntotal), "sha256": digest}})
+        self._write_state({**state, "index": {"file": name, "rows": int(self._index.ntotal), "sha256": digest,
+                                              "trained": self._trained}})
         if old and old["file"] != name:
             (self.folder / old["file"]).unlink(missing_ok=True)
-        self._sweep(state["segments"], name)
+        self._sweep(state, name)
 
-    def _sweep(self, segments: list[dict], index_file: str) -> None:
-        """Delete files no commit refers to (left by a crash); caller holds the lock."""
-        keep = {s["file"] for s in segments} | {index_file, STATE, ".lock"}
+    def _sweep(self, state: dict, index_file: str) -> None:
+        """Delete files no commit refers to (left by a crash or an older training); caller holds the lock."""
+        keep = {s["file"] for s in state["segments"]} | {index_file, STATE, ".lock"}
+        if state.get("trained"):
+            keep.add(state["trained"]["file"])
         for path in self.folder.iterdir():
-            if path.name not in keep and path.name.lstrip(".").startswith(("seg-", "del-", "index-", STATE)):
+            if path.name not in keep and path.name.lstrip(".").startswith(("seg-", "del-", "index-", "ivf-", STATE)):
                 path.unlink(missing_ok=True)
 
+    def _train(self, state: dict, vectors: np.ndarray) -> dict:
+        """Train an empty IVF-Flat index on ``vectors``, write it durably; returns ``state`` naming it. Caller holds the lock."""
+        nlist = ivf_nlist(len(vectors), self.options["nlist"])
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter, index.cp.max_points_per_centroid, index.cp.spherical = IVF_NITER, IVF_POINTS_PER_LIST, True
+        index.cp.min_points_per_centroid = 1  # small galleries: train anyway (FAISS only warns)
+        index.verbose = False
+        index.train(np.ascontiguousarray(vectors, np.float32))
+        training = int((state.get("trained") or {}).get("training", 0)) + 1  # a new name each time: files are immutable
+        name = f"ivf-{training:08d}.faiss"
+        buf = faiss.serialize_index(index)
+        digest = _write_durable(self.folder / name, lambda fh: fh.write(buf.tobytes()))
+        return {**state, "trained": {"file": name, "sha256": digest, "rows": int(len(vectors)), "nlist": int(nlist),
+                                     "training": training}}
+
     def rebuild(self) -> None:
-        """Rebuild the index from the segments (ignoring the checkpoint) and write a fresh checkpoint."""
+        """Rebuild the index from the segments (ignoring the checkpoint) and write a fresh checkpoint; an IVF index
+        is first retrained on every stored template (``nlist`` from their number unless given)."""
         with self._lock():
+            state, _ = self._read_state()
+            if self.options["index"] == "ivf" and state["rows"]:
+                vectors, removed = self._stored_vectors(state)
+                live = np.ones(len(vectors), bool)
+                live[removed] = False
+                state = self._train({**state, "index": None}, vectors[live] if live.any() else vectors)
+                self._write_state(state)
             self._reset()
             self._load_state(use_checkpoint=False)
             state, _ = self._read_state()
             self._write_checkpoint(state)
+
+    def _stored_vectors(self, state: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Every template ever added, in row-key order, and the row keys removed since (segments checked)."""
+        parts, removed = [], []
+        for seg in state["segments"]:
+            if seg["kind"] == "add":
+                with np.load(self._segment(seg), allow_pickle=False) as z:
+                    parts.append(np.asarray(z["vectors"], np.float32))
+            else:
+                removed.append(np.load(self._segment(seg), allow_pickle=False).astype(np.int64))
+        return (np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32),
+                np.concatenate(removed) if removed else np.zeros(0, np.int64))
 
     # ---- queries ---------------------------------------------------------------------------
 
@@ -286,10 +359,14 @@ class FaissStore(VectorStore):
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         self._load_state()
         if self._params is None:
-            cls = faiss.SearchParametersHNSW if self.options["index"] == "hnsw" else faiss.SearchParameters
+            ivf = isinstance(self._index, faiss.IndexIVF)
+            cls = (faiss.SearchParametersHNSW if self.options["index"] == "hnsw" else
+                   faiss.SearchParametersIVF if ivf else faiss.SearchParameters)
             self._params = cls(sel=self._selector) if self._selector is not None else cls()
-            if self.options["index"] == "hnsw":
-                self._params.efSearch = max(int(self.options["ef_search"]), k)
+            if ivf:
+                self._params.nprobe = min(int(self.options["nprobe"]), self._index.nlist)
+        if self.options["index"] == "hnsw":
+            self._params.efSearch = max(int(self.options["ef_search"]), k)
         scores, keys = self._index.search(queries, k, params=self._params)
         scores[keys < 0] = -np.inf
         return self._id_table[keys], scores
@@ -304,4 +381,8 @@ class FaissStore(VectorStore):
                "index_bytes": int((self.folder / index["file"]).stat().st_size) if index else 0}
         if self.options["index"] == "hnsw":
             out.update({k: self.options[k] for k in ("hnsw_m", "ef_construction", "ef_search")})
+        if self.options["index"] == "ivf":
+            trained = state.get("trained") or {}
+            out.update({"nprobe": self.options["nprobe"], "nlist": trained.get("nlist"), "trained_rows": trained.get("rows", 0),
+                        "retrain_advised": bool(trained) and state["rows"] > RETRAIN_GROWTH * trained["rows"]})
         return out

@@ -13,9 +13,17 @@ import numpy as np
 
 from facecore.artifacts import sha256_file
 from facecore.embeddings import l2_normalize
-from facecore.errors import ArtifactError, DuplicateIdError, IncompatibleError, InvalidInputError, NonFiniteError
+from facecore.errors import (
+    ArtifactError,
+    DuplicateIdError,
+    IncompatibleError,
+    InvalidInputError,
+    KeyMismatchError,
+    NonFiniteError,
+)
 
 from ..artifact import WEIGHTS, default_artifacts
+from ..keys import DeploymentKey, as_key
 from ..protector import DEFAULT_MODEL, Protector
 from .milvus_store import MAX_ID_LENGTH
 from .stores import VectorStore, store_class
@@ -54,10 +62,12 @@ class Gallery:
     """Protected face templates under unique string ids in a vector store (FAISS by default).
 
     Create with :meth:`create`, reopen with :meth:`open`. The gallery records the protector's id, the
-    recognizer's fingerprint and a key id (``None`` until keyed protection exists) and refuses
-    embeddings, templates and stores of any other. ``enroll`` protects raw embeddings before
-    storing them; ``search`` takes clean probes of the same recognizer (what AdvFace templates
-    match). Scores are cosine similarities.
+    recognizer's fingerprint and the deployment key's id (``None``: unkeyed) and refuses
+    embeddings, templates, keys and stores of any other. ``enroll`` protects raw embeddings before
+    storing them (keyed: ``R · advface(z)``); ``search`` takes clean probes of the same recognizer
+    (keyed: prepared with the key first, :meth:`Protector.prepare_probe`). Scores are cosine similarities.
+    A keyed gallery opens only with its key (``key=`` file or :class:`DeploymentKey`); the key is never
+    stored in the gallery.
     """
 
     def __init__(self, folder: Path, manifest: dict, store: VectorStore, protector: Protector | None):
@@ -67,17 +77,22 @@ class Gallery:
 
     @classmethod
     def create(cls, path: str | Path, protector: str | Path | Protector | None = DEFAULT_MODEL, store: str = "faiss",
-               recognizer_fingerprint: str | None = None, **store_options) -> "Gallery":
+               recognizer_fingerprint: str | None = None, key: str | Path | DeploymentKey | None = None,
+               **store_options) -> "Gallery":
         """A new, empty gallery in folder ``path``.
 
         ``protector``: artifact name / folder / :class:`Protector`, or ``None`` for a raw (unprotected)
-        gallery, meant for baselines. ``recognizer_fingerprint`` defaults to the protector's.
-        ``store_options``: e.g. ``index="hnsw"`` or, for Milvus, ``uri=``, ``collection=``.
+        gallery, meant for baselines. ``recognizer_fingerprint`` defaults to the protector's. ``key``: a
+        deployment key file (``advface-cli keygen``) or :class:`DeploymentKey` for a keyed gallery (or a
+        keyed :class:`Protector`). ``store_options``: e.g. ``index="hnsw"``, ``index="ivf", nprobe=32`` or,
+        for Milvus, ``uri=``, ``collection=``.
         """
         folder = Path(path)
         if (folder / MANIFEST).exists():
             raise InvalidInputError(f"{folder} already holds a gallery; open it instead")
-        prot = Protector(protector) if isinstance(protector, (str, Path)) else protector
+        if protector is None and key is not None:
+            raise InvalidInputError("a raw gallery (protector=None) takes no deployment key")
+        prot = cls._protector(protector, key) if protector is not None else None
         if prot is not None:
             prot.artifact.check_recognizer(recognizer_fingerprint)
             recognizer = prot.artifact.config.get("recognizer", {})
@@ -90,7 +105,8 @@ class Gallery:
                 raise InvalidInputError("a raw gallery (protector=None) needs dim= and recognizer_fingerprint=")
             dim, fingerprint, recognizer = int(store_options.pop("dim")), recognizer_fingerprint, {}
             prot_info = {"id": RAW, "artifact": None}
-        manifest = {"format": FORMAT, "dim": dim, "metric": "cosine", "protector": prot_info, "key_id": None,
+        manifest = {"format": FORMAT, "dim": dim, "metric": "cosine", "protector": prot_info,
+                    "key_id": prot.key_id if prot is not None else None,
                     "recognizer": {"fingerprint": fingerprint, "name": recognizer.get("name")},
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         backend = store_class(store).create(folder, dim, cls._identity(manifest), store_options)
@@ -100,15 +116,27 @@ class Gallery:
         os.replace(tmp, folder / MANIFEST)
         return cls(folder, manifest, backend, prot)
 
+    @staticmethod
+    def _protector(protector: str | Path | Protector, key) -> Protector:
+        """``protector`` as a :class:`Protector` holding ``key`` (a keyed Protector given as is must hold that key)."""
+        if not isinstance(protector, Protector):
+            return Protector(protector, key=key)
+        if key is not None and as_key(key).key_id != protector.key_id:
+            raise KeyMismatchError(f"deployment key {as_key(key).key_id} differs from the protector's key {protector.key_id}")
+        return protector
+
     @classmethod
     def open(cls, path: str | Path, protector: str | Path | Protector | None = None, recognizer_fingerprint: str | None = None,
-             key_id: str | None = None, rebuild_index: bool = False, **store_options) -> "Gallery":
+             key_id: str | None = None, rebuild_index: bool = False, key: str | Path | DeploymentKey | None = None,
+             **store_options) -> "Gallery":
         """Open the gallery in folder ``path``.
 
         ``protector`` defaults to the recorded artifact; any protector, fingerprint or key id given must
-        be the recorded one (:class:`IncompatibleError` otherwise). ``store_options`` override the
-        recorded ones (``uri=`` of a moved Milvus, ``ef_search=``). ``rebuild_index`` recomputes a
-        damaged FAISS index from the committed templates.
+        be the recorded one (:class:`IncompatibleError` otherwise). A keyed gallery needs its ``key``
+        (file or :class:`DeploymentKey`, or a keyed ``protector``): a missing or other key is a
+        :class:`KeyMismatchError`, as is a key for an unkeyed gallery. ``store_options`` override the
+        recorded ones (``uri=`` of a moved Milvus, ``ef_search=``, ``nprobe=``). ``rebuild_index``
+        recomputes a damaged FAISS index from the committed templates (an IVF index is retrained).
         """
         folder = Path(path)
         try:
@@ -123,17 +151,37 @@ class Gallery:
         if recorded["id"] == RAW:
             if protector is not None:
                 raise IncompatibleError(f"{folder} is a raw (unprotected) gallery, not one of protector {protector}")
+            if key is not None:
+                raise KeyMismatchError(f"{folder} is a raw (unprotected) gallery: it takes no deployment key")
             prot = None
         else:
-            prot = Protector(protector or recorded["artifact"]) if not isinstance(protector, Protector) else protector
+            if isinstance(protector, Protector):
+                prot = cls._protector(protector, key)
+            else:
+                prot = Protector(protector or recorded["artifact"])
+                if protector_id(prot) == recorded["id"] and key is not None:
+                    prot = Protector(prot.artifact, key=key)
             if protector_id(prot) != recorded["id"]:
                 raise IncompatibleError(f"{folder} holds templates of protector {recorded['id']}, not {protector_id(prot)}")
+            cls._check_key(folder, manifest.get("key_id"), prot.key_id)
         gallery = cls(folder, manifest, None, prot)
-        gallery._check_provenance(recognizer_fingerprint, key_id)
+        gallery._check_provenance(recognizer_fingerprint, key_id if key_id is not None else gallery.key_id)
         options = {**manifest["store"]["options"], **store_options}
         gallery.store = store_class(manifest["store"]["name"]).open(folder, manifest["dim"], cls._identity(manifest), options,
                                                                     rebuild=rebuild_index)
         return gallery
+
+    @staticmethod
+    def _check_key(folder: Path, recorded: str | None, given: str | None) -> None:
+        if recorded == given:
+            return
+        if given is None:
+            raise KeyMismatchError(f"{folder} is a keyed gallery (deployment key {recorded}): open it with its key "
+                                   "(key=KEYFILE, advface-cli gallery ... -K KEYFILE)")
+        if recorded is None:
+            raise KeyMismatchError(f"{folder} is not keyed; deployment key {given} does not belong to it")
+        raise KeyMismatchError(f"deployment key {given} is not the key of {folder} ({recorded}): templates and probes of "
+                               "different keys never match")
 
     @staticmethod
     def _identity(manifest: dict) -> dict:
@@ -186,7 +234,7 @@ class Gallery:
             raise IncompatibleError(f"embeddings of recognizer {fingerprint} do not belong in {self.folder}, a gallery of "
                                     f"recognizer {self.recognizer_fingerprint} ({self.manifest['recognizer']['name']})")
         if key_id != self.key_id:
-            raise IncompatibleError(f"key {key_id} does not match the gallery's key {self.key_id} ({self.folder})")
+            raise KeyMismatchError(f"key {key_id} does not match the gallery's key {self.key_id} ({self.folder})")
 
     def _matrix(self, x, what: str) -> np.ndarray:
         x = np.asarray(x)
@@ -208,13 +256,15 @@ class Gallery:
         """Protect and store ``embeddings`` (N, D) under new unique ``ids``; all or nothing, durable on return.
 
         ``fingerprint``: the recognizer that produced them, checked when given. ``protected_by``:
-        the embeddings are already templates of that protector id (must be this gallery's).
+        the embeddings are already templates of that protector id (must be this gallery's), made with the
+        deployment key ``key_id`` (must be this gallery's; ``None`` = unkeyed). ``key_id`` without
+        ``protected_by`` is checked against the gallery's key when given.
         """
         ids = _ids(ids)
         x = self._matrix(embeddings, "embeddings")
         if len(ids) != len(x):
             raise InvalidInputError(f"{len(ids)} ids for {len(x)} embeddings")
-        self._check_provenance(fingerprint, key_id)
+        self._check_provenance(fingerprint, key_id if key_id is not None or protected_by is not None else self.key_id)
         if protected_by is not None:
             if protected_by != self.protector_id:
                 raise IncompatibleError(f"templates of protector {protected_by} do not belong in {self.folder}, a gallery "
@@ -225,11 +275,14 @@ class Gallery:
         return len(ids)
 
     def search(self, probes, k: int = 5, fingerprint: str | None = None) -> SearchResult:
-        """Top-``k`` enrolled ids and cosine scores for each clean probe embedding (N, D)."""
+        """Top-``k`` enrolled ids and cosine scores for each clean probe embedding (N, D) (keyed: prepared with the key)."""
         if int(k) < 1:
             raise InvalidInputError(f"k must be at least 1, got {k}")
-        self._check_provenance(fingerprint, None)
-        ids, scores = self.store.search(l2_normalize(self._matrix(probes, "probes")), int(k))
+        self._check_provenance(fingerprint, self.key_id)
+        x = self._matrix(probes, "probes")
+        if self.protector is not None and self.protector.key is not None:
+            x = self.protector.prepare_probe(x)
+        ids, scores = self.store.search(l2_normalize(x).astype(np.float32, copy=False), int(k))
         return SearchResult(ids, scores)
 
     def remove(self, ids) -> int:
