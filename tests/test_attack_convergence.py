@@ -52,7 +52,8 @@ def test_converged_training_stops_by_patience_and_keeps_the_best_epoch(tmp_path)
     _, flat = train_decoder_converged(data, None, cfg, ConvergenceConfig(max_epochs=40, patience=2, val_fraction=0.25,
                                                                          min_delta=0.05), inputs=noise, progress=False)
     assert flat["stopped"] == "patience" and flat["epochs_run"] < 40
-    save_training_curve({"informative": info, "noise": flat}, tmp_path / "c.json", tmp_path / "c.png", "t")
+    as_attacker = {"best_epoch": flat["best_epoch"], "curve": flat["history"]}  # train_attacker's summary form
+    save_training_curve({"informative": info, "noise": as_attacker}, tmp_path / "c.json", tmp_path / "c.png", "t")
     assert json.loads((tmp_path / "c.json").read_text())["informative"]["best_epoch"] == info["best_epoch"]
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(InvalidInputError):

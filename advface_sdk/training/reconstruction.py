@@ -298,8 +298,9 @@ def train_decoder_converged(
 
 def save_training_curve(curves: dict[str, dict], json_path: str | Path, png_path: str | Path | None = None,
                         title: str = "") -> None:
-    """Write ``{name: train_decoder_converged info}`` as JSON and, if ``png_path``, a two-panel plot: validation
-    loss and validation type II per epoch, the best epoch marked."""
+    """Write ``{name: train_decoder_converged info}`` (or a ``train_attacker`` summary, whose per-epoch rows are
+    under ``curve``) as JSON and, if ``png_path``, a two-panel plot: validation loss and validation type II per
+    epoch, the best epoch marked."""
     import json
     import os
 
@@ -317,7 +318,7 @@ def save_training_curve(curves: dict[str, dict], json_path: str | Path, png_path
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     for name, info in curves.items():
-        h = info["history"]
+        h = info["history"] if "history" in info else info["curve"]  # train_decoder_converged's dict or train_attacker's
         ep = [r["epoch"] for r in h]
         line, = ax1.plot(ep, [r["val_loss"] for r in h], "-o", ms=3, label=name)
         if all("val_type2" in r for r in h):
