@@ -439,13 +439,21 @@ def _epochs(value: str, name: str) -> tuple[int, int]:
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--attacker-epochs", default=None, help="Non-adaptive attacker: PIXEL+IDENTITY epochs [default 10+3; quick 3+1].")
 @click.option("--adaptive-epochs", default=None, help="Adaptive attackers (warm start): PIXEL+IDENTITY epochs [default 2+1; quick 1+0].")
+@click.option("--adaptive-max-epochs", type=click.IntRange(min=0), default=None,
+              help="Adaptive attackers train until early stopping on held-out attacker identities, at most this many "
+                   "epochs in all [default 20; quick 3]; 0 = the fixed --adaptive-epochs instead.")
+@click.option("--patience", type=click.IntRange(min=1), default=None,
+              help="Epochs without improvement of the held-out loss before an adaptive attacker stops [default 2].")
+@click.option("--no-face-prior", is_flag=True, help="Skip (e), the face-prior attacker (VIGFace face autoencoder).")
+@click.option("--curve-budgets", default=None, help="Comma-separated gaussian budgets of the privacy-utility curve "
+                                                    "[default 0.25,0.5,0.8,1.2,1.6]; 'none' for no curve points.")
 @click.option("--max-victims", type=int, default=None, help="Cap the number of victims (default: all of folds 9-10).")
 @click.option("--cache-dir", default=None, help="Where trained attackers are cached (default: $FACEPRIV_CACHE/benchmark).")
 @click.option("--out", "-o", default="benchmarks/results", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--device", default="cpu", show_default=True, help="Device for attacker training (cpu, cuda).")
 @friendly_errors
 def benchmark(recognizer, evaluator, methods, artifact, shadow, curve_artifact, quick, seed, attacker_epochs, adaptive_epochs,
-              max_victims, cache_dir, out, device) -> None:
+              adaptive_max_epochs, patience, no_face_prior, curve_budgets, max_victims, cache_dir, out, device) -> None:
     """Compare template-protection methods on LFW: utility, reconstruction and re-identification attacks, storage, cost."""
     import dataclasses
     import shlex
@@ -459,12 +467,24 @@ def benchmark(recognizer, evaluator, methods, artifact, shadow, curve_artifact, 
               methods=tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else DEFAULT_METHODS)
     if max_victims is not None:
         kw["max_victims"] = max_victims
+    if no_face_prior:
+        kw["face_prior"] = False
+    if curve_budgets is not None:
+        try:
+            kw["curve_budgets"] = () if curve_budgets.strip() == "none" else tuple(float(b) for b in curve_budgets.split(","))
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated numbers or 'none', got {curve_budgets!r}",
+                                     param_hint="--curve-budgets") from None
     cfg = BenchmarkConfig.quick_preset(**kw) if quick else BenchmarkConfig(**kw)
     changes = {}
     if attacker_epochs:
         changes["pixel_epochs"], changes["id_epochs"] = _epochs(attacker_epochs, "--attacker-epochs")
     if adaptive_epochs:
         changes["adaptive_pixel_epochs"], changes["adaptive_id_epochs"] = _epochs(adaptive_epochs, "--adaptive-epochs")
+    if adaptive_max_epochs is not None:
+        changes["adaptive_max_epochs"] = adaptive_max_epochs
+    if patience is not None:
+        changes["patience"] = patience
     cfg.attacker = dataclasses.replace(cfg.attacker, **changes)
     result, pictures = run_benchmark(cfg)
     result = {"command": shlex.join(["advface-cli", *sys.argv[1:]]), **result}

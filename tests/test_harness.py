@@ -39,7 +39,11 @@ def test_attacker_config_budget_and_validation():
     d = cfg.decoder_config(adaptive=False)
     assert (d.epochs, d.id_start_epoch, d.arch, d.seed) == (7, 5, "deconv", 1)
     assert cfg.decoder_config(adaptive=True).epochs == 2
-    assert cfg.budget(True) == "1 px + 1 id epochs (warm start)"
+    assert cfg.budget(True).startswith("warm start, 1 px epochs, then px + id epochs until")
+    fixed = AttackerConfig(adaptive_pixel_epochs=1, adaptive_id_epochs=1, adaptive_max_epochs=0)
+    assert not fixed.converged and fixed.budget(True) == "1 px + 1 id epochs (warm start)"
+    with pytest.raises(InvalidInputError):
+        AttackerConfig(adaptive_pixel_epochs=3, adaptive_max_epochs=3)  # no epoch left to converge in
     assert AttackerConfig(adaptive_id_epochs=0).decoder_config(adaptive=True).id_weight == 0.0
     with pytest.raises(InvalidInputError):
         AttackerConfig(id_epochs=-1)
@@ -110,7 +114,15 @@ def test_quick_benchmark_end_to_end(shared, tmp_path):
         assert 0 < adaptive["ssim"] < 1
     if "advface" in rows:
         assert rows["advface"]["utility"]["accuracy"] > raw["utility"]["accuracy"] - 0.02
-        assert rows["advface"]["attack"]["adaptive"]["train"]["budget"] == "1 px + 0 id epochs (warm start)"
+        train = rows["advface"]["attack"]["adaptive"]["train"]
+        assert train["budget"].startswith("warm start, 1 px epochs") and 1 <= train["best_epoch"] <= train["epochs"] <= 3
+        assert [h["epoch"] for h in train["curve"]] == list(range(train["epochs"] + 1))  # epoch 0 = before training
+        assert all(0 <= h["val_type2"] <= 1 and h["val_loss"] > 0 for h in train["curve"])
+        for key in ("face_prior", "face_prior_key_stolen"):
+            fp = rows["advface-key"]["attack"][key]
+            assert 0 <= fp["type2"] <= 1 and 0 <= fp["reid_rank1"] <= 1 and fp["victims"] == 16
+        assert rows["advface"]["attack"]["face_prior"]["attacker"]["map"] in ("ridge", "mlp")
+        assert "advface-key (b) face prior" in pictures and pictures["advface (face prior)"].shape == (4, 64, 64, 3)
         keyed, plain = rows["advface-key"], rows["advface"]
         assert keyed["utility"]["accuracy"] == plain["utility"]["accuracy"]  # a rotation keeps every cosine
         assert keyed["threats"]["reid_key_secret"] < 0.25 < plain["threats"]["reid_key_secret"]
@@ -126,7 +138,8 @@ def test_quick_benchmark_end_to_end(shared, tmp_path):
     md = paths["md"].read_text()
     assert "| none |" in md and "| biohashing |" in md and "re-id rank-1" in md and "## Threat matrix" in md
     assert json.loads(paths["json"].read_text())["methods"]["none"]["utility"]["accuracy"] == raw["utility"]["accuracy"]
-    for key in ("curve", "roc", "grid"):
+    assert "(e) face prior, key secret" in md and "### Linking a stolen template" in md
+    for key in ("curve", "roc", "grid") + (("adaptive_png",) if "advface" in rows else ()):
         assert paths[key].read_bytes()[:4] == b"\x89PNG"
 
     # attackers are cached by configuration: a rerun loads them and reproduces the attack numbers

@@ -27,7 +27,7 @@ from facecore.training.distributed import DistContext
 from facecore.training.face_pack import FaceTrainingSet
 
 from ..models.decoders import FaceDecoder
-from ..training.reconstruction import DecoderTrainConfig, train_decoder
+from ..training.reconstruction import DecoderTrainConfig, Validator, train_decoder, train_decoder_converged
 from .methods import ProtectionMethod
 
 
@@ -49,6 +49,12 @@ class AttackerConfig:
     lr: float = 2e-3
     seed: int = 1  # the shadow model uses seed 0 and the upconv architecture
     arch: str = "deconv"
+    #: adaptive attacker trained to convergence: after ``adaptive_pixel_epochs`` pixel-only epochs, pixel +
+    #: identity epochs until the loss on held-out attacker identities stops improving for ``patience``
+    #: epochs (at most ``adaptive_max_epochs`` in all); 0 = the fixed ``adaptive_id_epochs`` instead
+    adaptive_max_epochs: int = 20
+    patience: int = 2
+    val_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("pixel_epochs", "id_epochs", "adaptive_pixel_epochs", "adaptive_id_epochs"):
@@ -56,6 +62,19 @@ class AttackerConfig:
                 raise InvalidInputError(f"attacker {name} must be >= 0, got {getattr(self, name)}")
         if self.pixel_epochs + self.id_epochs == 0:
             raise InvalidInputError("the non-adaptive attacker needs at least one epoch")
+        if self.adaptive_max_epochs < 0 or (self.adaptive_max_epochs and self.adaptive_max_epochs <= self.adaptive_pixel_epochs):
+            raise InvalidInputError("adaptive_max_epochs must be 0 (fixed epochs) or more than adaptive_pixel_epochs")
+
+    @property
+    def converged(self) -> bool:
+        """Whether the adaptive attacker trains until early stopping (else a fixed number of epochs)."""
+        return self.adaptive_max_epochs > 0
+
+    def convergence(self):
+        from ..training.reconstruction import ConvergenceConfig
+
+        return ConvergenceConfig(max_epochs=self.adaptive_max_epochs, patience=self.patience,
+                                 warmup_epochs=self.adaptive_pixel_epochs, val_fraction=self.val_fraction)
 
     def decoder_config(self, adaptive: bool) -> DecoderTrainConfig:
         pix, ident = (self.adaptive_pixel_epochs, self.adaptive_id_epochs) if adaptive else (self.pixel_epochs, self.id_epochs)
@@ -65,6 +84,10 @@ class AttackerConfig:
 
     def budget(self, adaptive: bool) -> str:
         """``"P px + I id epochs"`` as stated in the tables."""
+        if adaptive and self.converged:
+            return (f"warm start, {self.adaptive_pixel_epochs} px epochs, then px + id epochs until the loss on held-out "
+                    f"attacker identities ({self.val_fraction:.0%}) stops improving (patience {self.patience}, at most "
+                    f"{self.adaptive_max_epochs} epochs in all)")
         pix, ident = (self.adaptive_pixel_epochs, self.adaptive_id_epochs) if adaptive else (self.pixel_epochs, self.id_epochs)
         return f"{pix} px + {ident} id epochs" + (" (warm start)" if adaptive else "")
 
@@ -92,26 +115,43 @@ def _digest(*parts) -> str:
 
 def train_attacker(train: FaceTrainingSet, recognizer: torch.nn.Module, config: AttackerConfig, adaptive: bool = False,
                    inputs: np.ndarray | None = None, init: FaceDecoder | None = None, cache_dir: str | Path | None = None,
-                   device: str = "cpu", progress: bool = True) -> tuple[FaceDecoder, dict]:
+                   device: str = "cpu", progress: bool = True, validator: Validator | None = None) -> tuple[FaceDecoder, dict]:
     """Train (or load from ``cache_dir``) one attacker decoder; returns it (on CPU) and its training summary.
 
     ``inputs``: the decoder inputs per training face (protected templates of the attacker's faces);
-    ``None`` trains on clean embeddings. ``init``: decoder to warm-start from.
+    ``None`` trains on clean embeddings. ``init``: decoder to warm-start from. An adaptive attacker with
+    ``config.converged`` trains until early stopping on held-out attacker identities
+    (:func:`~advface_sdk.training.reconstruction.train_decoder_converged`); its summary then carries the
+    per-epoch ``curve`` (validation loss and, with ``validator``, validation type II).
     """
     dcfg = config.decoder_config(adaptive)
+    converge = adaptive and config.converged
     key = _digest(train.fingerprint, train.relpaths, train.size, asdict(dcfg),
-                  inputs if inputs is not None else "clean", init if init is not None else "scratch")
+                  inputs if inputs is not None else "clean", init if init is not None else "scratch",
+                  asdict(config.convergence()) if converge else "fixed",
+                  "validator" if converge and validator is not None and validator.evaluator is not None else "-")
     folder = Path(cache_dir) / f"attacker-{key}" if cache_dir else None
     if folder is not None and (folder / "config.json").is_file():
         dec = FaceDecoder.from_pretrained(folder)
         return dec, {**dec.extra_config.get("attack", {}), "cached": True}
     start = time.perf_counter()
-    dec, state = train_decoder(train, recognizer, dcfg, DistContext(device=torch.device(device)),
-                               inputs=inputs, init=init, progress=progress)
+    if converge:
+        dec, state = train_decoder_converged(train, recognizer, dcfg, config.convergence(),
+                                             inputs=None if inputs is None else torch.as_tensor(inputs),
+                                             init=init, validator=validator, device=device, progress=progress)
+        last = {k: v for k, v in state["history"][-1].items() if k.startswith(("train_", "val_"))}
+    else:
+        dec, state = train_decoder(train, recognizer, dcfg, DistContext(device=torch.device(device)),
+                                   inputs=inputs, init=init, progress=progress)
+        last = state["history"][-1] if state["history"] else {}
     dec = dec.cpu().eval()
     info = {"images": len(train), "identities": int(len(np.unique(train.labels))), "budget": config.budget(adaptive),
-            "epochs": dcfg.epochs, "arch": dcfg.arch, "width": dcfg.width, "seed": dcfg.seed,
-            "train_minutes": round((time.perf_counter() - start) / 60, 2), "final_loss": state["history"][-1] if state["history"] else {}}
+            "epochs": state["epochs_run"] if converge else dcfg.epochs, "arch": dcfg.arch, "width": dcfg.width,
+            "seed": dcfg.seed, "params": int(sum(p.numel() for p in dec.parameters())),
+            "train_minutes": round((time.perf_counter() - start) / 60, 2), "final_loss": last}
+    if converge:
+        info.update(best_epoch=state["best_epoch"], stopped=state["stopped"], train_faces=state["train_faces"],
+                    val_faces=state["val_faces"], val_identities=state["val_identities"], curve=state["history"])
     if folder is not None:
         folder.parent.mkdir(parents=True, exist_ok=True)
         dec.save_pretrained(folder, extra={"attack": info})

@@ -58,6 +58,7 @@ class BenchmarkConfig:
     timing_batch: int = 256
     timing_repeats: int = 7
     grid_victims: int = 6
+    face_prior: bool = True  # (e): decode through the VIGFace face autoencoder (fr128 prototypes)
     cache_dir: str | None = None
     device: str = "cpu"
     progress: bool = True
@@ -76,7 +77,7 @@ class BenchmarkConfig:
         base = dict(quick=True, max_victims=16, pgd_victims=4, pgd_pairs=40, pgd_steps=2, timing_batch=64,
                     timing_repeats=3, grid_victims=4, curve_budgets=(0.5,),
                     attacker=AttackerConfig(pixel_epochs=2, id_epochs=1, adaptive_pixel_epochs=1, adaptive_id_epochs=0,
-                                            width=8, batch_size=32))
+                                            adaptive_max_epochs=3, patience=1, val_fraction=0.2, width=8, batch_size=32))
         return cls(**{**base, **overrides})
 
 
@@ -187,25 +188,56 @@ class Benchmark:
         return self.cfg.recognizer in default_artifacts()
 
     def _attacker_set(self):
+        """The attacker's faces (``FaceTrainingSet.build`` on his identities, with the embeddings already
+        computed for the whole dataset), their global user ids (disjoint from the victims) and dataset rows."""
+        import cv2
+
         from facecore.training.face_pack import FaceTrainingSet
 
         names = sorted(self.ev.groups["attacker"])
         if self.cfg.quick:
             names = names[:QUICK_ATTACKER_IDENTITIES]
-        train = FaceTrainingSet.build(self.ev.dataset.subset(names), self.ev.recognizer, self.cfg.attacker.size)
-        index = {n: i for i, n in enumerate(self.ev.dataset.identities)}
-        users = np.asarray([index[train.identities[l]] for l in train.labels], np.int64)  # global ids: disjoint from victims
-        return train, users
+        ds = self.ev.dataset
+        sub = ds.subset(names)
+        rows = np.flatnonzero(np.isin(np.asarray(ds.identities)[ds.labels], names))
+        size = self.cfg.attacker.size
+        images = np.stack([cv2.resize(ds.load(int(i)), (size, size), interpolation=cv2.INTER_AREA)[..., ::-1] for i in rows])
+        train = FaceTrainingSet(images, self.ev.emb[rows].astype(np.float32), sub.labels.copy(), list(sub.identities),
+                                sub.relpaths, self.ev.recognizer.fingerprint)
+        users = ds.labels[rows].astype(np.int64)  # global ids: disjoint from victims
+        return train, users, rows
+
+    def _fr128(self) -> np.ndarray:
+        """fr128 embeddings of the whole dataset (the face prior's prototype space)."""
+        if self.ev.recognizer_name == "fr128":
+            return self.ev.emb
+        if self.ev.evaluator_name == "fr128":
+            return self.ev.emb_eval
+        from facecore.embeddings import extract_embeddings
+        from facecore.recognizers import create_recognizer
+
+        return extract_embeddings(create_recognizer("fr128"), self.ev.dataset)
+
+    def _validator(self, train, rows):
+        """What the adaptive attacker watches on his held-out identities: type II by the evaluator's torch copy."""
+        from ..training.reconstruction import Validator
+
+        partner = rows[train.partners(self.cfg.seed)]
+        return Validator(self.ev.evaluator.to_torch(), torch.from_numpy(self.ev.emb_eval[partner].astype(np.float32)),
+                         float(self.ev.thresholds[1]))
 
     # ------------------------------------------------------------------ pieces
     def _success(self, decoder, templates: np.ndarray, victims: Victims, keep: int = 0, tag: str | None = None) -> dict:
         rec = decode_to_crops(decoder, decoder_inputs(templates))
+        return self._score(rec, victims, keep, tag)
+
+    def _score(self, rec: np.ndarray, victims: Victims, keep: int = 0, tag: str | None = None) -> dict:
         thr_p, thr_e = self.ev.thresholds
         truth = self.ev.true_rgb(victims.enrolled, self.cfg.attacker.size)
         if tag and keep:
             self.pictures[tag] = rec[:keep]
         return attack_success(rec, victims, self.ev.recognizer, self.ev.evaluator, self.ev.emb, self.ev.emb_eval,
-                              thr_p, thr_e, truth)
+                              thr_p, thr_e, truth, reid=True)
 
     def _utility(self, method: ProtectionMethod, pairs: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
         left, right, issame, _ = self.ev.eval_pairs
@@ -244,7 +276,9 @@ class Benchmark:
             victims = pick_victims(labels, ev.mask("victim"), cfg.max_victims, cfg.seed)
             thr_p, thr_e = ev.thresholds
             methods = self._methods()
-            train, train_users = self._attacker_set()
+            train, train_users, train_rows = self._attacker_set()
+            validator = self._validator(train, train_rows)
+            prior = self._prior_setup(train, train_rows) if cfg.face_prior else None
             rec_torch = ev.recognizer.to_torch()
             dim = int(ev.emb.shape[1])
             chance = random_face_baseline(victims, labels, ev.emb_eval, thr_e, np.flatnonzero(ev.mask("victim")), cfg.seed)
@@ -257,6 +291,7 @@ class Benchmark:
         pgd_victims = Victims(victims.enrolled[:cfg.pgd_victims], victims.probe[:cfg.pgd_victims])
         rows: dict[str, dict] = {}
         adaptive_decoders: dict[str, object] = {}
+        priors: dict[str, object] = {}
         for name, method in methods.items():
             slow = name == "advface-pgd"
             vic = pgd_victims if slow else victims
@@ -275,17 +310,20 @@ class Benchmark:
                 fits = not method.binary and stolen.shape[1] == dim
                 row["attack"] = {"victims": int(len(vic.enrolled))}
                 row["attack"]["non_adaptive"] = (
-                    self._success(base_dec, stolen, vic, keep if name in ("none", "advface", "gaussian") else 0,
+                    self._success(base_dec, stolen, vic, keep if name in ("none", "advface") else 0,
                                   f"{name} (non-adaptive)") if fits else None)
                 if not fits:
                     row["notes"].append("non-adaptive: n/a (template is not an embedding of the recognizer's size)")
                 row["attack"]["adaptive"] = self._adaptive(name, method, stolen, vic, train, train_users, rec_torch,
-                                                           base_dec, adaptive_decoders, keep, row["notes"])
+                                                           base_dec, adaptive_decoders, keep, row["notes"], validator)
+                if prior is not None and not slow:
+                    row["attack"]["face_prior"] = self._face_prior(name, method, stolen, vic, train, train_users, prior,
+                                                                   priors, keep)
                 cand = victims.probe  # clean embeddings of *other* images of every victim
                 sm = score_matrix(method, stolen, labels[vic.enrolled], ev.emb[cand])
                 row["attack"]["embedding"] = reidentification(sm, labels[vic.enrolled], labels[cand])
                 if name == "advface-key":
-                    self._key_stolen(method, stolen, vic, base_dec, adaptive_decoders, row)
+                    self._key_stolen(method, stolen, vic, base_dec, adaptive_decoders, row, priors, keep)
                 row["threats"] = self._threats(method, stolen, vic, train, train_users, base_dec, dim)
             rows[name] = row
 
@@ -301,12 +339,42 @@ class Benchmark:
             "thresholds_far1e-3": {"protected": thr_p, "evaluator": thr_e},
             "random_face_type2": chance,
             "attackers": {"non_adaptive": base_info,
-                          "adaptive_budget": cfg.attacker.budget(True), "non_adaptive_budget": cfg.attacker.budget(False)},
+                          "adaptive_budget": cfg.attacker.budget(True), "non_adaptive_budget": cfg.attacker.budget(False),
+                          "face_prior_budget": ("template → fr128 prototype map (ridge or 3-layer MLP, chosen on held-out "
+                                                "attacker identities) learned on the attacker's faces under the method "
+                                                "(own key for keyed methods), rendered by the VIGFace face autoencoder "
+                                                "(vigface64, trained on LFW identities outside folds 6-10) from the "
+                                                "attacker's mean latent") if cfg.face_prior else None},
             "methods": rows, "curve": curve, "notes": self.notes,
             "timing_minutes": {**st.minutes, "total": st.total},
         }
 
-    def _adaptive(self, name, method, stolen, vic, train, train_users, rec_torch, base_dec, decoders, keep, notes):
+    def _attacker_templates(self, name, method, train, train_users) -> np.ndarray:
+        """The method's templates of the attacker's own faces (advface-key: under a key of his own)."""
+        if name == "advface-key":
+            method = create_method(name, artifact=method.artifact, seed=self.cfg.seed + 1)
+        return decoder_inputs(method.protect_gallery(train.embeddings, train_users))
+
+    def _prior_setup(self, train, rows):
+        from .face_prior import load_face_prior
+
+        return {"autoencoder": load_face_prior(), "prototypes": self._fr128()[rows]}
+
+    def _face_prior(self, name, method, stolen, vic, train, train_users, prior, priors, keep) -> dict:
+        """(e) Stolen template → fr128 prototype (map learned on the attacker's own faces, key secret) → face prior."""
+        from .face_prior import FacePriorAttacker
+
+        with self.stages(f"{name}: face-prior attacker"):
+            inputs = self._attacker_templates(name, method, train, train_users)
+            fp = FacePriorAttacker.fit(inputs, prior["prototypes"], train.images, train.labels, prior["autoencoder"],
+                                       self.cfg.attacker.val_fraction, self.cfg.seed)
+            priors[name] = fp
+            rec = fp.reconstruct(decoder_inputs(stolen))
+            tag = f"{name} (face prior)" if name in ("none", "advface", "advface-key") else None
+            return {**self._score(rec, vic, keep if tag else 0, tag), "attacker": fp.info}
+
+    def _adaptive(self, name, method, stolen, vic, train, train_users, rec_torch, base_dec, decoders, keep, notes,
+                  validator=None):
         cfg = self.cfg
         if name == "none":
             notes.append("adaptive = non-adaptive (the scheme is the identity)")
@@ -318,22 +386,25 @@ class Benchmark:
             notes.append("adaptive: the advface-generator adaptive attacker (PGD on every attacker face is too slow to train on)")
             return self._success(decoders["advface"], stolen, vic, keep, f"{name} (adaptive)")
         if name == "advface-key":  # key secret: the attacker protects his faces with a key of his own
-            method = create_method(name, artifact=method.artifact, seed=cfg.seed + 1)
             notes.append("adaptive: trained on the attacker's faces protected with his own deployment key (the key is secret)")
-        inputs = decoder_inputs(method.protect_gallery(train.embeddings, train_users))
+        inputs = self._attacker_templates(name, method, train, train_users)
         dec, info = train_attacker(train, rec_torch, cfg.attacker, adaptive=True, inputs=inputs, init=base_dec,
-                                   cache_dir=self.cache, device=cfg.device, progress=cfg.progress)
+                                   cache_dir=self.cache, device=cfg.device, progress=cfg.progress, validator=validator)
         decoders[name] = dec
-        tag = f"{name} (adaptive)" if name in ("advface", "gaussian") else None
+        tag = f"{name} (adaptive)" if name in ("advface", "advface-key") else None
         return {**self._success(dec, stolen, vic, keep if tag else 0, tag), "train": info}
 
-    def _key_stolen(self, method, stolen, vic, base_dec, decoders, row) -> None:
+    def _key_stolen(self, method, stolen, vic, base_dec, decoders, row, priors=None, keep=0) -> None:
         """(b) Key stolen: the thief undoes the rotation and attacks plain AdvFace templates."""
         plain = stolen.astype(np.float64) @ method.key.rotation(stolen.shape[1])  # rows: Rᵀ·t
         row["attack"]["non_adaptive_key_stolen"] = self._success(base_dec, plain, vic)
-        row["attack"]["adaptive_key_stolen"] = self._success(decoders["advface"], plain, vic) if "advface" in decoders else None
+        row["attack"]["adaptive_key_stolen"] = (self._success(decoders["advface"], plain, vic, keep, "advface-key (b) adaptive")
+                                                if "advface" in decoders else None)
         if "advface" not in decoders:
             row["notes"].append("adaptive with the key stolen: n/a (needs the advface adaptive attacker; run advface too)")
+        if priors and "advface" in priors:
+            rec = priors["advface"].reconstruct(decoder_inputs(plain))
+            row["attack"]["face_prior_key_stolen"] = self._score(rec, vic, keep, "advface-key (b) face prior")
 
     def _threats(self, method, stolen, vic, train, train_users, base_dec, dim) -> dict:
         """Attacks without the key (none needs it for unkeyed methods): direct re-identification, (c) alignment

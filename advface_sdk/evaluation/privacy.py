@@ -81,15 +81,25 @@ def image_quality(rec_rgb: np.ndarray, true_rgb: np.ndarray) -> dict[str, float]
 
 def attack_success(rec_rgb: np.ndarray, victims: Victims, protected_rec, evaluator, clean_protected: np.ndarray,
                    clean_evaluator: np.ndarray, thr_protected: float, thr_evaluator: float,
-                   true_rgb: np.ndarray | None = None) -> dict:
-    """Type I / type II success rates (share of victims) for reconstructions ``rec_rgb`` of the enrolled images."""
+                   true_rgb: np.ndarray | None = None, reid: bool = False) -> dict:
+    """Type I / type II success rates (share of victims) for reconstructions ``rec_rgb`` of the enrolled images.
+
+    ``reid``: also ``reid_rank1``, the share of victims whose reconstruction, embedded by the evaluator, is
+    nearest (cosine) to the evaluator's embedding of *their own* other image among all victims' other images.
+    """
     crops_p = to_recognizer_crops(rec_rgb, protected_rec.preprocessing.input_size)
     crops_e = crops_p if evaluator.preprocessing.input_size == protected_rec.preprocessing.input_size else \
         to_recognizer_crops(rec_rgb, evaluator.preprocessing.input_size)
     s1 = _cos(protected_rec.embed(crops_p), clean_protected[victims.enrolled])
-    s2 = _cos(evaluator.embed(crops_e), clean_evaluator[victims.probe])
+    e2 = evaluator.embed(crops_e)
+    s2 = _cos(e2, clean_evaluator[victims.probe])
     out = {"type1": float(np.mean(s1 > thr_protected)), "type2": float(np.mean(s2 > thr_evaluator)),
            "type1_mean_cos": float(s1.mean()), "type2_mean_cos": float(s2.mean()), "victims": int(len(s1))}
+    if reid:
+        cand = clean_evaluator[victims.probe]
+        cand = cand / np.linalg.norm(cand, axis=1, keepdims=True)
+        out["reid_rank1"] = float(np.mean(np.argmax((e2 / np.linalg.norm(e2, axis=1, keepdims=True)) @ cand.T, axis=1)
+                                          == np.arange(len(e2))))
     if true_rgb is not None:
         out.update(image_quality(rec_rgb, true_rgb))
     return out

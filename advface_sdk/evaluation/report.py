@@ -67,26 +67,7 @@ def markdown(result: dict) -> str:
         lines.append(f"| {_label(name, r)} | {_pct(na and na['type2'])} | {red} | {_pct(na and na['type1'])} | "
                      f"{_pct(ad and ad['type2'])} | {_pct(ad and ad['type1'])} | {q} | {_pct(emb['rank1'])} | {_pct(emb['tar@far=0.001'])} |")
     if any("threats" in r for r in rows.values()):
-        lines += ["", "## Threat matrix", "",
-                  "(a) key secret: the thief has the stolen templates, the SDK and a recognizer, not the key (adaptive: "
-                  "decoder trained on his own faces protected with his own key); (b) key stolen too; (c) he aligns the "
-                  "templates to clean embeddings without any pair, then re-identifies and decodes; (d) he also knows the "
-                  "stored templates of N faces he enrolled himself. Re-id = rank-1 against a clean photo of every victim; "
-                  "type II as above (non-adaptive decoder on the mapped templates). Unkeyed methods need no key: (a) = (b).", "",
-                  "| method | (a) adaptive type II | (a) re-id rank-1 | (b) non-adaptive type II | (b) adaptive type II | "
-                  "(b) re-id rank-1 | (c) align re-id / type II | (d) 100 pairs re-id / type II | (d) 1,000 pairs re-id / type II |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for name, r in rows.items():
-            t, a = r.get("threats"), r["attack"]
-            if t is None:
-                continue
-            stolen_na = a.get("non_adaptive_key_stolen", a["non_adaptive"])
-            stolen_ad = a.get("adaptive_key_stolen", a["adaptive"])
-            kp = [t.get(f"known_plaintext_{n}") for n in (100, 1000)]
-            lines.append(f"| {_label(name, r)} | {_pct(a['adaptive'] and a['adaptive']['type2'])} | {_pct(t['reid_key_secret'])} | "
-                         f"{_pct(stolen_na and stolen_na['type2'])} | {_pct(stolen_ad and stolen_ad['type2'])} | "
-                         f"{_pct(a['embedding']['rank1'])} | {_pct(t['alignment']['rank1'])} / {_pct(t['alignment']['type2'])} | "
-                         + " | ".join(f"{_pct(k and k['rank1'])} / {_pct(k and k['type2'])}" for k in kp) + " |")
+        lines += threat_matrix(result)
     notes = [f"- {_label(n, r)}: {note}" for n, r in rows.items() for note in r["notes"]] + [f"- {n}" for n in result["notes"]]
     if notes:
         lines += ["", "Notes:", *notes]
@@ -108,6 +89,90 @@ def markdown(result: dict) -> str:
               ", ".join(f"{k} {v:.1f}" for k, v in sorted(((k, v) for k, v in t.items() if k != "total"),
                                                            key=lambda kv: -kv[1])[:5]) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _t2(x: dict | None, raw: float | None = None) -> str:
+    """``type II (reduction vs raw)`` of one attack result."""
+    if x is None:
+        return "n/a"
+    red = "" if raw is None else " (∞)" if x["type2"] == 0 else f" ({raw / x['type2']:.1f}×)"
+    return f"{_pct(x['type2'])}{red}"
+
+
+def _epochs(info: dict | None) -> str:
+    if not info or "best_epoch" not in info:
+        return ""
+    return f", {info['epochs']} ep (best {info['best_epoch']})"
+
+
+def threat_matrix(result: dict) -> list[str]:
+    """The threat-matrix tables: reconstruction (type II) and linking (rank-1) per attacker, columns (a)–(e)."""
+    rows, raw = result["methods"], result["methods"]["none"]
+    raw_acc = raw["utility"]["accuracy"]
+    raw_t2 = raw["attack"]["non_adaptive"]["type2"] or None
+    att = result["attackers"]
+    n_vic = raw["attack"]["victims"]
+    lines = ["", "## Threat matrix", "",
+             "What the thief has, per column: **(a) key secret** — the stolen template database, the SDK and the public "
+             "recognizers, not the deployment key (he trains on his own faces, protected with a key of his own); "
+             "**(b) key stolen** — the database and the deployment key; **(c) alignment** — (a) plus clean photos of the "
+             "victims, and he aligns the template set to their embeddings without any known pair; **(d) known plaintext** — "
+             "(a) plus N faces he enrolled himself and whose stored templates he can read; **(e) face prior** — (a) or (b) "
+             "plus a public face generator (the VIGFace face autoencoder), so reconstructions look like faces to a person. "
+             "Unkeyed methods have no key: (a) = (b). Keyed baselines (biohashing, slerpface) have per-user keys; their "
+             "(b) re-identification uses the stolen user's key.", "",
+             f"Attackers' budgets: non-adaptive decoder {att['non_adaptive_budget']} "
+             f"({att['non_adaptive'].get('params', 'n/a')} parameters) on clean embeddings of "
+             f"{result['protocol']['attacker_images']} attacker faces; adaptive decoder: {att['adaptive_budget']}, epochs per "
+             "row below; face prior: " + (att.get("face_prior_budget") or "not run") + ".", "",
+             f"### Reconstruction — type II by {result['evaluator']} at FAR 1e-3 ({n_vic} victims; reduction vs raw "
+             "non-adaptive in brackets; chance " + _pct(result["random_face_type2"]) + ")", "",
+             "| method | Δ LFW acc | (a) non-adaptive | (a) adaptive, converged | (e) face prior, key secret | "
+             "(b) non-adaptive | (b) adaptive | (e) face prior, key stolen |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        a = r["attack"]
+        ad = a["adaptive"]
+        b_na = a.get("non_adaptive_key_stolen", a["non_adaptive"] if not r["keyed"] else None)
+        b_ad = a.get("adaptive_key_stolen", ad if not r["keyed"] else None)
+        b_fp = a.get("face_prior_key_stolen", a.get("face_prior") if not r["keyed"] else None)
+        lines.append(f"| {_label(name, r)} | {100 * (r['utility']['accuracy'] - raw_acc):+.2f} | {_t2(a['non_adaptive'], raw_t2)} | "
+                     f"{_t2(ad, raw_t2)}{_epochs(ad and ad.get('train'))} | {_t2(a.get('face_prior'), raw_t2)} | "
+                     f"{_t2(b_na, raw_t2)} | {_t2(b_ad, raw_t2)} | {_t2(b_fp, raw_t2)} |")
+    lines += ["", f"### Linking a stolen template to its owner — rank-1 among {n_vic} victims (chance {100 / n_vic:.1f} %)", "",
+              "Template: the stored template matched against a clean photo of every victim (by the method's own comparison "
+              "where the column gives the key). Reconstruction: the evaluator's embedding of the reconstruction against "
+              "the victims' other photos.", "",
+              "| method | (a) template | (a) adaptive reconstruction | (e) face prior, key secret | (b) template | "
+              "(c) alignment, rank-1 / type II | (d) 100 pairs, rank-1 / type II | (d) 1,000 pairs, rank-1 / type II |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        t, a = r.get("threats"), r["attack"]
+        if t is None:
+            continue
+        kp = [t.get(f"known_plaintext_{n}") for n in (100, 1000)]
+        ad, fp = a["adaptive"], a.get("face_prior")
+        lines.append(f"| {_label(name, r)} | {_pct(t['reid_key_secret'])} | {_pct(ad and ad.get('reid_rank1'))} | "
+                     f"{_pct(fp and fp.get('reid_rank1'))} | {_pct(a['embedding']['rank1'])} | "
+                     f"{_pct(t['alignment']['rank1'])} / {_pct(t['alignment']['type2'])} | "
+                     + " | ".join(f"{_pct(k and k['rank1'])} / {_pct(k and k['type2'])}" for k in kp) + " |")
+    curves = {n: r["attack"]["adaptive"]["train"] for n, r in rows.items()
+              if r["attack"]["adaptive"] and "curve" in r["attack"]["adaptive"].get("train", {})}
+    if curves:
+        lines += ["", "Adaptive attackers' training (held-out attacker identities; type II there by the evaluator's torch copy "
+                  "against another photo of the same person):", "",
+                  "| method | parameters | epochs run | best epoch | stopped by | val loss at best | val type II at best | minutes |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for n, info in curves.items():
+            best = next((h for h in info["curve"] if h["epoch"] == info["best_epoch"]), info["curve"][-1])
+            lines.append(f"| {_label(n, rows[n])} | {info.get('params', 'n/a')} | {info['epochs']} | {info['best_epoch']} | "
+                         f"{info['stopped']} | {best['val_loss']:.4f} | {_pct(best.get('val_type2'))} | {info['train_minutes']:.1f} |")
+    return lines
+
+
+def adaptive_curves(result: dict) -> dict[str, dict]:
+    """``{method label: training info with its per-epoch curve}`` of the converged adaptive attackers."""
+    return {_label(n, r): r["attack"]["adaptive"]["train"] for n, r in result["methods"].items()
+            if r["attack"].get("adaptive") and "curve" in r["attack"]["adaptive"].get("train", {})}
 
 
 def _save_fig(fig, path: Path) -> None:
@@ -211,7 +276,8 @@ def write_report(result: dict, pictures: dict[str, np.ndarray], out_dir: str | P
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md", "curve": out / f"{stem}_curve.png",
-             "roc": out / f"{stem}_roc.png", "grid": out / f"{stem}_grid.png"}
+             "roc": out / f"{stem}_roc.png", "grid": out / f"{stem}_grid.png",
+             "adaptive_json": out / f"{stem}_adaptive_curves.json", "adaptive_png": out / f"{stem}_adaptive_curves.png"}
     result = portable(result)
     for key, text in (("json", json.dumps(result, indent=1) + "\n"), ("md", markdown(result))):
         tmp = paths[key].with_name(f".{paths[key].name}.tmp")
@@ -219,6 +285,14 @@ def write_report(result: dict, pictures: dict[str, np.ndarray], out_dir: str | P
         os.replace(tmp, paths[key])
     plot_curve(result, paths["curve"])
     plot_roc(result, paths["roc"])
+    curves = adaptive_curves(result)
+    if curves:
+        from ..training.reconstruction import save_training_curve
+
+        save_training_curve(curves, paths["adaptive_json"], paths["adaptive_png"],
+                            f"{result['recognizer']}: adaptive attackers trained to convergence (held-out attacker identities)")
+    else:
+        paths.pop("adaptive_json"), paths.pop("adaptive_png")
     if pictures:
         plot_grid(pictures, paths["grid"], f"{result['recognizer']}: true face | reconstructions by the attacker")
     else:

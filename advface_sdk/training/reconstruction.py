@@ -122,3 +122,221 @@ def train_decoder(
             break
     model.eval()
     return model, state
+
+
+# ---------------------------------------------------------------------- training to convergence
+@dataclass
+class ConvergenceConfig:
+    """Early stopping on a held-out split of identities.
+
+    ``warmup_epochs`` pixel-only epochs come first (not watched); then pixel + identity epochs run until
+    the validation loss has not improved by ``min_delta`` (relative) for ``patience`` epochs, or
+    ``max_epochs`` in all; the learning rate halves after every epoch without improvement, and the
+    weights of the best validation epoch are kept.
+    """
+
+    max_epochs: int = 30
+    patience: int = 3
+    warmup_epochs: int = 0
+    val_fraction: float = 0.1
+    min_delta: float = 1e-3
+    max_minutes: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_epochs <= 0 or self.patience <= 0 or self.warmup_epochs < 0 or self.warmup_epochs >= self.max_epochs:
+            raise InvalidInputError("max_epochs and patience must be positive and 0 <= warmup_epochs < max_epochs")
+        if not 0 < self.val_fraction < 1 or self.min_delta < 0:
+            raise InvalidInputError("val_fraction must be in (0, 1) and min_delta >= 0")
+
+
+def split_identities(labels, val_fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row indices ``(train, val)``: ``val`` holds whole identities (about ``val_fraction`` of the rows), chosen
+    among identities with at least two images so that every validation face has another image of its person."""
+    labels = torch.as_tensor(labels)
+    ids, counts = torch.unique(labels, return_counts=True)
+    multi = ids[counts >= 2]
+    if len(multi) == 0:
+        raise InvalidInputError("a validation split needs identities with at least two images")
+    order = multi[torch.randperm(len(multi), generator=torch.Generator().manual_seed(seed))]
+    want, chosen, total = val_fraction * len(labels), [], 0
+    for i in order.tolist():
+        if total >= want:
+            break
+        chosen.append(i)
+        total += int((labels == i).sum())
+    is_val = torch.isin(labels, torch.as_tensor(chosen))
+    if is_val.all():
+        raise InvalidInputError("validation split would leave no training rows")
+    return torch.nonzero(~is_val).ravel(), torch.nonzero(is_val).ravel()
+
+
+@dataclass
+class Validator:
+    """What the attacker measures on his held-out faces after every epoch: the loss, and the type II rate —
+    the ``evaluator`` (another recognizer, torch copy) embeds each reconstruction, which succeeds when its
+    cosine to ``partner_embeddings`` (the evaluator's embedding of *another* image of the same person, one
+    row per training face) exceeds ``threshold`` (the evaluator's FAR 1e-3 threshold)."""
+
+    evaluator: torch.nn.Module | None = None
+    partner_embeddings: torch.Tensor | None = None
+    threshold: float | None = None
+
+
+def _decode_all(model: FaceDecoder, inp: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    return torch.cat([model(inp[i:i + batch]) for i in range(0, len(inp), batch)])
+
+
+def train_decoder_converged(
+    train: FaceTrainingSet,
+    recognizer: torch.nn.Module | None,
+    config: DecoderTrainConfig,
+    stop: ConvergenceConfig,
+    inputs: torch.Tensor | None = None,
+    init: FaceDecoder | None = None,
+    validator: Validator | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> tuple[FaceDecoder, dict]:
+    """Fit a :class:`FaceDecoder` until the validation loss stops improving; returns the best model and the curve.
+
+    Like :func:`train_decoder` (same losses, ``inputs`` and ``init``) but with ``stop.val_fraction`` of the
+    identities held out. ``config.epochs`` is ignored (``stop`` decides); the loss watched is
+    ``pixel_weight · L1 + id_weight · (1 − cos)`` on the held-out faces, the identity term through
+    ``recognizer``. The returned dict has ``history`` (per epoch: train and validation losses, validation
+    type II if ``validator`` has an evaluator, learning rate, seconds), ``best_epoch``, ``epochs_run`` and
+    ``stopped`` (``"patience"``, ``"max_epochs"`` or ``"time"``).
+    """
+    device = torch.device(device)
+    torch.manual_seed(config.seed)
+    if inputs is not None and (inputs.ndim != 2 or len(inputs) != len(train)):
+        raise InvalidInputError(f"inputs must have one row per training face ({len(train)}), got shape {tuple(inputs.shape)}")
+    use_id_loss = recognizer is not None and config.id_weight > 0
+    in_dim = train.dim if inputs is None else int(inputs.shape[1])
+    model = FaceDecoder(in_dim, train.size, config.arch, config.width).to(device)
+    if init is not None:
+        own = model.state_dict()
+        model.load_state_dict({**own, **{k: v for k, v in init.state_dict().items() if k in own and own[k].shape == v.shape}})
+    if recognizer is not None:
+        recognizer = recognizer.to(device).eval().requires_grad_(False)
+    images, emb, labels = train.tensors(device)
+    inp_all = emb if inputs is None else torch.as_tensor(inputs, dtype=torch.float32).to(device)
+    tr, va = split_identities(labels.cpu(), stop.val_fraction, config.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.5, 0.999))
+    val = validator or Validator()
+
+    @torch.no_grad()
+    def validate() -> dict:
+        model.eval()
+        rec = _decode_all(model, inp_all[va])
+        out = {"val_pixel": F.l1_loss(rec, images[va]).item()}
+        if recognizer is not None:
+            out["val_identity"] = (1 - identity_similarity(recognizer, rec, emb[va])).mean().item()
+        out["val_loss"] = config.pixel_weight * out["val_pixel"] + (config.id_weight * out.get("val_identity", 0.0) if use_id_loss else 0.0)
+        if val.evaluator is not None and val.partner_embeddings is not None and val.threshold is not None:
+            e = torch.cat([val.evaluator(rec[i:i + 128]) for i in range(0, len(rec), 128)])
+            cos = F.cosine_similarity(e, val.partner_embeddings.to(device)[va], dim=1)
+            out["val_type2"] = float((cos > val.threshold).float().mean())
+        return out
+
+    history = [{"epoch": 0, "phase": "init", **validate()}]
+    best, best_state, best_epoch, since = None, None, 0, 0
+    stopped, start = "max_epochs", time.monotonic()
+    steps = math.ceil(len(tr) / config.batch_size)
+    for epoch in range(stop.max_epochs):
+        t0 = time.monotonic()
+        warm = epoch < stop.warmup_epochs
+        with_id = use_id_loss and not warm
+        perm = tr[torch.randperm(len(tr), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))].to(device)
+        model.train()
+        totals = {"pixel": 0.0, "identity": 0.0}
+        bar = tqdm(range(steps), desc=f"decoder epoch {epoch + 1}/{stop.max_epochs}", disable=not progress, leave=False)
+        for step in bar:
+            idx = perm[step * config.batch_size:(step + 1) * config.batch_size]
+            if len(idx) < 2:  # BatchNorm needs two rows
+                continue
+            rec = model(inp_all[idx])
+            pixel = F.l1_loss(rec, images[idx])
+            loss = config.pixel_weight * pixel
+            if with_id:
+                ident = (1 - identity_similarity(recognizer, rec, emb[idx])).mean()
+                loss = loss + config.id_weight * ident
+                totals["identity"] += ident.item()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            totals["pixel"] += pixel.item()
+        row = {"epoch": epoch + 1, "phase": "pixel" if warm else "pixel+identity" if with_id else "pixel",
+               "train_pixel": totals["pixel"] / steps, **({"train_identity": totals["identity"] / steps} if with_id else {}),
+               **validate(), "lr": opt.param_groups[0]["lr"]}
+        row["seconds"] = round(time.monotonic() - t0, 1)
+        history.append(row)
+        if not warm:
+            if best is None or row["val_loss"] < best * (1 - stop.min_delta):
+                best, best_epoch, since = row["val_loss"], epoch + 1, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                since += 1
+                for g in opt.param_groups:
+                    g["lr"] *= 0.5
+                if since >= stop.patience:
+                    stopped = "patience"
+                    break
+        if stop.max_minutes and (time.monotonic() - start) / 60 > stop.max_minutes:
+            stopped = "time"
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return model, {"history": history, "best_epoch": best_epoch, "epochs_run": len(history) - 1, "stopped": stopped,
+                   "train_faces": int(len(tr)), "val_faces": int(len(va)),
+                   "val_identities": int(len(torch.unique(labels.cpu()[va]))), "config": asdict(config), "stop": asdict(stop),
+                   "params": int(sum(p.numel() for p in model.parameters()))}
+
+
+def save_training_curve(curves: dict[str, dict], json_path: str | Path, png_path: str | Path | None = None,
+                        title: str = "") -> None:
+    """Write ``{name: train_decoder_converged info}`` (or a ``train_attacker`` summary, whose per-epoch rows are
+    under ``curve``) as JSON and, if ``png_path``, a two-panel plot: validation loss and validation type II per
+    epoch, the best epoch marked."""
+    import json
+    import os
+
+    json_path = Path(json_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = json_path.with_name(f".{json_path.name}.tmp")
+    tmp.write_text(json.dumps(curves, indent=1) + "\n")
+    os.replace(tmp, json_path)
+    if png_path is None:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, info in curves.items():
+        h = info["history"] if "history" in info else info["curve"]  # train_decoder_converged's dict or train_attacker's
+        ep = [r["epoch"] for r in h]
+        line, = ax1.plot(ep, [r["val_loss"] for r in h], "-o", ms=3, label=name)
+        if all("val_type2" in r for r in h):
+            ax2.plot(ep, [100 * r["val_type2"] for r in h], "-o", ms=3, color=line.get_color(), label=name)
+        if info.get("best_epoch"):
+            b = next(r for r in h if r["epoch"] == info["best_epoch"])
+            ax1.plot([b["epoch"]], [b["val_loss"]], "*", ms=11, color=line.get_color())
+            if "val_type2" in b:
+                ax2.plot([b["epoch"]], [100 * b["val_type2"]], "*", ms=11, color=line.get_color())
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("validation loss (L1 + 1 − cos)")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("validation type II (%)")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    ax1.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    png_path = Path(png_path)
+    tmp = png_path.with_name(f".{png_path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, png_path)
+    plt.close(fig)
