@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import click
-import numpy as np
 import torch
 
 
@@ -28,7 +27,7 @@ import torch
 @click.option("--patience", default=2, show_default=True)
 def main(recognizer, cache_dir, out, adaptive_max_epochs, patience) -> None:
     from advface_sdk.evaluation import attacks
-    from advface_sdk.evaluation.attacks import AttackerConfig, decoder_inputs, train_attacker
+    from advface_sdk.evaluation.attacks import AttackerConfig, train_attacker
     from advface_sdk.evaluation.harness import Benchmark, BenchmarkConfig
     from advface_sdk.evaluation.privacy import pick_victims
 
