@@ -226,7 +226,7 @@ def run(args, report) -> dict:
                         name = f"{label}(nprobe={nprobe})" if nprobe else label
                         row = {"distractors": size, "templates": len(g), "mode": mode, "protected": mode != "raw",
                                "backend": name, "build_s": protect_s + seconds, "build_cpu_s": protect_cpu + cpu,
-                               "protect_s": protect_s, "bytes_per_template": bytes_per_template(g), "store_info": g.store.info(),
+                               "protect_s": protect_s, "bytes_per_template": bytes_per_template(g), "store_info": portable(g.store.info(), work),
                                **perf, **metrics(found, scores, p["probe_mates"])}
                         if label == "faiss-flat":
                             exact = found
@@ -353,6 +353,12 @@ def to_markdown(result: dict, name: str = NAME) -> str:
     return "\n".join(lines)
 
 
+def portable(info: dict, work: Path) -> dict:
+    """Store info with paths inside the scratch folder written relative to it (results name no machine paths)."""
+    return {k: f"<scratch>/{Path(v).relative_to(work)}" if isinstance(v, str) and v.startswith(f"{work}/") else v
+            for k, v in info.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000], help="distractor counts")
@@ -373,7 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     import pymilvus
 
     start = time.perf_counter()
-    command = shlex.join(["python", "benchmarks/gallery_1n.py", *(sys.argv[1:] if argv is None else argv)])
+    shown = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+    shown = ["<scratch>" if i and shown[i - 1] == "--work" else a for i, a in enumerate(shown)]  # no machine paths
+    command = shlex.join(["python", "benchmarks/gallery_1n.py", *shown])
     args.out.mkdir(parents=True, exist_ok=True)
 
     def report(partial: dict) -> None:
