@@ -16,7 +16,7 @@ from facecore.errors import InvalidInputError
 from facecore.training.checkpoints import load_checkpoint, save_checkpoint
 from facecore.training.distributed import DistContext, wrap_ddp
 from facecore.training.face_pack import FaceTrainingSet
-from facecore.training.loop import EpochTail
+from facecore.training.loop import EpochTail, TimeBudget
 
 from ..models.decoders import FaceDecoder
 
@@ -44,6 +44,33 @@ def identity_similarity(recognizer: torch.nn.Module, images: torch.Tensor, targe
     return F.cosine_similarity(recognizer(images), target, dim=1)
 
 
+def _new_decoder(train: FaceTrainingSet, config: DecoderTrainConfig, inputs: torch.Tensor | None,
+                 init: FaceDecoder | None, device: torch.device) -> FaceDecoder:
+    """A fresh decoder for ``train`` (input width from ``inputs`` when given), warm-started from ``init``'s tensors
+    of matching shape (so a new input width only re-initialises the first layer)."""
+    torch.manual_seed(config.seed)
+    if inputs is not None and (inputs.ndim != 2 or len(inputs) != len(train)):
+        raise InvalidInputError(f"inputs must have one row per training face ({len(train)}), got shape {tuple(inputs.shape)}")
+    in_dim = train.dim if inputs is None else int(inputs.shape[1])
+    model = FaceDecoder(in_dim, train.size, config.arch, config.width).to(device)
+    if init is not None:
+        own = model.state_dict()
+        model.load_state_dict({**own, **{k: v for k, v in init.state_dict().items() if k in own and own[k].shape == v.shape}})
+    return model
+
+
+def _decoder_loss(net: torch.nn.Module, inp: torch.Tensor, images: torch.Tensor, emb: torch.Tensor,
+                  recognizer: torch.nn.Module | None, config: DecoderTrainConfig):
+    """``(loss, pixel, identity)`` of one batch: weighted L1, plus ``1 − cos`` through ``recognizer`` when given."""
+    rec = net(inp)
+    pixel = F.l1_loss(rec, images)
+    loss, ident = config.pixel_weight * pixel, None
+    if recognizer is not None:
+        ident = (1 - identity_similarity(recognizer, rec, emb)).mean()
+        loss = loss + config.id_weight * ident
+    return loss, pixel, ident
+
+
 def train_decoder(
     train: FaceTrainingSet,
     recognizer: torch.nn.Module | None,
@@ -68,14 +95,7 @@ def train_decoder(
     (every tensor of matching shape, so a new input width only re-initialises the first layer).
     """
     ctx = ctx or DistContext()
-    torch.manual_seed(config.seed)
-    if inputs is not None and (inputs.ndim != 2 or len(inputs) != len(train)):
-        raise InvalidInputError(f"inputs must have one row per training face ({len(train)}), got shape {tuple(inputs.shape)}")
-    in_dim = train.dim if inputs is None else int(inputs.shape[1])
-    model = FaceDecoder(in_dim, train.size, config.arch, config.width).to(ctx.device)
-    if init is not None:
-        own = model.state_dict()
-        model.load_state_dict({**own, **{k: v for k, v in init.state_dict().items() if k in own and own[k].shape == v.shape}})
+    model = _new_decoder(train, config, inputs, init, ctx.device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.5, 0.999))
     state = {"epoch": 0, "history": []}
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
@@ -104,12 +124,8 @@ def train_decoder(
             idx = perm[step * config.batch_size:(step + 1) * config.batch_size].to(ctx.device)
             z, x = emb[idx], images[idx]
             inp = inputs[idx] if inputs is not None else transform(z) if transform is not None else z
-            rec = net(inp)
-            pixel = F.l1_loss(rec, x)
-            loss = config.pixel_weight * pixel
-            if use_id:
-                ident = (1 - identity_similarity(recognizer, rec, z)).mean()
-                loss = loss + config.id_weight * ident
+            loss, pixel, ident = _decoder_loss(net, inp, x, z, recognizer if use_id else None, config)
+            if ident is not None:
                 totals["identity"] += ident.item()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -208,15 +224,8 @@ def train_decoder_converged(
     ``stopped`` (``"patience"``, ``"max_epochs"`` or ``"time"``).
     """
     device = torch.device(device)
-    torch.manual_seed(config.seed)
-    if inputs is not None and (inputs.ndim != 2 or len(inputs) != len(train)):
-        raise InvalidInputError(f"inputs must have one row per training face ({len(train)}), got shape {tuple(inputs.shape)}")
     use_id_loss = recognizer is not None and config.id_weight > 0
-    in_dim = train.dim if inputs is None else int(inputs.shape[1])
-    model = FaceDecoder(in_dim, train.size, config.arch, config.width).to(device)
-    if init is not None:
-        own = model.state_dict()
-        model.load_state_dict({**own, **{k: v for k, v in init.state_dict().items() if k in own and own[k].shape == v.shape}})
+    model = _new_decoder(train, config, inputs, init, device)
     if recognizer is not None:
         recognizer = recognizer.to(device).eval().requires_grad_(False)
     images, emb, labels = train.tensors(device)
@@ -241,7 +250,7 @@ def train_decoder_converged(
 
     history = [{"epoch": 0, "phase": "init", **validate()}]
     best, best_state, best_epoch, since = None, None, 0, 0
-    stopped, start = "max_epochs", time.monotonic()
+    stopped, budget = "max_epochs", TimeBudget(DistContext(), stop.max_minutes)
     steps = math.ceil(len(tr) / config.batch_size)
     for epoch in range(stop.max_epochs):
         t0 = time.monotonic()
@@ -255,12 +264,8 @@ def train_decoder_converged(
             idx = perm[step * config.batch_size:(step + 1) * config.batch_size]
             if len(idx) < 2:  # BatchNorm needs two rows
                 continue
-            rec = model(inp_all[idx])
-            pixel = F.l1_loss(rec, images[idx])
-            loss = config.pixel_weight * pixel
-            if with_id:
-                ident = (1 - identity_similarity(recognizer, rec, emb[idx])).mean()
-                loss = loss + config.id_weight * ident
+            loss, pixel, ident = _decoder_loss(model, inp_all[idx], images[idx], emb[idx], recognizer if with_id else None, config)
+            if ident is not None:
                 totals["identity"] += ident.item()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -282,7 +287,7 @@ def train_decoder_converged(
                 if since >= stop.patience:
                     stopped = "patience"
                     break
-        if stop.max_minutes and (time.monotonic() - start) / 60 > stop.max_minutes:
+        if budget.exceeded():
             stopped = "time"
             break
     if best_state is not None:
