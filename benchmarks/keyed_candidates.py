@@ -23,11 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from advface_sdk.evaluation.attacks import align_without_pairs, known_plaintext_maps, rank1
+from facecore.embeddings import l2_normalize
 from facecore.metrics import kfold_accuracy
 
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def candidates(dim: int, seed: int = 7) -> dict:
@@ -35,17 +33,17 @@ def candidates(dim: int, seed: int = 7) -> dict:
     rng = np.random.default_rng(seed)
     q, r = np.linalg.qr(rng.standard_normal((dim, dim)))
     rot = q * np.sign(np.diag(r))
-    out = {"advface (no key)": lambda x: x, "rotation": lambda x: _unit(x) @ rot.T}
+    out = {"advface (no key)": lambda x: x, "rotation": lambda x: l2_normalize(x) @ rot.T}
     for m in (dim, 4 * dim):
         w = rng.standard_normal((m, dim))
-        out[f"tanh features m={m}"] = (lambda w: lambda x: np.tanh(_unit(x) @ w.T))(w)
-        out[f"relu features m={m}"] = (lambda w: lambda x: np.maximum(_unit(x) @ w.T, 0))(w)
+        out[f"tanh features m={m}"] = (lambda w: lambda x: np.tanh(l2_normalize(x) @ w.T))(w)
+        out[f"relu features m={m}"] = (lambda w: lambda x: np.maximum(l2_normalize(x) @ w.T, 0))(w)
     return out
 
 
 def known_plaintext(pairs_z: np.ndarray, pairs_t: np.ndarray, stolen: np.ndarray, cand: np.ndarray) -> float:
     """Best rank-1 over the linear maps fitted on the thief's own pairs."""
-    return max(rank1((_unit(stolen) if name == "procrustes" else stolen) @ m, cand)
+    return max(rank1((l2_normalize(stolen) if name == "procrustes" else stolen) @ m, cand)
                for name, m in known_plaintext_maps(pairs_z, pairs_t).items())
 
 
@@ -78,7 +76,7 @@ def main() -> None:
         base = None
         for name, phi in candidates(z.shape[1]).items():
             stored, probe = phi(gz[d["left"]]), phi(z[d["right"]])
-            scores = np.sum(_unit(stored) * _unit(probe), axis=1)
+            scores = np.sum(l2_normalize(stored) * l2_normalize(probe), axis=1)
             acc = kfold_accuracy(scores, d["issame"], d["folds"]).accuracy
             stolen, cand = phi(gz[d["v_enrolled"]]), z[d["v_probe"]]
             row = {"accuracy": round(100 * acc, 2), "dim_out": int(stolen.shape[1]),
@@ -92,7 +90,7 @@ def main() -> None:
             row["delta_vs_advface"] = round(row["accuracy"] - base, 2)
             results.setdefault(rec, {})[name] = row
             print(rec, name, row, flush=True)
-        raw = kfold_accuracy(np.sum(_unit(z[d["left"]]) * _unit(z[d["right"]]), 1), d["issame"], d["folds"]).accuracy
+        raw = kfold_accuracy(np.sum(l2_normalize(z[d["left"]]) * l2_normalize(z[d["right"]]), 1), d["issame"], d["folds"]).accuracy
         results[rec]["raw accuracy"] = round(100 * raw, 2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from facecore.embeddings import l2_normalize
 from facecore.errors import InvalidInputError
 from facecore.metrics import tar_at_far
 from facecore.training.distributed import DistContext
@@ -186,9 +187,6 @@ def reidentification(scores: np.ndarray, stolen_labels: np.ndarray, candidate_la
 
 
 # ---------------------------------------------------------------------- attacks without the key
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
 
 def procrustes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Orthogonal (or semi-orthogonal, for other widths) ``W`` minimising ``‖a W − b‖``."""
@@ -198,7 +196,7 @@ def procrustes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def rank1(mapped: np.ndarray, candidates: np.ndarray) -> float:
     """Share of rows ``i`` of ``mapped`` whose cosine-nearest candidate is row ``i`` (same person)."""
-    return float(np.mean(np.argmax(_unit(mapped) @ _unit(candidates).T, axis=1) == np.arange(len(candidates))))
+    return float(np.mean(np.argmax(l2_normalize(mapped) @ l2_normalize(candidates).T, axis=1) == np.arange(len(candidates))))
 
 
 def align_without_pairs(templates: np.ndarray, clean: np.ndarray, top: int = 64, iters: int = 30) -> np.ndarray:
@@ -208,11 +206,11 @@ def align_without_pairs(templates: np.ndarray, clean: np.ndarray, top: int = 64,
     within its own set (invariant to any rotation of that set), then orthogonal Procrustes refined on
     mutual nearest neighbours. Returns the templates mapped (unit rows, the width of ``clean``).
     """
-    x, y = _unit(templates - templates.mean(0)), _unit(clean - clean.mean(0))
+    x, y = l2_normalize(templates - templates.mean(0)), l2_normalize(clean - clean.mean(0))
 
     def profile(z):
         s = np.sort(z @ z.T, axis=1)[:, ::-1][:, 1:top + 1]
-        return _unit(s - s.mean(1, keepdims=True))
+        return l2_normalize(s - s.mean(1, keepdims=True))
 
     sim, w = profile(x) @ profile(y).T, None
     for _ in range(iters):
@@ -222,14 +220,14 @@ def align_without_pairs(templates: np.ndarray, clean: np.ndarray, top: int = 64,
             break
         w = procrustes(x[mutual], y[fwd[mutual]])
         sim = (x @ w) @ y.T
-    return _unit(x @ w) if w is not None else _unit(x[:, :y.shape[1]])
+    return l2_normalize(x @ w) if w is not None else l2_normalize(x[:, :y.shape[1]])
 
 
 def known_plaintext_maps(pairs_clean: np.ndarray, pairs_stored: np.ndarray) -> dict[str, np.ndarray]:
     """(d) Linear maps stored template → clean embedding fitted on the thief's own (clean, stored) pairs:
     ridge least squares, and orthogonal Procrustes where the widths allow."""
-    a, b = pairs_stored.astype(np.float64), _unit(pairs_clean.astype(np.float64))
+    a, b = pairs_stored.astype(np.float64), l2_normalize(pairs_clean.astype(np.float64))
     maps = {"least squares": np.linalg.solve(a.T @ a + 1e-2 * len(a) * np.eye(a.shape[1]), a.T @ b)}
     if a.shape[1] >= b.shape[1]:
-        maps["procrustes"] = procrustes(_unit(a), b)
+        maps["procrustes"] = procrustes(l2_normalize(a), b)
     return maps

@@ -29,25 +29,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from facecore.embeddings import l2_normalize
 from facecore.errors import InvalidInputError
+from facecore.metrics import cosine_scores
 
-#: the shipped VIGFace pipeline whose face autoencoder is the prior
-DEFAULT_PRIOR = Path(__file__).resolve().parents[2] / "vigface_sdk" / "defaults" / "vigface64" / "autoencoder"
 
 
 def load_face_prior(path: str | Path | None = None):
     """The VIGFace :class:`~vigface_sdk.models.autoencoder.FaceAutoencoder` (checksums verified)."""
     from vigface_sdk.models.autoencoder import FaceAutoencoder
+    from vigface_sdk.pipelines.pipeline import DEFAULT_PIPELINE
 
-    return FaceAutoencoder.from_pretrained(Path(path) if path else DEFAULT_PRIOR).eval().requires_grad_(False)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return FaceAutoencoder.from_pretrained(Path(path) if path else DEFAULT_PIPELINE / "autoencoder").eval().requires_grad_(False)
 
 
-def _mean_cos(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean(np.sum(_unit(a) * _unit(b), axis=1)))
+
+def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(cosine_scores(a, b).mean())
 
 
 class _Mlp(nn.Module):
@@ -64,7 +62,7 @@ def _fit_mlp(x: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, seed:
     torch.manual_seed(seed)
     mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-6
     xt = torch.from_numpy(((x - mu) / sd).astype(np.float32))
-    yt = torch.from_numpy(_unit(y).astype(np.float32))
+    yt = torch.from_numpy(l2_normalize(y).astype(np.float32))
     net = _Mlp(x.shape[1], y.shape[1])
     opt = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=1e-2)
     best, best_state, best_epoch, since = -2.0, None, 0, 0
@@ -124,14 +122,14 @@ class FacePriorAttacker:
             raise InvalidInputError(f"the prior takes {ae.cond_dim}-d prototypes and {ae.image_size} px faces, got "
                                     f"{y.shape[1]}-d and {images.shape[1]} px")
         tr, va = (t.numpy() for t in split_identities(labels, val_fraction, seed))
-        yu = _unit(y)
+        yu = l2_normalize(y)
         # ridge on centred rows, regularisation chosen on the held-out identities
         mx, my = x[tr].mean(0), yu[tr].mean(0)
         a, b = x[tr] - mx, yu[tr] - my
         best_ridge = None
         for lam in (1e-3, 1e-2, 1e-1, 1.0, 10.0):
             w = np.linalg.solve(a.T @ a + lam * len(a) * np.eye(a.shape[1]) * np.mean(a * a), a.T @ b)
-            cos = _mean_cos((x[va] - mx) @ w + my, yu[va])
+            cos = mean_cosine((x[va] - mx) @ w + my, yu[va])
             if best_ridge is None or cos > best_ridge[0]:
                 best_ridge = (cos, lam, w)
         net, mlp_cos, mlp_epochs = _fit_mlp(x, yu, tr, va, seed)
@@ -156,7 +154,7 @@ class FacePriorAttacker:
         else:
             mx, w, my = self.ridge
             out = (x - mx) @ w + my
-        return _unit(out)
+        return l2_normalize(out)
 
     @torch.no_grad()
     def reconstruct(self, templates: np.ndarray, batch: int = 128) -> np.ndarray:
