@@ -9,12 +9,21 @@ templates in a space no public decoder or recognizer was trained on.
 The key file is JSON (``format``, ``secret``, ``protector``, ``key_id``), written with mode 0600 and
 never over an existing file; ``key_id`` (16 hex digits) is a fingerprint of the secret and the bound
 protector, so a truncated, edited or foreign file is refused on load.
+
+Per-user salts (1:1 verification against a claimed identity): each user holds a random 16-byte salt
+(:func:`new_salt`, on a card or in an app, never stored with the templates). The user's template is
+``Q_u · R · advface(z)`` and their probe ``Q_u · R · z``, where ``Q_u`` is a Haar rotation seeded by
+HMAC-SHA256(key secret, salt): neither the key nor the salt alone gives ``Q_u``, cosines are unchanged,
+and a thief holding the store and the key but not a user's salt faces a uniformly random rotation for
+that user. Salts are per request, so they stay outside exported ONNX graphs: apply ``Q_u`` (or
+:meth:`DeploymentKey.salted_rotation`, ``Q_u · R``, to the unkeyed graph's output) after the graph.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import os
 import stat
@@ -24,10 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-from facecore.errors import DeploymentKeyError, KeyMismatchError
+from facecore.errors import DeploymentKeyError, InvalidInputError, KeyMismatchError
 
 KEY_FORMAT = "advface-deployment-key/1"
 SECRET_BYTES = 32
+SALT_BYTES = 16
 MAX_KEY_FILE = 4096
 
 
@@ -35,14 +45,51 @@ def _key_id(secret: bytes, protector_id: str) -> str:
     return hashlib.sha256(KEY_FORMAT.encode() + b"\0" + secret + protector_id.encode()).hexdigest()[:16]
 
 
-@lru_cache(maxsize=16)
-def _rotation(secret: bytes, dim: int) -> np.ndarray:
-    seed = int.from_bytes(hashlib.sha256(b"advface-rotation\0" + secret + dim.to_bytes(4, "big")).digest(), "big")
-    g = np.random.default_rng(seed).standard_normal((dim, dim))
+def _haar(seed: bytes, dim: int) -> np.ndarray:
+    g = np.random.default_rng(int.from_bytes(seed, "big")).standard_normal((dim, dim))
     q, r = np.linalg.qr(g)
     q *= np.sign(np.diag(r))  # Haar-distributed
+    return q
+
+
+@lru_cache(maxsize=16)
+def _rotation(secret: bytes, dim: int) -> np.ndarray:
+    q = _haar(hashlib.sha256(b"advface-rotation\0" + secret + dim.to_bytes(4, "big")).digest(), dim)
     q.setflags(write=False)
     return q
+
+
+@lru_cache(maxsize=64)
+def _salted_rotation(secret: bytes, salt: bytes, dim: int) -> np.ndarray:
+    """``Q_u · R`` (float64, read-only), ``Q_u`` seeded by HMAC-SHA256(secret, salt)."""
+    seed = hmac.new(secret, b"advface-user-rotation\0" + salt + dim.to_bytes(4, "big"), hashlib.sha256).digest()
+    m = _haar(seed, dim) @ _rotation(secret, dim)
+    m.setflags(write=False)
+    return m
+
+
+def new_salt() -> bytes:
+    """A fresh random user salt (16 bytes from ``os.urandom``); ``.hex()`` is its text form."""
+    return os.urandom(SALT_BYTES)
+
+
+def as_salt(salt: "bytes | str") -> bytes:
+    """A salt from its 16 bytes or its 32-hex-digit text form; :class:`InvalidInputError` otherwise."""
+    if isinstance(salt, str):
+        text = salt.strip()
+        try:
+            salt = bytes.fromhex(text)
+        except ValueError:
+            raise InvalidInputError(f"a salt in text form is {2 * SALT_BYTES} hex digits (advface-cli salt), "
+                                    f"got {len(text)} characters that are not all hex") from None
+    elif isinstance(salt, (bytearray, memoryview)):
+        salt = bytes(salt)
+    elif not isinstance(salt, bytes):
+        raise InvalidInputError(f"a salt is {SALT_BYTES} bytes or {2 * SALT_BYTES} hex digits, got {type(salt).__name__}")
+    if len(salt) != SALT_BYTES:
+        raise InvalidInputError(f"a salt is {SALT_BYTES} bytes ({2 * SALT_BYTES} hex digits), got {len(salt)} bytes: "
+                                "pass the user's salt exactly as advface_sdk.keys.new_salt() / advface-cli salt made it")
+    return bytes(salt)
 
 
 @dataclass(frozen=True, repr=False)
@@ -72,6 +119,10 @@ class DeploymentKey:
     def rotation(self, dim: int) -> np.ndarray:
         """The secret ``(dim, dim)`` orthogonal matrix (float64, read-only); keyed vectors are ``R @ v``."""
         return _rotation(self.secret, int(dim))
+
+    def salted_rotation(self, salt: "bytes | str", dim: int) -> np.ndarray:
+        """The user rotation ``Q_u · R`` for ``salt`` (float64, read-only); salted vectors are ``(Q_u R) @ v``."""
+        return _salted_rotation(self.secret, as_salt(salt), int(dim))
 
     def check_protector(self, protector_id: str, where: str = "") -> None:
         if protector_id != self.protector_id:

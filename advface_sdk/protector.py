@@ -9,17 +9,19 @@ from pathlib import Path
 
 import numpy as np
 
-from facecore.errors import DataError, InvalidInputError, KeyMismatchError, NonFiniteError
+from facecore.errors import DataError, DeploymentKeyError, InvalidInputError, KeyMismatchError, NonFiniteError
 
 from .artifact import ProtectorArtifact, load_artifact
 from .backends import create_backend, resolve_backend
-from .keys import DeploymentKey, as_key
+from .keys import DeploymentKey, as_key, as_salt
 
 DEFAULT_MODEL = "fr128"
 _FLOATS = ("float16", "float32", "float64")
 _NP_FLOATS = {np.dtype(name): name for name in _FLOATS}  # dtype.name costs ~2 µs a call; a dict lookup ~0.1 µs
 #: largest batch protected at once on the host: extra memory is bounded by this many rows whatever the input size
 DEFAULT_BATCH = 65536
+#: per-user salts of a call: the distinct salts and, per row, the index of its salt (``None``: one salt for all rows)
+SaltPlan = tuple[list[bytes], "np.ndarray | None"]
 
 
 def _is_torch(x) -> bool:
@@ -45,7 +47,9 @@ class Protector:
 
     ``key`` (a key file from ``advface-cli keygen`` or a :class:`~advface_sdk.keys.DeploymentKey`)
     turns on the keyed mode: templates are rotated by the key's secret rotation, and probes must go
-    through :meth:`prepare_probe` before cosine matching. ``key=None`` is plain AdvFace.
+    through :meth:`prepare_probe` before cosine matching. ``key=None`` is plain AdvFace. With a key,
+    ``salts=`` of :meth:`protect` / :meth:`prepare_probe` adds each user's secret rotation ``Q_u``
+    (see :mod:`advface_sdk.keys`): a user's template and probe must be made with the same salt.
     """
 
     def __init__(self, model: str | Path | ProtectorArtifact = DEFAULT_MODEL, backend: str = "auto", device: str = "cpu",
@@ -138,37 +142,89 @@ class Protector:
             raise InvalidInputError(f"zero embeddings cannot be protected (rows {(zero[:5] + offset).tolist()}); "
                                     "check the recognizer output")
 
-    def __call__(self, embeddings):
-        return self.protect(embeddings)
+    def __call__(self, embeddings, salts=None):
+        return self.protect(embeddings, salts)
 
-    def protect(self, embeddings):
-        """Protected embeddings of the same kind (numpy / torch), device, shape and dtype."""
+    def protect(self, embeddings, salts=None):
+        """Protected embeddings of the same kind (numpy / torch), device, shape and dtype.
+
+        ``salts`` (keyed mode only): one user salt (16 bytes or 32 hex digits) for every row, or a
+        sequence of one salt per row; ``None`` is the deployment-wide keyed (or plain) protection.
+        """
         if _is_torch(embeddings):
-            return self._protect_torch(embeddings)
-        return self._map_numpy(embeddings, self._protect_rows)
+            return self._protect_torch(embeddings, salts)
+        return self._map_numpy(embeddings, self._protect_rows, salts)
 
-    def prepare_probe(self, embeddings):
+    def prepare_probe(self, embeddings, salts=None):
         """Clean probe embeddings mapped into the key's space: match them by cosine against stored templates.
 
         Same kind, shape and dtype as the input; without a key the probes are returned unchanged (a copy).
+        ``salts``: the claimed user's salt(s), as for :meth:`protect`.
         """
         if _is_torch(embeddings):
             import torch
 
             self._check(embeddings, str(embeddings.dtype).replace("torch.", ""), tuple(embeddings.shape))
-            out = self._map_numpy(embeddings.detach().cpu().numpy(), self._probe_rows)
+            out = self._map_numpy(embeddings.detach().cpu().numpy(), self._probe_rows, salts)
             return torch.from_numpy(out).to(embeddings.device)
-        return self._map_numpy(embeddings, self._probe_rows)
+        return self._map_numpy(embeddings, self._probe_rows, salts)
 
-    def _map_numpy(self, embeddings, rows_fn):
+    def _salt_plan(self, salts, rows: int | None = None) -> SaltPlan | None:
+        """Checked ``salts`` for ``rows`` rows (``None``: a single salt only); ``None`` when ``salts`` is ``None``."""
+        if salts is None:
+            return None
+        if self.key is None:
+            raise DeploymentKeyError("salts need a deployment key: make the protector with key=KEYFILE "
+                                     "(advface-cli keygen), e.g. Protector(model, key='deploy.key')")
+        if isinstance(salts, (bytes, bytearray, memoryview, str)):
+            return [as_salt(salts)], None
+        if rows is None:
+            raise InvalidInputError(f"pass a single salt (16 bytes or 32 hex digits), got {type(salts).__name__}")
+        try:
+            parsed = [as_salt(s) for s in salts]
+        except TypeError:
+            raise InvalidInputError(f"salts must be one salt or a sequence of salts, got {type(salts).__name__}") from None
+        if len(parsed) != rows:
+            raise InvalidInputError(f"got {len(parsed)} salts for {rows} embeddings: pass one salt per row, "
+                                    "or a single salt for all rows")
+        distinct = list(dict.fromkeys(parsed))
+        index = {s: i for i, s in enumerate(distinct)}
+        return distinct, np.fromiter((index[s] for s in parsed), np.intp, rows)
+
+    def _map_numpy(self, embeddings, rows_fn, salts=None):
         if not isinstance(embeddings, np.ndarray):
             raise InvalidInputError(f"embeddings must be a numpy array or torch tensor, got {type(embeddings).__name__}")
         self._check(embeddings, _NP_FLOATS.get(embeddings.dtype) or embeddings.dtype.name, embeddings.shape)
         flat = embeddings.reshape(-1, self.dim)
+        plan = self._salt_plan(salts, len(flat))
         out = np.empty(flat.shape, embeddings.dtype)
         for start in range(0, len(flat), self.batch_size):
-            out[start:start + self.batch_size] = rows_fn(flat[start:start + self.batch_size], start)
+            out[start:start + self.batch_size] = rows_fn(flat[start:start + self.batch_size], start, plan)
         return out.reshape(embeddings.shape)
+
+    def _salted(self, y, plan: SaltPlan, offset: int):
+        """Rows ``y`` (numpy or torch; rows ``offset``... of the call) times their user's ``(Q_u R)ᵀ``."""
+        if _is_torch(y):
+            import torch
+
+            def to_y(a: np.ndarray):
+                return torch.from_numpy(a).to(y.device)
+        else:
+            def to_y(a: np.ndarray):
+                return a
+        distinct, index = plan
+
+        def rot(k: int):
+            return to_y(np.ascontiguousarray(self.key.salted_rotation(distinct[k], self.dim).T, np.float32))
+
+        if index is None:
+            return y @ rot(0)
+        sel = index[offset:offset + len(y)]
+        out = y.new_empty(y.shape) if _is_torch(y) else np.empty_like(y)
+        for k in np.unique(sel):
+            rows = to_y(np.flatnonzero(sel == k))
+            out[rows] = y[rows] @ rot(int(k))
+        return out
 
     @staticmethod
     def _unit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -178,19 +234,21 @@ class Protector:
         norm = np.sqrt(((x64 / scale) ** 2).sum(axis=1, keepdims=True)) * scale
         return (x64 / norm).astype(np.float32), norm
 
-    def _probe_rows(self, x: np.ndarray, offset: int = 0) -> np.ndarray:
+    def _probe_rows(self, x: np.ndarray, offset: int = 0, plan: SaltPlan | None = None) -> np.ndarray:
         self._check_values(x, offset)
         if self._rot_t is None:
             return x.copy()
         unit, norm = self._unit(x)
-        return self._rescale(unit @ self._rot_t, norm, x.dtype, offset)
+        return self._rescale(unit @ self._rot_t if plan is None else self._salted(unit, plan, offset), norm, x.dtype, offset)
 
-    def _protect_rows(self, x: np.ndarray, offset: int = 0) -> np.ndarray:
+    def _protect_rows(self, x: np.ndarray, offset: int = 0, plan: SaltPlan | None = None) -> np.ndarray:
         """One batch: checked, run on unit vectors (no overflow), rescaled in float64, cast back; never non-finite."""
         self._check_values(x, offset)
         unit, norm = self._unit(x)
         y = self._backend(self._host_backend, self.device).run(unit)
-        if self._rot_t is not None:
+        if plan is not None:
+            y = self._salted(y, plan, offset)
+        elif self._rot_t is not None:
             y = y @ self._rot_t
         return self._rescale(y, norm, x.dtype, offset)
 
@@ -231,13 +289,14 @@ class Protector:
                                    "templates and probes of different keys never match")
         return emb
 
-    def _protect_torch(self, t):
+    def _protect_torch(self, t, salts=None):
         import torch
 
         if t.layout != torch.strided or t.device.type == "meta":
             raise InvalidInputError(f"embeddings must be a dense tensor with data (got layout {t.layout}, device "
                                     f"{t.device.type}); call .to_dense() or materialise it first")
         self._check(t, str(t.dtype).replace("torch.", ""), tuple(t.shape))
+        plan = self._salt_plan(salts, int(np.prod(t.shape[:-1], dtype=np.int64)))
         name = self.backend_name
         if name == "auto":
             name = "torch" if t.is_cuda else self._host_backend
@@ -245,7 +304,7 @@ class Protector:
         backend = self._backend(name, device)
         flat = t.detach().reshape(-1, self.dim)
         if not (hasattr(backend, "run_torch") and (t.is_cuda or name == "torch")):
-            return torch.from_numpy(self.protect(flat.cpu().numpy())).to(t.device).reshape(t.shape)
+            return torch.from_numpy(self.protect(flat.cpu().numpy(), salts)).to(t.device).reshape(t.shape)
         out = torch.empty_like(flat)
         for start in range(0, len(flat), self.batch_size):
             x = flat[start:start + self.batch_size].to(torch.float64)
@@ -254,7 +313,9 @@ class Protector:
             scale = x.abs().amax(dim=1, keepdim=True)
             norm = torch.sqrt(((x / scale) ** 2).sum(dim=1, keepdim=True)) * scale
             y = backend.run_torch((x / norm).to(torch.float32))
-            if self._rot_t is not None:
+            if plan is not None:
+                y = self._salted(y, plan, start)
+            elif self._rot_t is not None:
                 y = y @ torch.from_numpy(self._rot_t).to(y.device)
             y = y.to(torch.float64) * norm
             out[start:start + self.batch_size] = y.to(t.dtype)
@@ -286,13 +347,14 @@ def _cached(model, backend: str, device: str, key) -> Protector:
 
 
 def protect(embeddings, model: str | Path | Protector = DEFAULT_MODEL, backend: str = "auto", device: str = "cpu",
-            key: str | Path | DeploymentKey | None = None):
+            key: str | Path | DeploymentKey | None = None, salts=None):
     """Protect embeddings with a (cached, built once even under concurrent first calls) :class:`Protector`;
-    ``key``: a deployment key file or :class:`~advface_sdk.keys.DeploymentKey` (keyed mode)."""
-    return _cached(model, backend, device, key).protect(embeddings)
+    ``key``: a deployment key file or :class:`~advface_sdk.keys.DeploymentKey` (keyed mode); ``salts``: per-user
+    salts (see :meth:`Protector.protect`)."""
+    return _cached(model, backend, device, key).protect(embeddings, salts)
 
 
 def prepare_probe(embeddings, model: str | Path | Protector = DEFAULT_MODEL, key: str | Path | DeploymentKey | None = None,
-                  backend: str = "auto", device: str = "cpu"):
-    """Clean probes mapped into ``key``'s space (see :meth:`Protector.prepare_probe`)."""
-    return _cached(model, backend, device, key).prepare_probe(embeddings)
+                  backend: str = "auto", device: str = "cpu", salts=None):
+    """Clean probes mapped into ``key``'s space, with the claimed user's ``salts`` (see :meth:`Protector.prepare_probe`)."""
+    return _cached(model, backend, device, key).prepare_probe(embeddings, salts)
