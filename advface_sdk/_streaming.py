@@ -105,14 +105,19 @@ META = ("kind", "protector_id", "key_id")
 
 
 def stream_protect(protector, src: Path, dst: Path, key: str = "embeddings", chunk: int = 65536,
-                   kind: str = "templates") -> int:
+                   kind: str = "templates", salt: bytes | str | None = None) -> int:
     """Protect ``src`` into ``dst`` (same format as ``dst``'s suffix) chunk by chunk; atomic on success.
 
-    ``kind="probes"`` prepares clean probes for a keyed store instead (:meth:`Protector.prepare_probe`).
+    ``kind="probes"`` prepares clean probes for a keyed store instead (:meth:`Protector.prepare_probe`);
+    ``salt``: one user's salt for every row (keyed protectors only; see :mod:`advface_sdk.keys`).
     """
     if kind not in ("templates", "probes"):
         raise InvalidInputError(f"kind must be 'templates' or 'probes', got {kind!r}")
-    rows_fn = protector._protect_rows if kind == "templates" else protector._probe_rows
+    plan = protector._salt_plan(salt)
+    method = protector._protect_rows if kind == "templates" else protector._probe_rows
+
+    def rows_fn(x: np.ndarray, start: int) -> np.ndarray:
+        return method(x, start, plan)
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise DataError(f"input file not found: {src}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -220,16 +221,23 @@ def _deployment_key_option(func):
 
 
 def _stream(src: Path, dst: Path, model: str, key: str, backend: str, device: str, chunk: int, trust, require_signature: bool,
-            deployment_key, kind: str) -> None:
+            deployment_key, kind: str, salt: str | None) -> None:
+    from facecore.errors import DeploymentKeyError
+
     from ._streaming import stream_protect
     from .protector import Protector
 
+    if salt is not None and deployment_key is None:
+        raise DeploymentKeyError("--salt needs the deployment key: pass -K KEYFILE too")
+    if salt == "-":
+        salt = sys.stdin.readline()
     art = _load(model, trust, require_signature)
     protector = Protector(art, backend=backend, device=device, batch_size=chunk, key=deployment_key)
     if deployment_key is not None and dst.resolve().parent == deployment_key.resolve().parent:
         click.echo(f"warning: {dst} is written next to the deployment key; keep keys away from template stores", err=True)
-    n = stream_protect(protector, src, dst, key=key, chunk=chunk, kind=kind)
+    n = stream_protect(protector, src, dst, key=key, chunk=chunk, kind=kind, salt=salt)
     keyed = f" with deployment key {protector.key_id}" if protector.key_id else ""
+    keyed += " and the user's salt" if salt is not None else ""
     click.echo(f"{'protected' if kind == 'templates' else 'prepared'} {n} {'embeddings' if kind == 'templates' else 'probes'}"
                f"{keyed} into {dst}")
 
@@ -244,7 +252,11 @@ def _stream_options(func):
             click.option("--device", default="cpu", show_default=True),
             click.option("--chunk", default=65536, show_default=True, type=click.IntRange(min=1),
                          help="Rows per chunk (memory bound)."),
-            _deployment_key_option, _trust_options]):
+            _deployment_key_option,
+            click.option("--salt", default=None, metavar="HEX",
+                         help="With -K: one user's salt (32 hex digits, advface-cli salt) for every row (1:1 verification); "
+                              "'-' reads it from stdin (keeps it out of the process list)."),
+            _trust_options]):
         func = option(func)
     return func
 
@@ -252,19 +264,20 @@ def _stream_options(func):
 @main.command("protect")
 @_stream_options
 @friendly_errors
-def protect_cmd(src: Path, dst: Path, model: str, key: str, backend: str, device: str, chunk: int, deployment_key, trust,
-                require_signature: bool) -> None:
+def protect_cmd(src: Path, dst: Path, model: str, key: str, backend: str, device: str, chunk: int, deployment_key, salt,
+                trust, require_signature: bool) -> None:
     """Protect embeddings from SRC (.npy or .npz) into DST, streaming in chunks (other .npz members are kept)."""
-    _stream(src, dst, model, key, backend, device, chunk, trust, require_signature, deployment_key, "templates")
+    _stream(src, dst, model, key, backend, device, chunk, trust, require_signature, deployment_key, "templates", salt)
 
 
 @main.command("prepare-probe")
 @_stream_options
 @friendly_errors
-def prepare_probe_cmd(src: Path, dst: Path, model: str, key: str, backend: str, device: str, chunk: int, deployment_key, trust,
-                      require_signature: bool) -> None:
-    """Map clean probe embeddings from SRC into the deployment key's space (DST), for cosine matching against keyed templates."""
-    _stream(src, dst, model, key, backend, device, chunk, trust, require_signature, deployment_key, "probes")
+def prepare_probe_cmd(src: Path, dst: Path, model: str, key: str, backend: str, device: str, chunk: int, deployment_key,
+                      salt, trust, require_signature: bool) -> None:
+    """Map clean probe embeddings from SRC into the deployment key's space (DST), for cosine matching against keyed templates
+    (with --salt: the claimed user's space)."""
+    _stream(src, dst, model, key, backend, device, chunk, trust, require_signature, deployment_key, "probes", salt)
 
 
 @main.command()
@@ -283,6 +296,15 @@ def keygen(keyfile: Path, model: str, trust, require_signature: bool) -> None:
                "keep it away from the template store: whoever holds it can undo the keyed layer")
 
 
+@main.command()
+def salt() -> None:
+    """Print a new random user salt (32 hex digits) for 1:1 verification with --salt; give it to the user, never store
+    it with the templates."""
+    from .keys import new_salt
+
+    click.echo(new_salt().hex())
+
+
 @main.command("export-onnx")
 @click.argument("artifact")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path))
@@ -292,7 +314,8 @@ def keygen(keyfile: Path, model: str, trust, require_signature: bool) -> None:
 @friendly_errors
 def export_onnx(artifact: str, out: Path, precision: str, deployment_key, probe: bool) -> None:
     """Write the protection graph of ARTIFACT as ONNX (dynamic batch; float32 I/O); keyed with --deployment-key
-    (the graph then holds the key's rotation: protect the file like the key)."""
+    (the graph then holds the key's rotation: protect the file like the key). Per-user salts are per request and stay
+    outside the graph: multiply the unkeyed graph's output by DeploymentKey.salted_rotation(salt, dim).T."""
     import os
 
     from facecore.errors import InvalidInputError
