@@ -160,15 +160,15 @@ class Benchmark:
 
     def _methods(self) -> dict[str, ProtectionMethod]:
         art = None
-        if {"advface", "advface-key", "advface-pgd", "gaussian"} & set(self.cfg.methods):
-            needs = {"advface", "advface-key", "advface-pgd"} & set(self.cfg.methods)
+        if {"advface", "advface-key", "advface-salted", "advface-pgd", "gaussian"} & set(self.cfg.methods):
+            needs = {"advface", "advface-key", "advface-salted", "advface-pgd"} & set(self.cfg.methods)
             art = self._artifact() if needs or self.cfg.artifact or self._has_default() else None
         budget = float(art.config["budget"]) if art is not None else 0.5
         out = {}
         for name in self.cfg.methods:
             if name == "gaussian":
                 m = create_method(name, budget=budget, seed=self.cfg.seed)
-            elif name in ("advface", "advface-key"):
+            elif name in ("advface", "advface-key", "advface-salted"):
                 m = create_method(name, artifact=str(art.directory), seed=self.cfg.seed)
             elif name == "advface-pgd":
                 shadow = self._shadow(art)

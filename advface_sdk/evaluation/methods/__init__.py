@@ -4,7 +4,7 @@ Every method maps gallery embeddings to stored templates (``protect_gallery``), 
 compared against them (``transform_probe``, same claimed user id) and scores rows (``match``).
 """
 
-from .advface import AdvFace, AdvFaceKeyed, AdvFacePGD
+from .advface import AdvFace, AdvFaceKeyed, AdvFacePGD, AdvFaceSalted
 from .base import KeyedMethod, ProtectionMethod
 from .biohashing import BioHashing
 from .gaussian import GaussianNoise
@@ -16,4 +16,4 @@ from .slerpface import SlerpFace
 
 __all__ = ["ProtectionMethod", "KeyedMethod", "METHODS", "create_method", "list_methods", "register_method",
            "NoProtection", "GaussianNoise", "PolyProtect", "BioHashing", "MLPHash", "SlerpFace",
-           "AdvFace", "AdvFaceKeyed", "AdvFacePGD"]
+           "AdvFace", "AdvFaceKeyed", "AdvFaceSalted", "AdvFacePGD"]

@@ -83,6 +83,35 @@ class AdvFaceKeyed(AdvFace):
 
 
 @register_method
+class AdvFaceSalted(AdvFaceKeyed):
+    """AdvFace + key + per-user salts (1:1 only): templates ``Q_u·R·advface(z)``, probes ``Q_u·R·z``.
+
+    ``Q_u`` comes from the deployment key and user ``u``'s salt (:meth:`~advface_sdk.keys.DeploymentKey.salted_rotation`);
+    salts are derived from ``(seed, user_id)`` for reproducible runs (a deployment uses ``new_salt()``), and a
+    probe takes the salt of the identity it claims.
+    """
+
+    name = "advface-salted"
+    keyed = True
+
+    def salt(self, user_id: int) -> bytes:
+        """User ``user_id``'s salt (what the user holds; the thief of the store and key does not)."""
+        from ...keys import SALT_BYTES
+
+        return self._rng(int(user_id)).bytes(SALT_BYTES)
+
+    def _salts(self, user_ids: np.ndarray) -> list[bytes]:
+        cache = {u: self.salt(u) for u in np.unique(user_ids).tolist()}
+        return [cache[u] for u in user_ids.tolist()]
+
+    def _protect(self, z: np.ndarray, user_ids: np.ndarray) -> np.ndarray:
+        return self.protector.protect(z.astype(np.float32), self._salts(user_ids))
+
+    def _probe(self, z: np.ndarray, user_ids: np.ndarray) -> np.ndarray:
+        return self.protector.prepare_probe(z.astype(np.float32), self._salts(user_ids))
+
+
+@register_method
 class AdvFacePGD(ProtectionMethod):
     """Per-sample projected gradient descent against a shadow decoder (:func:`advface_sdk.pgd.pgd_protect`).
 
