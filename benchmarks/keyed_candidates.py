@@ -3,13 +3,16 @@
 For fr128 and fr512, composed with the shipped AdvFace generator ``g``: the stored template is
 ``φ_K(g(z))``, the prepared probe ``φ_K(z)``, the score their cosine. Candidates: a secret
 orthogonal rotation; keyed random features (``tanh`` and ``relu`` of a secret Gaussian projection,
-``m`` outputs); per-user salted rotations (1:1 only) are covered analytically in the output.
-Measured per candidate: LFW accuracy on View-2 folds 6–10 (stored left image vs prepared clean right
-image), and re-identification rank-1 of the 346 victims of folds 9–10 against a clean photo of every
-victim (chance 1/346) for a thief who (c) aligns the stolen templates to clean embeddings without
-pairs (similarity-profile initialisation, then orthogonal Procrustes on mutual nearest neighbours),
-or (d) knows 10 / 30 / 100 / 1,000 (clean embedding, stored template) pairs of his own enrolled faces
-(least squares and orthogonal Procrustes maps, the better one reported).
+``m`` outputs); per-user salted rotations ``Q_u·R`` (1:1 only; ``DeploymentKey.salted_rotation``,
+one salt per enrolled row, a probe takes the salt of the identity it claims). Measured per candidate:
+LFW accuracy on View-2 folds 6–10 (stored left image vs prepared clean right image), and
+re-identification rank-1 of the 346 victims of folds 9–10 against a clean photo of every victim
+(chance 1/346) for a thief who (c) aligns the stolen templates to clean embeddings without pairs
+(similarity-profile initialisation, then orthogonal Procrustes on mutual nearest neighbours), or (d)
+knows 10 / 30 / 100 / 1,000 (clean embedding, stored template) pairs of his own enrolled faces (least
+squares and orthogonal Procrustes maps, the better one reported); "key stolen": the thief
+applies the deployment key to the candidates (salted rotations: without the victims' salts, which
+he does not hold; with them, the salted mode is exactly ``rotation`` with the key stolen).
 
     FACEPRIV_SHARED=... FACEPRIV_CACHE=... python benchmarks/keyed_candidates.py --out benchmarks/results/keyed_candidates
 """
@@ -17,27 +20,48 @@ or (d) knows 10 / 30 / 100 / 1,000 (clean embedding, stored template) pairs of h
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import shlex
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from advface_sdk.evaluation.attacks import align_without_pairs, known_plaintext_maps, rank1
+from advface_sdk.keys import DeploymentKey
 from facecore.embeddings import l2_normalize
 from facecore.metrics import kfold_accuracy
 
 
 
 def candidates(dim: int, seed: int = 7) -> dict:
-    """``{name: φ}`` for one secret key (seeded here: the measurement, not a deployment)."""
+    """``{name: φ(x, users)}`` for one secret key (seeded here: the measurement, not a deployment).
+
+    ``users``: the claimed user of each row, which only the salted candidate uses (``None``: the
+    thief's view with the key but without the users' salts).
+    """
     rng = np.random.default_rng(seed)
     q, r = np.linalg.qr(rng.standard_normal((dim, dim)))
     rot = q * np.sign(np.diag(r))
-    out = {"advface (no key)": lambda x: x, "rotation": lambda x: l2_normalize(x) @ rot.T}
+    out = {"advface (no key)": lambda x, users: x, "rotation": lambda x, users: l2_normalize(x) @ rot.T}
     for m in (dim, 4 * dim):
         w = rng.standard_normal((m, dim))
-        out[f"tanh features m={m}"] = (lambda w: lambda x: np.tanh(l2_normalize(x) @ w.T))(w)
-        out[f"relu features m={m}"] = (lambda w: lambda x: np.maximum(l2_normalize(x) @ w.T, 0))(w)
+        out[f"tanh features m={m}"] = (lambda w: lambda x, users: np.tanh(l2_normalize(x) @ w.T))(w)
+        out[f"relu features m={m}"] = (lambda w: lambda x, users: np.maximum(l2_normalize(x) @ w.T, 0))(w)
+    key = DeploymentKey(hashlib.sha256(f"keyed candidates seed {seed}".encode()).digest(), "keyed-candidates")
+
+    def salted(x: np.ndarray, users: np.ndarray | None) -> np.ndarray:
+        x = l2_normalize(x)
+        if users is None:
+            return x @ key.rotation(dim).T
+        out = np.empty_like(x)
+        for u in np.unique(users):
+            rows = users == u
+            out[rows] = x[rows] @ key.salted_rotation(hashlib.sha256(f"salt {seed} {u}".encode()).digest()[:16], dim).T
+        return out
+
+    out["salted rotation (1:1)"] = salted
     return out
 
 
@@ -51,6 +75,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="Output stem (.json and .md are written).")
     ap.add_argument("--data", type=Path, default=None, help="Optional .npz dump of the LFW arrays (else loaded).")
+    ap.add_argument("--recognizers", nargs="+", choices=("fr128", "fr512"), default=("fr128", "fr512"))
+    ap.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                    help="Measure only these candidates (and the 'advface (no key)' baseline), e.g. 'salted rotation (1:1)'.")
     args = ap.parse_args()
     from advface_sdk import Protector
 
@@ -68,24 +95,26 @@ def main() -> None:
     rng = np.random.default_rng(0)
     attacker_rows = np.flatnonzero(d["attacker"])
     results = {}
-    for rec in ("fr128", "fr512"):
+    for rec in args.recognizers:
         z = d[rec].astype(np.float32)
         prot = Protector(rec, backend="onnxruntime")
         gz = prot.protect(z).astype(np.float64)
         z = z.astype(np.float64)
         base = None
         for name, phi in candidates(z.shape[1]).items():
-            stored, probe = phi(gz[d["left"]]), phi(z[d["right"]])
+            if args.only and name not in args.only and name != "advface (no key)":
+                continue
+            stored, probe = phi(gz[d["left"]], d["left"]), phi(z[d["right"]], d["left"])  # the probe claims the left user
             scores = np.sum(l2_normalize(stored) * l2_normalize(probe), axis=1)
             acc = kfold_accuracy(scores, d["issame"], d["folds"]).accuracy
-            stolen, cand = phi(gz[d["v_enrolled"]]), z[d["v_probe"]]
+            stolen, cand = phi(gz[d["v_enrolled"]], d["v_enrolled"]), z[d["v_probe"]]
             row = {"accuracy": round(100 * acc, 2), "dim_out": int(stolen.shape[1]),
                    "reid_no_key_direct": rank1(stolen, cand) if stolen.shape[1] == z.shape[1] else None,
-                   "reid_key_stolen": rank1(stolen, phi(cand)),
+                   "reid_key_stolen": rank1(stolen, phi(cand, None)),
                    "alignment_no_pairs": rank1(align_without_pairs(stolen, cand), cand) if name != "advface (no key)" else None}
             for n in (10, 30, 100, 1000):
                 pick = rng.choice(attacker_rows, n, replace=False)
-                row[f"known_plaintext_{n}"] = known_plaintext(z[pick], phi(gz[pick]), stolen, cand)
+                row[f"known_plaintext_{n}"] = known_plaintext(z[pick], phi(gz[pick], pick), stolen, cand)
             base = base if base is not None else row["accuracy"]
             row["delta_vs_advface"] = round(row["accuracy"] - base, 2)
             results.setdefault(rec, {})[name] = row
@@ -95,11 +124,11 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     lines = ["# Keyed transform candidates (AdvFace generator, then the keyed map)", "",
-             f"Command: `python benchmarks/keyed_candidates.py --out {args.out}`", "",
+             f"Command: `python benchmarks/keyed_candidates.py {shlex.join(sys.argv[1:])}`", "",
              "Victims: 346 (folds 9–10), chance rank-1 = 0.3 %. Re-id = rank-1 of the stolen template against a clean "
-             "photo of every victim. Per-user salted rotations (1:1 only): same accuracy as `rotation` (a rotation shared "
-             "by template and probe preserves the cosine); without the key every template lives in its own random "
-             "frame, so pairs of the thief's own users say nothing about a victim's.", ""]
+             "photo of every victim. Salted rotation (1:1 only): one salt per enrolled row, the probe takes the claimed "
+             "user's salt; 'key stolen' = the thief holds the key but not the victims' salts (with the salts too it is "
+             "`rotation`'s key-stolen column).", ""]
     for rec, rows in results.items():
         lines += [f"## {rec} (raw accuracy {rows['raw accuracy']} %)", "",
                   "| candidate | template dim | LFW acc | Δ vs AdvFace | re-id, key secret, direct | (c) alignment, no pairs | "
