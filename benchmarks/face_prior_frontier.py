@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import click
-import numpy as np
 import torch
 
 GAUSSIAN = (0.5, 0.8, 1.2, 1.6, 2.0)
