@@ -68,6 +68,14 @@ def _salted_rotation(secret: bytes, salt: bytes, dim: int) -> np.ndarray:
     return m
 
 
+@lru_cache(maxsize=64)
+def _salted_rotation_t32(secret: bytes, salt: bytes, dim: int) -> np.ndarray:
+    """``(Q_u · R)ᵀ`` as contiguous float32, the form protectors multiply rows by (cached: no per-call copy)."""
+    m = np.ascontiguousarray(_salted_rotation(secret, salt, dim).T, np.float32)
+    m.setflags(write=False)
+    return m
+
+
 def new_salt() -> bytes:
     """A fresh random user salt (16 bytes from ``os.urandom``); ``.hex()`` is its text form."""
     return os.urandom(SALT_BYTES)

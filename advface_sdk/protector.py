@@ -13,7 +13,7 @@ from facecore.errors import DataError, DeploymentKeyError, InvalidInputError, Ke
 
 from .artifact import ProtectorArtifact, load_artifact
 from .backends import create_backend, resolve_backend
-from .keys import DeploymentKey, as_key, as_salt
+from .keys import DeploymentKey, _salted_rotation_t32, as_key, as_salt
 
 DEFAULT_MODEL = "fr128"
 _FLOATS = ("float16", "float32", "float64")
@@ -208,14 +208,14 @@ class Protector:
             import torch
 
             def to_y(a: np.ndarray):
-                return torch.from_numpy(a).to(y.device)
+                return torch.tensor(a, device=y.device)
         else:
             def to_y(a: np.ndarray):
                 return a
         distinct, index = plan
 
         def rot(k: int):
-            return to_y(np.ascontiguousarray(self.key.salted_rotation(distinct[k], self.dim).T, np.float32))
+            return to_y(_salted_rotation_t32(self.key.secret, distinct[k], self.dim))
 
         if index is None:
             return y @ rot(0)

@@ -33,6 +33,24 @@ def test_protect_keyed_onnxruntime(measure, artifact, embeddings, batch):
             batch=batch, threads=1)
 
 
+@pytest.mark.parametrize("salt", ["new", "same"])
+@pytest.mark.parametrize("name", ["fr128", "fr512"])
+def test_protect_salted_onnxruntime(measure, name, salt):
+    """One 1:1 request (one embedding) with a per-user salt on one core: ``new`` derives the user's rotation
+    (a d×d QR) on every call, as for a user's first request; ``same`` reuses it (cached)."""
+    from advface_sdk.artifact import default_artifacts
+    from advface_sdk.keys import DeploymentKey, new_salt
+
+    if name not in default_artifacts():
+        pytest.skip(f"the {name} protector is not installed")
+    protector = Protector(name, backend="onnxruntime", threads=1)
+    protector = Protector(name, backend="onnxruntime", threads=1, key=DeploymentKey.generate(protector.artifact.protector_id))
+    x = np.random.default_rng(0).standard_normal((1, protector.dim)).astype(np.float32) * 3.0
+    fixed = new_salt()
+    measure(lambda: protector.protect(x, salts=new_salt() if salt == "new" else fixed), kind="protect",
+            backend=f"onnxruntime cpu, 1 thread(s), {protector.dim}-d, salted ({salt} salt per call)", batch=1, threads=1)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("batch", BATCHES)
 def test_protect_torch(measure, artifact, embeddings, batch, threads):
