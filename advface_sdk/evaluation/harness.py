@@ -350,8 +350,8 @@ class Benchmark:
         }
 
     def _attacker_templates(self, name, method, train, train_users) -> np.ndarray:
-        """The method's templates of the attacker's own faces (advface-key: under a key of his own)."""
-        if name == "advface-key":
+        """The method's templates of the attacker's own faces (advface-key/-salted: under a key and salts of his own)."""
+        if name in ("advface-key", "advface-salted"):
             method = create_method(name, artifact=method.artifact, seed=self.cfg.seed + 1)
         return decoder_inputs(method.protect_gallery(train.embeddings, train_users))
 
