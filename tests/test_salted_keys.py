@@ -57,7 +57,7 @@ def test_salts(keyfile):
 def test_genuine_impostor_and_wrong_salt(plain, keyed, z):
     """Same salt: exactly AdvFace's scores; the wrong salt scores like an impostor."""
     rng = np.random.default_rng(0)
-    salts = [new_salt() for _ in z]
+    salts = [rng.bytes(16) for _ in z]  # seeded: the impostor bound below is then a fixed check, not a dice roll
     genuine = z + 0.6 * rng.standard_normal(z.shape).astype(np.float32) * np.abs(z).mean()
     stored = keyed.protect(z, salts)
     assert stored.shape == z.shape and stored.dtype == z.dtype
@@ -67,10 +67,11 @@ def test_genuine_impostor_and_wrong_salt(plain, keyed, z):
     assert np.abs(same - ref_genuine).max() < 1e-5 and ref_genuine.min() > 0.3
     impostor = _cos(stored, keyed.prepare_probe(np.roll(genuine, 1, 0), salts))
     assert np.abs(impostor - ref_impostor).max() < 1e-5
-    wrong = _cos(stored, keyed.prepare_probe(genuine, [new_salt() for _ in z]))
+    wrong = _cos(stored, keyed.prepare_probe(genuine, [rng.bytes(16) for _ in z]))
     unsalted = _cos(stored, keyed.prepare_probe(genuine))
+    bound = 5 / np.sqrt(z.shape[1])  # 5 sd of the cosine between a fixed and a uniformly random direction
     for scores in (wrong, unsalted):  # the genuine face under the wrong (or no) salt: impostor-level scores
-        assert np.abs(scores).max() < ref_genuine.min() / 2 and abs(scores.mean()) < 0.1
+        assert np.abs(scores).max() < min(bound, ref_genuine.min() * 0.75) and abs(scores.mean()) < 0.1
     assert np.abs(_cos(stored, keyed.protect(z))).mean() < 0.15  # salting moves templates away from the keyed ones
 
 
