@@ -35,3 +35,21 @@ def fr512(shared):
     from facecore.recognizers import create_recognizer
 
     return create_recognizer("fr512")
+
+
+@pytest.fixture(scope="session")
+def plain():
+    """The shipped fr128 protector, unkeyed (ONNX Runtime)."""
+    from advface_sdk import Protector
+
+    return Protector("fr128", backend="onnxruntime")
+
+
+@pytest.fixture(scope="session")
+def keyfile(tmp_path_factory, plain):
+    """A deployment key file for the shipped fr128 protector."""
+    from advface_sdk import DeploymentKey
+
+    path = tmp_path_factory.mktemp("keys") / "deploy.key"
+    DeploymentKey.generate(plain.artifact.protector_id).save(path)
+    return path

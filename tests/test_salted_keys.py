@@ -13,18 +13,6 @@ from facecore.errors import DeploymentKeyError, InvalidInputError, NonFiniteErro
 
 
 @pytest.fixture(scope="module")
-def plain():
-    return Protector("fr128", backend="onnxruntime")
-
-
-@pytest.fixture(scope="module")
-def keyfile(tmp_path_factory, plain):
-    path = tmp_path_factory.mktemp("keys") / "deploy.key"
-    DeploymentKey.generate(plain.artifact.protector_id).save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def keyed(keyfile):
     return Protector("fr128", backend="onnxruntime", key=keyfile)
 
