@@ -10,6 +10,7 @@ from advface_sdk import DeploymentKey, Protector, new_salt, prepare_probe, prote
 from advface_sdk.cli import main as cli
 from advface_sdk.keys import SALT_BYTES, as_salt
 from facecore.errors import DeploymentKeyError, InvalidInputError, NonFiniteError
+from facecore.metrics import cosine_scores
 
 
 @pytest.fixture(scope="module")
@@ -20,11 +21,6 @@ def keyed(keyfile):
 @pytest.fixture(scope="module")
 def z():
     return np.random.default_rng(5).standard_normal((40, 128)).astype(np.float32) * 3.0
-
-
-def _cos(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 def test_salts(keyfile):
@@ -50,17 +46,17 @@ def test_genuine_impostor_and_wrong_salt(plain, keyed, z):
     stored = keyed.protect(z, salts)
     assert stored.shape == z.shape and stored.dtype == z.dtype
     assert np.allclose(np.linalg.norm(stored, axis=1), np.linalg.norm(plain.protect(z), axis=1), rtol=1e-5)
-    ref_genuine, ref_impostor = _cos(plain.protect(z), genuine), _cos(plain.protect(z), np.roll(genuine, 1, 0))
-    same = _cos(stored, keyed.prepare_probe(genuine, salts))
+    ref_genuine, ref_impostor = cosine_scores(plain.protect(z), genuine), cosine_scores(plain.protect(z), np.roll(genuine, 1, 0))
+    same = cosine_scores(stored, keyed.prepare_probe(genuine, salts))
     assert np.abs(same - ref_genuine).max() < 1e-5 and ref_genuine.min() > 0.3
-    impostor = _cos(stored, keyed.prepare_probe(np.roll(genuine, 1, 0), salts))
+    impostor = cosine_scores(stored, keyed.prepare_probe(np.roll(genuine, 1, 0), salts))
     assert np.abs(impostor - ref_impostor).max() < 1e-5
-    wrong = _cos(stored, keyed.prepare_probe(genuine, [rng.bytes(16) for _ in z]))
-    unsalted = _cos(stored, keyed.prepare_probe(genuine))
+    wrong = cosine_scores(stored, keyed.prepare_probe(genuine, [rng.bytes(16) for _ in z]))
+    unsalted = cosine_scores(stored, keyed.prepare_probe(genuine))
     bound = 5 / np.sqrt(z.shape[1])  # 5 sd of the cosine between a fixed and a uniformly random direction
     for scores in (wrong, unsalted):  # the genuine face under the wrong (or no) salt: impostor-level scores
         assert np.abs(scores).max() < min(bound, ref_genuine.min() * 0.75) and abs(scores.mean()) < 0.1
-    assert np.abs(_cos(stored, keyed.protect(z))).mean() < 0.15  # salting moves templates away from the keyed ones
+    assert np.abs(cosine_scores(stored, keyed.protect(z))).mean() < 0.15  # salting moves templates away from the keyed ones
 
 
 def test_salts_none_is_unchanged_and_rows_match_single_calls(keyed, keyfile, z):
