@@ -1,4 +1,5 @@
-"""Column (e) of the threat matrix on its own: the face-prior attacker against raw, AdvFace and AdvFace + key.
+"""Column (e) of the threat matrix on its own: the face-prior attacker against raw, AdvFace, AdvFace + key and
+AdvFace + key + per-user salts (key stolen, salts not).
 
 The same pieces as ``advface-cli benchmark`` (its victims, attacker faces, thresholds and scoring), without the
 decoders, so that it fits a short CPU budget:
@@ -33,7 +34,7 @@ def main(recognizer: str, out: Path, seed: int) -> None:
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     t0 = time.perf_counter()
-    b = Benchmark(BenchmarkConfig(recognizer=recognizer, methods=("none", "advface", "advface-key"), curve_budgets=(),
+    b = Benchmark(BenchmarkConfig(recognizer=recognizer, methods=("none", "advface", "advface-key", "advface-salted"), curve_budgets=(),
                                   seed=seed, progress=False))
     ev, labels = b.ev, b.ev.dataset.labels
     victims = pick_victims(labels, ev.mask("victim"), None, seed)
@@ -45,6 +46,11 @@ def main(recognizer: str, out: Path, seed: int) -> None:
     priors, res = {}, {}
     for name, m in methods.items():
         stolen = m.protect_gallery(ev.emb[victims.enrolled], labels[victims.enrolled])
+        if name == "advface-salted":  # (b) without the salts: the thief undoes R, not the users' Q_u
+            plain = stolen.astype(np.float64) @ m.key.rotation(stolen.shape[1])
+            res["advface-salted, key stolen, salts not"] = b._score(priors["advface"].reconstruct(decoder_inputs(plain)),
+                                                                    victims)
+            continue
         res[name] = b._face_prior(name, m, stolen, victims, train, users, prior, priors, keep)
         if name == "advface-key" and "advface" in priors:
             plain = stolen.astype(np.float64) @ m.key.rotation(stolen.shape[1])
