@@ -59,9 +59,9 @@ def _rotation(secret: bytes, dim: int) -> np.ndarray:
     return q
 
 
-@lru_cache(maxsize=64)
 def _salted_rotation(secret: bytes, salt: bytes, dim: int) -> np.ndarray:
-    """``Q_u · R`` (float64, read-only), ``Q_u`` seeded by HMAC-SHA256(secret, salt)."""
+    """``Q_u · R`` (float64, read-only), ``Q_u`` seeded by HMAC-SHA256(secret, salt); not cached (only the
+    float32 form protectors use is, so a cached user costs 4·d² bytes, not 12·d²)."""
     seed = hmac.new(secret, b"advface-user-rotation\0" + salt + dim.to_bytes(4, "big"), hashlib.sha256).digest()
     m = _haar(seed, dim) @ _rotation(secret, dim)
     m.setflags(write=False)
