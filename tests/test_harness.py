@@ -129,6 +129,9 @@ def test_quick_benchmark_end_to_end(shared, tmp_path):
         assert keyed["attack"]["embedding"]["rank1"] == plain["attack"]["embedding"]["rank1"]  # key stolen
         assert keyed["attack"]["non_adaptive_key_stolen"] == plain["attack"]["non_adaptive"]
         assert 0 <= keyed["threats"]["known_plaintext_100"]["rank1"] <= 1 and keyed["threats"]["alignment"]["type2"] is not None
+        found = keyed["threats"]["alignment"]["attackers"]  # (c): every pair-free attacker, the row keeps the strongest
+        assert {"Gromov-Wasserstein (clean photos)", "Gromov-Wasserstein (photos under the public SDK)"} <= set(found)
+        assert keyed["threats"]["alignment"]["rank1"] == max(f["rank1"] for f in found.values())
     assert 0 <= result["random_face_type2"] <= 1
     assert {p["method"] for p in result["curve"]} >= {"gaussian"}
     assert pictures["true"].shape == (4, 64, 64, 3) and "none (non-adaptive)" in pictures

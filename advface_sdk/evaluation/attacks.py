@@ -223,6 +223,45 @@ def align_without_pairs(templates: np.ndarray, clean: np.ndarray, top: int = 64,
     return l2_normalize(x @ w) if w is not None else l2_normalize(x[:, :y.shape[1]])
 
 
+#: entropic regularisation of the Gromov–Wasserstein matcher, annealed coarse → fine (each stage warm-starts the next)
+GW_EPSILONS = (5e-3, 2e-3, 1e-3, 5e-4, 2e-4)
+
+
+def match_without_pairs(templates: np.ndarray, candidates: np.ndarray, epsilons: tuple[float, ...] = GW_EPSILONS) -> dict:
+    """(c) Match stolen ``templates`` to ``candidates`` (one per person) from the two sets' shapes alone.
+
+    A Gromov–Wasserstein coupling of the two cosine-similarity matrices (POT's entropic solver, rather
+    than a hand-written one). It sees only similarities *within* each set, so any secret isometry applied
+    to every template — a rotation key — is invisible to it. The thief needs no pair and no label: of
+    the annealing stages he keeps the hard matching with the lowest GW objective. Returns ``match``
+    (candidate index per template), ``epsilon`` and ``objective`` of the kept stage.
+    """
+    import warnings
+
+    import ot
+
+    x, y = l2_normalize(np.asarray(templates, np.float64)), l2_normalize(np.asarray(candidates, np.float64))
+    if len(x) != len(y) or len(x) < 2:
+        raise InvalidInputError(f"match_without_pairs needs two sets of the same size ≥ 2, got {len(x)} and {len(y)}")
+    cx, cy = x @ x.T, y @ y.T
+    p = ot.unif(len(x))
+    coupling, best = None, None
+    for eps in epsilons:
+        with warnings.catch_warnings():  # non-converged inner Sinkhorn stages are expected while annealing
+            warnings.simplefilter("ignore")
+            coupling = ot.gromov.entropic_gromov_wasserstein(cx, cy, p, p, "square_loss", epsilon=eps, max_iter=300,
+                                                             G0=coupling, solver="PPA" if eps < 1e-3 else "PGD")
+        if not np.isfinite(coupling).all():
+            break
+        match = coupling.argmax(1)
+        objective = float(np.mean((cx - cy[np.ix_(match, match)]) ** 2))
+        if best is None or objective < best["objective"]:
+            best = {"match": match, "epsilon": eps, "objective": objective}
+    if best is None:
+        raise InvalidInputError("match_without_pairs: the Gromov–Wasserstein solver diverged on these sets")
+    return best
+
+
 def known_plaintext_maps(pairs_clean: np.ndarray, pairs_stored: np.ndarray) -> dict[str, np.ndarray]:
     """(d) Linear maps stored template → clean embedding fitted on the thief's own (clean, stored) pairs:
     ridge least squares, and orthogonal Procrustes where the widths allow."""

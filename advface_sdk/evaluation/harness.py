@@ -22,7 +22,8 @@ from facecore.errors import ArtifactError, InvalidInputError
 from facecore.metrics import roc_curve
 from facecore.paths import cache_dir as default_cache_dir
 
-from .attacks import (AttackerConfig, align_without_pairs, decoder_inputs, known_plaintext_maps, rank1, reidentification,
+from .attacks import (AttackerConfig, align_without_pairs, decoder_inputs, known_plaintext_maps, l2_normalize,
+                      match_without_pairs, procrustes, rank1, reidentification,
                       score_matrix, train_attacker)
 from .lfw_setup import OTHER, LfwEvaluation
 from .methods import ProtectionMethod, create_method, list_methods
@@ -349,10 +350,17 @@ class Benchmark:
             "timing_minutes": {**st.minutes, "total": st.total},
         }
 
+    def _attacker_method(self, method: ProtectionMethod) -> ProtectionMethod:
+        """The method as the attacker runs it: the public SDK with his own secrets and noise draws (another seed)."""
+        if method.name == "none":
+            return method
+        params = {k: v for k, v in method.to_dict().items() if k not in ("name", "seed")}
+        return create_method(method.name, **{**params, "seed": self.cfg.seed + 1}).fit(self.ev.emb[self.ev.mask("defender")])
+
     def _attacker_templates(self, name, method, train, train_users) -> np.ndarray:
         """The method's templates of the attacker's own faces (advface-key/-salted: under a key and salts of his own)."""
         if name in ("advface-key", "advface-salted"):
-            method = create_method(name, artifact=method.artifact, seed=self.cfg.seed + 1)
+            method = self._attacker_method(method)
         return decoder_inputs(method.protect_gallery(train.embeddings, train_users))
 
     def _prior_setup(self, train, rows):
@@ -416,9 +424,8 @@ class Benchmark:
         def decoded(mapped: np.ndarray):
             return self._success(base_dec, mapped * scale, vic)["type2"] if mapped.shape[1] == dim else None
 
-        aligned = align_without_pairs(s, cand)
         out = {"reid_key_secret": rank1(s, cand) if s.shape[1] == dim else None,
-               "alignment": {"rank1": rank1(aligned, cand), "type2": decoded(aligned)}}
+               "alignment": self._alignment(method, s, cand, self.ev.dataset.labels[vic.probe], decoded)}
         rng = np.random.default_rng(self.cfg.seed)
         for n in KNOWN_PAIRS:
             pick = rng.choice(len(train), min(n, len(train)), replace=False)
@@ -432,6 +439,29 @@ class Benchmark:
             out[f"known_plaintext_{n}"] = {"pairs": int(len(pick)), "rank1": best[0], "map": best[1],
                                            "type2": decoded(best[2] / np.linalg.norm(best[2], axis=1, keepdims=True))}
         return out
+
+    def _alignment(self, method, s, cand, cand_users, decoded) -> dict:
+        """(c) Every pair-free attacker on the stolen templates ``s``; the row reports the strongest.
+
+        The candidates are clean embeddings of other photos of every victim. The Gromov–Wasserstein matcher
+        compares similarity structures, so it also runs against the photos as the attacker protects them
+        with the public SDK (his own key and salts for keyed methods): the view whose structure is closest to
+        the stolen set's. Its matching is the re-identification; Procrustes on it maps templates for decoding.
+        """
+        aligned = align_without_pairs(s, cand)
+        found = {"profile + Procrustes (clean photos)": {"rank1": rank1(aligned, cand), "type2": decoded(aligned)}}
+        views = {"clean photos": cand}
+        if method.name not in ("none", "advface-pgd"):  # PGD on every candidate is too slow; none = clean
+            views["photos under the public SDK"] = decoder_inputs(
+                self._attacker_method(method).protect_gallery(cand.astype(np.float32), cand_users)).astype(np.float64)
+        x = l2_normalize(s)
+        for view, y in views.items():
+            m = match_without_pairs(s, y)
+            mapped = l2_normalize(x @ procrustes(x, l2_normalize(cand[m["match"]])))
+            found[f"Gromov-Wasserstein ({view})"] = {"rank1": float(np.mean(m["match"] == np.arange(len(s)))),
+                                                     "type2": decoded(mapped), "epsilon": m["epsilon"]}
+        best = max(found, key=lambda k: found[k]["rank1"])
+        return {**found[best], "attacker": best, "attackers": found}
 
     def _curve(self, methods, base_dec, victims) -> list[dict]:
         """Privacy (non-adaptive attacker) against utility over noise budgets: gaussian and AdvFace artifacts."""

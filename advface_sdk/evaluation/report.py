@@ -155,6 +155,19 @@ def threat_matrix(result: dict) -> list[str]:
                      f"{_pct(fp and fp.get('reid_rank1'))} | {_pct(a['embedding']['rank1'])} | "
                      f"{_pct(t['alignment']['rank1'])} / {_pct(t['alignment']['type2'])} | "
                      + " | ".join(f"{_pct(k and k['rank1'])} / {_pct(k and k['type2'])}" for k in kp) + " |")
+    found = {n: r["threats"]["alignment"].get("attackers") for n, r in rows.items() if r.get("threats")}
+    names = list(dict.fromkeys(k for f in found.values() if f for k in f))
+    if names:
+        lines += ["", "(c) per pair-free attacker — rank-1 / type II (the row above shows the strongest). Profile + Procrustes: "
+                  "matches by each point's sorted similarity profile, then Procrustes on mutual nearest neighbours. "
+                  "Gromov-Wasserstein: matches the two sets' cosine-similarity structures (blind to any rotation key), "
+                  "against the clean photos and against the photos protected with the public SDK under the thief's own "
+                  "key; Procrustes on its matching maps templates for decoding.", "",
+                  "| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for n, f in found.items():
+            if f:
+                lines.append(f"| {_label(n, rows[n])} | " + " | ".join(
+                    f"{_pct(f[k]['rank1'])} / {_pct(f[k]['type2'])}" if k in f else "n/a" for k in names) + " |")
     curves = {n: r["attack"]["adaptive"]["train"] for n, r in rows.items()
               if r["attack"]["adaptive"] and "curve" in r["attack"]["adaptive"].get("train", {})}
     if curves:

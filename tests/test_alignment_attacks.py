@@ -1,0 +1,45 @@
+"""(c) pair-free attackers: the Gromov–Wasserstein matcher sees through a secret rotation, not through per-user salts."""
+
+import numpy as np
+import pytest
+
+from advface_sdk.evaluation.attacks import l2_normalize, match_without_pairs
+from facecore.errors import InvalidInputError
+
+
+def _haar(rng, d):
+    q, r = np.linalg.qr(rng.standard_normal((d, d)))
+    return q * np.sign(np.diag(r))
+
+
+@pytest.fixture(scope="module")
+def people():
+    """Enrolled and probe embeddings of 80 people: like face embeddings, a shared mean and unequal variances."""
+    rng = np.random.default_rng(0)
+    n, d = 80, 32
+    ids = rng.standard_normal((n, d)) * np.linspace(2.0, 0.3, d) + 1.0
+    enrolled = l2_normalize(ids + 0.4 * rng.standard_normal((n, d)))
+    probes = l2_normalize(ids + 0.4 * rng.standard_normal((n, d)))
+    assert np.mean((enrolled @ probes.T).argmax(1) == np.arange(n)) > 0.95  # a working recognizer
+    return rng, enrolled, probes
+
+
+def test_secret_rotation_does_not_hide_who_is_who(people):
+    rng, enrolled, probes = people
+    rotated = enrolled @ _haar(rng, enrolled.shape[1]).T
+    assert np.mean((rotated @ probes.T).argmax(1) == np.arange(len(probes))) < 0.2  # direct matching fails
+    found = match_without_pairs(rotated, probes)
+    assert np.mean(found["match"] == np.arange(len(probes))) > 0.8
+    assert found["epsilon"] > 0 and found["objective"] >= 0
+
+
+def test_per_user_rotations_leave_nothing_to_match(people):
+    rng, enrolled, probes = people
+    salted = np.stack([_haar(rng, enrolled.shape[1]) @ e for e in enrolled])
+    assert np.mean(match_without_pairs(salted, probes)["match"] == np.arange(len(probes))) < 0.1
+
+
+def test_sets_of_different_sizes_are_refused(people):
+    _, enrolled, probes = people
+    with pytest.raises(InvalidInputError, match="same size"):
+        match_without_pairs(enrolled[:10], probes[:12])
