@@ -8,6 +8,9 @@
   non-adaptive attacker. Trained decoders are cached by a hash of everything that determines them.
 * **Embedding-space re-identification**: stolen templates are matched directly against clean
   embeddings of other images of known people, through the method's own comparison.
+* **Pair-free linking (c)**: the stolen set is matched to clean photos of the victims without any known
+  pair — by similarity profiles and Procrustes (:func:`align_without_pairs`), and by the sets' similarity
+  structures (:func:`match_without_pairs`, Gromov–Wasserstein), which no isometric key hides.
 """
 
 from __future__ import annotations
