@@ -6,7 +6,8 @@ once the key is undone, decodes them. Schemes, all on the shipped AdvFace genera
 
 * ``rotation key`` — ``R·ĝ`` (what ``protect(..., key=)`` stores, up to the template's norm);
 * ``salted rotation (1:1)`` — ``Q_u·R·ĝ``, one salt per user (``protect(..., key=, salts=)``);
-* ``decoy padding c`` — ``R₂·[ĝ ; c·d̂]`` in twice the width: ``d`` a fresh decoy drawn for every template
+* ``decoy padding c`` — ``R₂·[ĝ ; c·d̂]`` in twice the width (``--blocks b``: ``b`` decoys, ``1+b`` times the
+  width, scores divided by ``√(1+b)``): ``d`` a fresh decoy drawn for every template
   from a Gaussian with the mean and covariance of public AdvFace templates (defender identities), so no
   second-moment statistic tells the halves apart; probes are ``R₂·[ẑ ; 0]``. Scores are the AdvFace
   scores divided by ``√(1+c²)``: accuracy and every ranking are exactly AdvFace's, at twice the storage.
@@ -54,10 +55,11 @@ def haar(rng: np.random.Generator, d: int) -> np.ndarray:
 class Scheme:
     """One keyed storage transform: ``store(g, users)`` for AdvFace templates, ``probe(z, users)`` for clean probes."""
 
-    def __init__(self, name: str, dim: int, key_seed: int, public: np.ndarray, decoy: float | None = None, salted: bool = False):
-        self.name, self.decoy, self.salted = name, decoy, salted
+    def __init__(self, name: str, dim: int, key_seed: int, public: np.ndarray, decoy: float | None = None,
+                 blocks: int = 1, salted: bool = False):
+        self.name, self.decoy, self.blocks, self.salted = name, decoy, blocks, salted
         self.rng = np.random.default_rng(key_seed)
-        self.rot = haar(self.rng, dim * (2 if decoy else 1))
+        self.rot = haar(self.rng, dim * (1 + blocks if decoy else 1))
         self.salt_seed = int(self.rng.integers(2 ** 31))
         if decoy:
             pub = l2_normalize(public)
@@ -73,14 +75,14 @@ class Scheme:
     def store(self, g: np.ndarray, users: np.ndarray) -> np.ndarray:
         x = l2_normalize(g)
         if self.decoy:
-            d = l2_normalize(self.mean + self.rng.standard_normal(x.shape) @ self.chol.T)
-            x = np.hstack([x, self.decoy * d])
+            decoys = [l2_normalize(self.mean + self.rng.standard_normal(x.shape) @ self.chol.T) for _ in range(self.blocks)]
+            x = np.hstack([x, *(self.decoy * d for d in decoys)])
         return self._salted(x, users) if self.salted else x @ self.rot.T
 
     def probe(self, z: np.ndarray, users: np.ndarray) -> np.ndarray:
         x = l2_normalize(z)
         if self.decoy:
-            x = np.hstack([x, np.zeros_like(x)])
+            x = np.hstack([x, np.zeros((len(x), self.blocks * x.shape[1]))])
         return self._salted(x, users) if self.salted else x @ self.rot.T
 
 
@@ -147,6 +149,8 @@ def main() -> None:
     ap.add_argument("--recognizers", nargs="+", choices=("fr128", "fr512"), default=("fr128", "fr512"))
     ap.add_argument("--decoys", nargs="+", type=float, default=(0.5, 1.0), help="Decoy scales c to measure.")
     ap.add_argument("--keys", type=int, default=3, help="Independent keys per scheme; rank-1 is their mean.")
+    ap.add_argument("--blocks", nargs="+", type=int, default=(), help="Also measure this many decoy blocks (c = 1 each).")
+    ap.add_argument("--schemes", nargs="+", default=None, metavar="NAME", help="Measure only these schemes (by name).")
     args = ap.parse_args()
     from advface_sdk import Protector
     from advface_sdk.evaluation.lfw_setup import LfwEvaluation
@@ -165,9 +169,12 @@ def main() -> None:
         dim = z.shape[1]
         specs = [("rotation key", {}), ("salted rotation (1:1)", {"salted": True})]
         specs += [(f"decoy padding c={c:g}", {"decoy": c}) for c in args.decoys]
+        specs += [(f"decoy padding {b} blocks c=1", {"decoy": 1.0, "blocks": b}) for b in args.blocks if b > 1]
         res = {"advface accuracy": round(100 * kfold_accuracy(np.sum(l2_normalize(g[left]) * l2_normalize(z[right]), 1),
                                                                  issame, folds).accuracy, 2)}
         for name, kw in specs:
+            if args.schemes and name not in args.schemes:
+                continue
             start, runs = time.perf_counter(), []
             for k in range(args.keys):  # independent deployment keys (and decoys) against independent thieves' keys
                 scheme, thief = Scheme(name, dim, 1 + 10 * k, g[public], **kw), Scheme(name, dim, 2 + 10 * k, g[public], **kw)
