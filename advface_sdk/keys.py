@@ -1,10 +1,13 @@
-"""Deployment keys: a secret kept away from the template store that makes AdvFace templates unlinkable.
+"""Deployment keys: a secret kept away from the template store that hides AdvFace templates from decoders.
 
 A key is 32 random bytes bound to one protector artifact. It defines a secret orthogonal rotation
 ``R`` of the embedding space; a keyed protector stores ``R · advface(z)`` and prepares clean probes
 as ``R · z``, so the match score is still the cosine between a stored template and a prepared probe
 (rotations preserve cosines: accuracy is exactly AdvFace's), while a thief without the key holds
-templates in a space no public decoder or recognizer was trained on.
+templates in a space no public decoder or recognizer was trained on. A rotation keeps the cosines
+*between* stored templates too: a thief with photos of people in the store can match the two sets'
+similarity structures and link some of them (README, "What protection you get", column (c)); per-user
+salts (below) leave no shared structure.
 
 The key file is JSON (``format``, ``secret``, ``protector``, ``key_id``), written with mode 0600 and
 never over an existing file; ``key_id`` (16 hex digits) is a fingerprint of the secret and the bound
