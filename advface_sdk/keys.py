@@ -48,11 +48,15 @@ def _key_id(secret: bytes, protector_id: str) -> str:
     return hashlib.sha256(KEY_FORMAT.encode() + b"\0" + secret + protector_id.encode()).hexdigest()[:16]
 
 
-def _haar(seed: bytes, dim: int) -> np.ndarray:
-    g = np.random.default_rng(int.from_bytes(seed, "big")).standard_normal((dim, dim))
-    q, r = np.linalg.qr(g)
-    q *= np.sign(np.diag(r))  # Haar-distributed
+def random_rotation(rng: np.random.Generator, dim: int) -> np.ndarray:
+    """A Haar-distributed ``(dim, dim)`` orthogonal matrix drawn with ``rng`` (QR of a Gaussian, signs fixed)."""
+    q, r = np.linalg.qr(rng.standard_normal((dim, dim)))
+    q *= np.sign(np.diag(r))
     return q
+
+
+def _haar(seed: bytes, dim: int) -> np.ndarray:
+    return random_rotation(np.random.default_rng(int.from_bytes(seed, "big")), dim)
 
 
 @lru_cache(maxsize=16)

@@ -42,14 +42,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from advface_sdk.evaluation.attacks import align_without_pairs, match_without_pairs, rank1
+from advface_sdk.evaluation.attacks import align_without_pairs, match_without_pairs, matched_rank1, rank1
+from advface_sdk.keys import random_rotation
 from facecore.embeddings import l2_normalize
 from facecore.metrics import kfold_accuracy
-
-
-def haar(rng: np.random.Generator, d: int) -> np.ndarray:
-    q, r = np.linalg.qr(rng.standard_normal((d, d)))
-    return q * np.sign(np.diag(r))
 
 
 class Scheme:
@@ -59,7 +55,7 @@ class Scheme:
                  blocks: int = 1, salted: bool = False):
         self.name, self.decoy, self.blocks, self.salted = name, decoy, blocks, salted
         self.rng = np.random.default_rng(key_seed)
-        self.rot = haar(self.rng, dim * (1 + blocks if decoy else 1))
+        self.rot = random_rotation(self.rng, dim * (1 + blocks if decoy else 1))
         self.salt_seed = int(self.rng.integers(2 ** 31))
         if decoy:
             pub = l2_normalize(public)
@@ -68,7 +64,7 @@ class Scheme:
     def _salted(self, x: np.ndarray, users: np.ndarray) -> np.ndarray:
         out = np.empty_like(x)
         for u in np.unique(users):
-            q = haar(np.random.default_rng([self.salt_seed, int(u)]), x.shape[1])
+            q = random_rotation(np.random.default_rng([self.salt_seed, int(u)]), x.shape[1])
             out[users == u] = x[users == u] @ (q @ self.rot).T
         return out
 
@@ -114,7 +110,7 @@ def norm_split_subspace(t: np.ndarray, dim: int, restarts: int = 4, steps: int =
 
 
 def gw_rank1(stolen: np.ndarray, view: np.ndarray) -> float:
-    return float(np.mean(match_without_pairs(stolen, view)["match"] == np.arange(len(stolen))))
+    return matched_rank1(match_without_pairs(stolen, view)["match"])
 
 
 def attack(scheme: Scheme, thief: Scheme, g: np.ndarray, z: np.ndarray, lab: np.ndarray, db: np.ndarray,
@@ -136,11 +132,11 @@ def attack(scheme: Scheme, thief: Scheme, g: np.ndarray, z: np.ndarray, lab: np.
         comp = np.linalg.svd(np.eye(len(u)) - u @ u.T)[0][:, :dim]
         # the thief cannot tell which side holds the template, so he keeps the better-fitting GW matching (no labels)
         side = min((match_without_pairs(stolen @ b, mine) for b in (u, comp)), key=lambda m: m["objective"])
-        out["norm-split subspace + GW"] = float(np.mean(side["match"] == np.arange(len(stolen))))
+        out["norm-split subspace + GW"] = matched_rank1(side["match"])
         truth = scheme.rot[:, :dim]  # how much of the template half the search found (the thief cannot see this)
         out["norm-split overlap with the true half"] = float(np.linalg.svd(u.T @ truth, compute_uv=False).mean())
         out["PCA overlap with the true half"] = float(np.linalg.svd(pca.T @ truth, compute_uv=False).mean())
-        rand = haar(np.random.default_rng(0), len(u))[:, :dim]
+        rand = random_rotation(np.random.default_rng(0), len(u))[:, :dim]
         out["random subspace overlap"] = float(np.linalg.svd(rand.T @ truth, compute_uv=False).mean())
     return out
 

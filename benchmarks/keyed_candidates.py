@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from advface_sdk.evaluation.attacks import align_without_pairs, known_plaintext_maps, match_without_pairs, rank1
-from advface_sdk.keys import DeploymentKey
+from advface_sdk.evaluation.attacks import align_without_pairs, known_plaintext_maps, match_without_pairs, matched_rank1, rank1
+from advface_sdk.keys import DeploymentKey, random_rotation
 from facecore.embeddings import l2_normalize
 from facecore.metrics import kfold_accuracy
 
@@ -44,8 +44,7 @@ def candidates(dim: int, seed: int = 7) -> dict:
     thief's view with the key but without the users' salts).
     """
     rng = np.random.default_rng(seed)
-    q, r = np.linalg.qr(rng.standard_normal((dim, dim)))
-    rot = q * np.sign(np.diag(r))
+    rot = random_rotation(rng, dim)
     out = {"advface (no key)": lambda x, users: x, "rotation": lambda x, users: l2_normalize(x) @ rot.T}
     for m in (dim, 4 * dim):
         w = rng.standard_normal((m, dim))
@@ -65,11 +64,6 @@ def candidates(dim: int, seed: int = 7) -> dict:
 
     out["salted rotation (1:1)"] = salted
     return out
-
-
-def gw_rank1(stolen: np.ndarray, view: np.ndarray) -> float:
-    """Rank-1 of the Gromov–Wasserstein matching of the stolen set to ``view`` (row i = victim i)."""
-    return float(np.mean(match_without_pairs(stolen, view)["match"] == np.arange(len(stolen))))
 
 
 def known_plaintext(pairs_z: np.ndarray, pairs_t: np.ndarray, stolen: np.ndarray, cand: np.ndarray) -> float:
@@ -124,7 +118,8 @@ def main() -> None:
                 own = thief[name](gz[d["v_probe"]], d["v_probe"])  # the victims' photos under the thief's own key (salts)
                 row["alignment_by_attacker"] = {
                     "profile + Procrustes": rank1(align_without_pairs(stolen, cand), cand),
-                    "GW vs clean photos": gw_rank1(stolen, cand), "GW vs photos under the SDK": gw_rank1(stolen, own)}
+                    "GW vs clean photos": matched_rank1(match_without_pairs(stolen, cand)["match"]),
+                    "GW vs photos under the SDK": matched_rank1(match_without_pairs(stolen, own)["match"])}
                 row["alignment_no_pairs"] = max(row["alignment_by_attacker"].values())
             for n in (10, 30, 100, 1000):
                 pick = rng.choice(attacker_rows, n, replace=False)

@@ -265,6 +265,11 @@ def match_without_pairs(templates: np.ndarray, candidates: np.ndarray, epsilons:
     return best
 
 
+def matched_rank1(match: np.ndarray) -> float:
+    """Share of stolen templates ``i`` that a pair-free matching sends to candidate ``i`` (the same person)."""
+    return float(np.mean(np.asarray(match) == np.arange(len(match))))
+
+
 def known_plaintext_maps(pairs_clean: np.ndarray, pairs_stored: np.ndarray) -> dict[str, np.ndarray]:
     """(d) Linear maps stored template → clean embedding fitted on the thief's own (clean, stored) pairs:
     ridge least squares, and orthogonal Procrustes where the widths allow."""

@@ -23,7 +23,7 @@ from facecore.metrics import roc_curve
 from facecore.paths import cache_dir as default_cache_dir
 
 from .attacks import (AttackerConfig, align_without_pairs, decoder_inputs, known_plaintext_maps, l2_normalize,
-                      match_without_pairs, procrustes, rank1, reidentification,
+                      match_without_pairs, matched_rank1, procrustes, rank1, reidentification,
                       score_matrix, train_attacker)
 from .lfw_setup import OTHER, LfwEvaluation
 from .methods import ProtectionMethod, create_method, list_methods
@@ -458,7 +458,7 @@ class Benchmark:
         for view, y in views.items():
             m = match_without_pairs(s, y)
             mapped = l2_normalize(x @ procrustes(x, l2_normalize(cand[m["match"]])))
-            found[f"Gromov-Wasserstein ({view})"] = {"rank1": float(np.mean(m["match"] == np.arange(len(s)))),
+            found[f"Gromov-Wasserstein ({view})"] = {"rank1": matched_rank1(m["match"]),
                                                      "type2": decoded(mapped), "epsilon": m["epsilon"]}
         best = max(found, key=lambda k: found[k]["rank1"])
         return {**found[best], "attacker": best, "attackers": found}
