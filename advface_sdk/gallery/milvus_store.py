@@ -7,12 +7,20 @@ a secured cluster is read from ``$MILVUS_TOKEN`` and never stored. Each ``add`` 
 flushed before it returns; a process killed inside ``add`` can leave part of that one batch behind
 (``advface-cli gallery enroll --skip-existing`` resumes). Milvus Lite serves a file to one process at
 a time (any number of clients inside it); use a server for many processes.
+
+Milvus Lite's flush swaps in an empty memtable before the frozen rows are written out as a segment,
+so a count or search racing a flush can miss the rows being flushed (a count that shrinks and grows
+back), whatever the consistency level. The clients of one Lite database in this process therefore
+share a readers-writer lock: ``add`` and ``remove`` (insert, delete, flush) hold it exclusively and
+reads share it, so readers see whole commits only.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +36,56 @@ DEFAULTS = {"uri": None, "collection": "advface_gallery", "index": "flat", "hnsw
             "ef_search": 128}
 MAX_ID_LENGTH = 512
 _REQUEST_ROWS = 8192  # rows per insert / query request (well under the gRPC message limit)
+
+
+class _ReadWriteLock:
+    """Many readers or one writer; a waiting writer holds off new readers (no writer starvation)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._readers = self._writers_waiting = 0
+        self._writing = False
+
+    @contextmanager
+    def read(self):
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writing and not self._writers_waiting)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self):
+        with self._cond:
+            self._writers_waiting += 1
+            try:
+                self._cond.wait_for(lambda: not self._writing and not self._readers)
+            finally:
+                self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+_LITE_LOCKS: dict[str, _ReadWriteLock] = {}
+_LITE_LOCKS_GUARD = threading.Lock()
+
+
+def _lite_lock(uri: str) -> _ReadWriteLock | None:
+    """The lock shared by every client of the Milvus Lite database ``uri`` in this process (``None``: a server)."""
+    if not uri.endswith(".db"):  # pymilvus's own test for a Lite file
+        return None
+    with _LITE_LOCKS_GUARD:
+        return _LITE_LOCKS.setdefault(os.path.realpath(uri), _ReadWriteLock())
 
 
 def _client(uri: str):
@@ -59,6 +117,13 @@ class MilvusStore(VectorStore):
         self.uri = self.options["uri"] or str(self.folder.resolve() / LITE_FILE)
         self.collection = self.options["collection"]
         self.client = _client(self.uri)
+        self._lock = _lite_lock(self.uri)
+
+    def _reading(self):
+        return self._lock.read() if self._lock is not None else nullcontext()
+
+    def _writing(self):
+        return self._lock.write() if self._lock is not None else nullcontext()
 
     @classmethod
     def create(cls, folder: Path, dim: int, identity: dict, options: dict) -> "MilvusStore":
@@ -106,7 +171,11 @@ class MilvusStore(VectorStore):
         self.client.close()
 
     def add(self, ids: list[str], vectors: np.ndarray) -> None:
-        present = [i for i, hit in zip(ids, self.contains(ids)) if hit]
+        with self._writing():
+            self._add(ids, vectors)
+
+    def _add(self, ids: list[str], vectors: np.ndarray) -> None:
+        present = [i for i, hit in zip(ids, self._contains(ids)) if hit]
         if present:
             raise DuplicateIdError(f"{len(present)} ids are already enrolled (first: {present[:3]}); nothing was added")
         done = 0
@@ -122,13 +191,18 @@ class MilvusStore(VectorStore):
         self.client.flush(self.collection)
 
     def remove(self, ids: list[str]) -> int:
-        present = [i for i, hit in zip(ids, self.contains(ids)) if hit]
-        for start in range(0, len(present), _REQUEST_ROWS):
-            self.client.delete(self.collection, ids=present[start:start + _REQUEST_ROWS])
-        self.client.flush(self.collection)
+        with self._writing():
+            present = [i for i, hit in zip(ids, self._contains(ids)) if hit]
+            for start in range(0, len(present), _REQUEST_ROWS):
+                self.client.delete(self.collection, ids=present[start:start + _REQUEST_ROWS])
+            self.client.flush(self.collection)
         return len(present)
 
     def contains(self, ids: list[str]) -> np.ndarray:
+        with self._reading():
+            return self._contains(ids)
+
+    def _contains(self, ids: list[str]) -> np.ndarray:
         found: set[str] = set()
         for start in range(0, len(ids), _REQUEST_ROWS):
             found.update(r["id"] for r in self.client.query(self.collection, ids=ids[start:start + _REQUEST_ROWS],
@@ -136,12 +210,14 @@ class MilvusStore(VectorStore):
         return np.fromiter((i in found for i in ids), bool, len(ids))
 
     def __len__(self) -> int:
-        return int(self.client.query(self.collection, filter="", output_fields=["count(*)"], consistency_level="Strong")[0]["count(*)"])
+        with self._reading():
+            return int(self.client.query(self.collection, filter="", output_fields=["count(*)"], consistency_level="Strong")[0]["count(*)"])
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         params = {"metric_type": "IP", "params": {"ef": max(int(self.options["ef_search"]), k)}
                   if self.options["index"] == "hnsw" else {}}
-        hits = self.client.search(self.collection, data=queries, limit=k, search_params=params, output_fields=[])
+        with self._reading():
+            hits = self.client.search(self.collection, data=queries, limit=k, search_params=params, output_fields=[])
         ids = np.full((len(queries), k), "", dtype=object)
         scores = np.full((len(queries), k), -np.inf, np.float32)
         for row, found in enumerate(hits):
