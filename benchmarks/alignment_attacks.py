@@ -1,4 +1,4 @@
-"""(c) Pair-free attackers against keyed AdvFace templates, and what stops them: rotation, salts, decoy padding.
+"""(c) Pair-free attackers against keyed AdvFace templates, and what stops them: rotation, salts, noise, decoy padding.
 
 The thief holds the stolen template database, the SDK and the public recognizers, and clean photos of
 the victims, but no key and no (photo, template) pair. He links stolen templates to their owners and,
@@ -6,6 +6,10 @@ once the key is undone, decodes them. Schemes, all on the shipped AdvFace genera
 
 * ``rotation key`` — ``R·ĝ`` (what ``protect(..., key=)`` stores, up to the template's norm);
 * ``salted rotation (1:1)`` — ``Q_u·R·ĝ``, one salt per user (``protect(..., key=, salts=)``);
+* ``advface + fresh noise b`` — AdvFace, then fresh Gaussian noise of relative size ``b`` drawn for every
+  template and kept nowhere (enrolling the same face twice stores two draws), then the rotation key;
+* ``keyed noise direction`` — AdvFace's perturbation ``ĝ − ẑ`` turned by a second secret rotation before it is
+  added back (the thief's SDK, with his key, makes other noise), then the rotation key;
 * ``decoy padding c`` — ``R₂·[ĝ ; c·d̂]`` in twice the width (``--blocks b``: ``b`` decoys, ``1+b`` times the
   width, scores divided by ``√(1+b)``): ``d`` a fresh decoy drawn for every template
   from a Gaussian with the mean and covariance of public AdvFace templates (defender identities), so no
@@ -18,10 +22,12 @@ Attackers, each reported (the strongest is what counts):
 * Gromov–Wasserstein matching of the similarity structures (``match_without_pairs``), against the clean
   photos and against the photos protected with the public SDK under the thief's own key (own decoys);
 * subspace + GW (padding only): the thief first looks for the template half in the whole stolen database
-  (every image of the victims' folds), either as its top principal subspace or as the subspace in which
-  every template's share of the squared norm is most constant (the halves are each unit vectors; a
-  torch search over orthonormal bases, several restarts; of the subspace and its complement he keeps the one
-  whose GW matching fits better), then runs GW on the victims' templates projected on it.
+  (every image of the victims' folds; ``--store all``: every LFW image, a store five times larger), as its top
+  principal subspace, or as the subspace in which every template's share of the squared norm is most
+  constant (the halves are each unit vectors; a torch search over orthonormal bases, several restarts; of the
+  subspace and its complement he keeps the one whose GW matching fits better), or as the subspace in which
+  presumed same-person pairs (mutual nearest neighbours) agree most (paired scatter: LDA with the pairs as
+  classes, re-paired inside the subspace three times), then runs GW on the victims' templates projected on it.
 
 Victims: 346 people of LFW folds 9–10 (chance rank-1 1/346); LFW accuracy on View-2 folds 6–10. One key
 links few enough victims that chance moves it by a victim or two, so each rank-1 is the mean over
@@ -49,14 +55,18 @@ from facecore.metrics import kfold_accuracy
 
 
 class Scheme:
-    """One keyed storage transform: ``store(g, users)`` for AdvFace templates, ``probe(z, users)`` for clean probes."""
+    """One keyed storage transform: ``store(g, z, users)`` for AdvFace templates ``g`` of clean embeddings ``z``,
+    ``probe(z, users)`` for clean probes."""
 
     def __init__(self, name: str, dim: int, key_seed: int, public: np.ndarray, decoy: float | None = None,
-                 blocks: int = 1, salted: bool = False):
+                 blocks: int = 1, salted: bool = False, noise: float = 0.0, keyed_noise: bool = False):
         self.name, self.decoy, self.blocks, self.salted = name, decoy, blocks, salted
+        self.noise, self.keyed_noise = noise, keyed_noise
         self.rng = np.random.default_rng(key_seed)
         self.rot = random_rotation(self.rng, dim * (1 + blocks if decoy else 1))
         self.salt_seed = int(self.rng.integers(2 ** 31))
+        if keyed_noise:
+            self.noise_rot = random_rotation(self.rng, dim)
         if decoy:
             pub = l2_normalize(public)
             self.mean, self.chol = pub.mean(0), np.linalg.cholesky(np.cov(pub.T) + 1e-6 * np.eye(dim))
@@ -68,8 +78,13 @@ class Scheme:
             out[users == u] = x[users == u] @ (q @ self.rot).T
         return out
 
-    def store(self, g: np.ndarray, users: np.ndarray) -> np.ndarray:
+    def store(self, g: np.ndarray, z: np.ndarray, users: np.ndarray) -> np.ndarray:
         x = l2_normalize(g)
+        if self.keyed_noise:  # AdvFace's perturbation turned by a secret rotation: the thief's SDK makes other noise
+            zn = l2_normalize(z)
+            x = l2_normalize(zn + (x - zn) @ self.noise_rot.T)
+        if self.noise:  # fresh noise of relative size ``noise``, never stored apart from the template
+            x = l2_normalize(x + self.noise * l2_normalize(self.rng.standard_normal(x.shape)))
         if self.decoy:
             decoys = [l2_normalize(self.mean + self.rng.standard_normal(x.shape) @ self.chol.T) for _ in range(self.blocks)]
             x = np.hstack([x, *(self.decoy * d for d in decoys)])
@@ -109,6 +124,32 @@ def norm_split_subspace(t: np.ndarray, dim: int, restarts: int = 4, steps: int =
     return best[1]
 
 
+def paired_scatter_subspace(t: np.ndarray, dim: int, rounds: int = 3) -> np.ndarray:
+    """Orthonormal ``(D, dim)`` basis of the directions in which presumed same-person pairs agree most.
+
+    The thief pairs every template with its mutual nearest neighbour (mostly two images of one person: the
+    template halves agree, the decoys do not), then takes the generalised eigenvectors of (within-pair
+    scatter, total scatter) with the smallest eigenvalues — linear discriminant analysis with the pairs as
+    classes — and repeats the pairing inside the subspace found. Why by hand: it is one ``scipy.linalg.eigh``.
+    """
+    from scipy.linalg import eigh
+
+    x = l2_normalize(t)
+    xc = x - x.mean(0)
+    total = xc.T @ xc / len(x) + 1e-6 * np.eye(x.shape[1])
+    view = x
+    for _ in range(rounds):
+        sim = view @ view.T
+        np.fill_diagonal(sim, -np.inf)
+        nn = sim.argmax(1)
+        a = np.flatnonzero((nn[nn] == np.arange(len(nn))) & (np.arange(len(nn)) < nn))
+        diff = x[a] - x[nn[a]]
+        within = diff.T @ diff / len(diff) + 1e-6 * np.eye(x.shape[1])
+        u = np.linalg.qr(eigh(within, total)[1][:, :dim])[0]
+        view = x @ u
+    return u
+
+
 def gw_rank1(stolen: np.ndarray, view: np.ndarray) -> float:
     return matched_rank1(match_without_pairs(stolen, view)["match"])
 
@@ -116,15 +157,15 @@ def gw_rank1(stolen: np.ndarray, view: np.ndarray) -> float:
 def attack(scheme: Scheme, thief: Scheme, g: np.ndarray, z: np.ndarray, lab: np.ndarray, db: np.ndarray,
            enrolled: np.ndarray, probes: np.ndarray) -> dict:
     """Every pair-free attacker on ``scheme``; ``thief`` is the same scheme under the thief's own key."""
-    stolen = scheme.store(g[enrolled], lab[enrolled])
+    stolen = scheme.store(g[enrolled], z[enrolled], lab[enrolled])
     cand, dim = z[probes], z.shape[1]
-    own = thief.store(g[probes], lab[probes])  # the victims' photos through the public SDK, the thief's own key
+    own = thief.store(g[probes], z[probes], lab[probes])  # the victims' photos through the public SDK, the thief's own key
     out = {"direct": rank1(stolen, cand) if stolen.shape[1] == dim else None,
            "profile + Procrustes": rank1(align_without_pairs(stolen, cand), cand) if stolen.shape[1] == dim else None,
            "GW vs clean photos": gw_rank1(stolen, cand),
            "GW vs photos under the SDK": gw_rank1(stolen, own)}
     if scheme.decoy:
-        whole = scheme.store(g[db], lab[db])  # the whole stolen database, for finding the template half
+        whole = scheme.store(g[db], z[db], lab[db])  # the whole stolen database, for finding the template half
         mine = l2_normalize(g[probes])
         pca = np.linalg.svd(whole - whole.mean(0), full_matrices=False)[2][:dim].T
         out["PCA subspace + GW"] = gw_rank1(stolen @ pca, mine)
@@ -136,8 +177,50 @@ def attack(scheme: Scheme, thief: Scheme, g: np.ndarray, z: np.ndarray, lab: np.
         truth = scheme.rot[:, :dim]  # how much of the template half the search found (the thief cannot see this)
         out["norm-split overlap with the true half"] = float(np.linalg.svd(u.T @ truth, compute_uv=False).mean())
         out["PCA overlap with the true half"] = float(np.linalg.svd(pca.T @ truth, compute_uv=False).mean())
+        lda = paired_scatter_subspace(whole, dim)
+        out["paired-scatter subspace + GW"] = gw_rank1(stolen @ lda, mine)
+        out["paired-scatter overlap with the true half"] = float(np.linalg.svd(lda.T @ truth, compute_uv=False).mean())
         rand = random_rotation(np.random.default_rng(0), len(u))[:, :dim]
         out["random subspace overlap"] = float(np.linalg.svd(rand.T @ truth, compute_uv=False).mean())
+    return out
+
+
+def _plot(results: dict, victims: int, path: Path) -> None:
+    """Accuracy cost vs raw against the strongest (c) attacker, one panel per recognizer, with the issue's bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
+    for ax, (rec, res) in zip(axes[0], results.items()):
+        rows = [(n, r) for n, r in res.items() if isinstance(r, dict)]
+        for i, (name, r) in enumerate(rows):
+            x, y = res["raw accuracy"] - r["accuracy"], max(100 * r["strongest"], 0.1)  # 0 % drawn at the floor
+            ax.scatter(x, y, s=30)
+            ax.annotate(name, (x, y), fontsize=7, xytext=(4, 6 if i % 2 else -10), textcoords="offset points")
+        ax.axhline(200 / victims, color="r", ls="--", lw=1, label="bar: 2× chance")
+        ax.axvline(0.3, color="gray", ls=":", lw=1, label="accuracy budget 0.3 points")
+        ax.set(title=f"{rec}: (c) pair-free linking vs accuracy cost", xlabel="LFW accuracy cost vs raw (points)",
+               ylabel="strongest attacker's rank-1 (%, log)", yscale="log", ylim=(0.1, 100), xlim=(0, None))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def store_sweep(scheme: Scheme, g: np.ndarray, z: np.ndarray, lab: np.ndarray, db: np.ndarray, enrolled: np.ndarray,
+                probes: np.ndarray, sizes: list[int], seed: int = 0) -> list[dict]:
+    """The paired-scatter thief on stolen stores of growing size (random subsets of ``db``): how much of the
+    template half he finds (overlap) and how many victims GW then links."""
+    dim, rng, out = z.shape[1], np.random.default_rng(seed), []
+    stolen, mine, truth = scheme.store(g[enrolled], z[enrolled], lab[enrolled]), l2_normalize(g[probes]), scheme.rot[:, :dim]
+    for n in sizes:
+        part = np.sort(rng.choice(db, size=min(n, len(db)), replace=False))
+        u = paired_scatter_subspace(scheme.store(g[part], z[part], lab[part]), dim)
+        out.append({"store": int(len(part)), "overlap": float(np.linalg.svd(u.T @ truth, compute_uv=False).mean()),
+                    "rank1": gw_rank1(stolen @ u, mine)})
+        print(scheme.name, out[-1], flush=True)
     return out
 
 
@@ -146,8 +229,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True, help="Output stem (.json and .md are written).")
     ap.add_argument("--recognizers", nargs="+", choices=("fr128", "fr512"), default=("fr128", "fr512"))
     ap.add_argument("--decoys", nargs="+", type=float, default=(0.5, 1.0), help="Decoy scales c to measure.")
+    ap.add_argument("--noise", nargs="+", type=float, default=(0.3, 0.5, 0.7),
+                    help="Fresh-noise sizes (relative to the template) to measure on top of AdvFace.")
     ap.add_argument("--keys", type=int, default=3, help="Independent keys per scheme; rank-1 is their mean.")
     ap.add_argument("--blocks", nargs="+", type=int, default=(), help="Also measure this many decoy blocks (c = 1 each).")
+    ap.add_argument("--store", choices=("folds", "all"), default="folds",
+                    help="The stolen database subspace attacks search: the victims' folds, or every LFW image (13,233).")
+    ap.add_argument("--sweep", nargs="+", type=int, default=(),
+                    help="Store sizes for the paired-scatter thief against each decoy scheme (first key only).")
     ap.add_argument("--schemes", nargs="+", default=None, metavar="NAME", help="Measure only these schemes (by name).")
     args = ap.parse_args()
     from advface_sdk import Protector
@@ -159,6 +248,8 @@ def main() -> None:
     lab = ev.dataset.labels
     vic = pick_victims(lab, ev.mask("victim"), None, 0)
     db, public = np.flatnonzero(ev.mask("victim")), ev.mask("defender")
+    if args.store == "all":
+        db = np.arange(len(lab))
     results = {}
     for rec in args.recognizers:
         z = (ev.emb if rec == "fr128" else ev.emb_eval).astype(np.float32)
@@ -168,22 +259,29 @@ def main() -> None:
         specs = [("rotation key", {}), ("salted rotation (1:1)", {"salted": True})]
         specs += [(f"decoy padding c={c:g}", {"decoy": c}) for c in args.decoys]
         specs += [(f"decoy padding {b} blocks c=1", {"decoy": 1.0, "blocks": b}) for b in args.blocks if b > 1]
-        res = {"advface accuracy": round(100 * kfold_accuracy(np.sum(l2_normalize(g[left]) * l2_normalize(z[right]), 1),
+        specs += [(f"advface + fresh noise {b:g}", {"noise": b}) for b in args.noise]
+        specs += [("keyed noise direction", {"keyed_noise": True})]
+        res = {"raw accuracy": round(100 * kfold_accuracy(np.sum(l2_normalize(z[left]) * l2_normalize(z[right]), 1),
+                                                         issame, folds).accuracy, 2),
+               "advface accuracy": round(100 * kfold_accuracy(np.sum(l2_normalize(g[left]) * l2_normalize(z[right]), 1),
                                                                  issame, folds).accuracy, 2)}
         for name, kw in specs:
             if args.schemes and name not in args.schemes:
                 continue
-            start, runs = time.perf_counter(), []
+            start, runs, acc = time.perf_counter(), [], []
             for k in range(args.keys):  # independent deployment keys (and decoys) against independent thieves' keys
                 scheme, thief = Scheme(name, dim, 1 + 10 * k, g[public], **kw), Scheme(name, dim, 2 + 10 * k, g[public], **kw)
-                if k == 0:
-                    acc = kfold_accuracy(np.sum(l2_normalize(scheme.store(g[left], lab[left]))
-                                                * l2_normalize(scheme.probe(z[right], lab[left])), 1), issame, folds).accuracy
+                acc.append(kfold_accuracy(np.sum(l2_normalize(scheme.store(g[left], z[left], lab[left]))
+                                                 * l2_normalize(scheme.probe(z[right], lab[left])), 1), issame, folds).accuracy)
                 runs.append(attack(scheme, thief, g, z, lab, db, vic.enrolled, vic.probe))
-            row = {"accuracy": round(100 * acc, 2), "template_values": int(scheme.store(g[:1], lab[:1]).shape[1]),
+            row = {"accuracy": round(100 * float(np.mean(acc)), 2),
+                   "template_values": int(scheme.store(g[:1], z[:1], lab[:1]).shape[1]),
                    "keys": args.keys, "per_key": runs,
                    **{a: (None if runs[0][a] is None else float(np.mean([r[a] for r in runs]))) for a in runs[0]}}
             row["strongest"] = max(row[a] for a in runs[0] if "overlap" not in a and row[a] is not None)
+            if kw.get("decoy") and args.sweep:
+                row["store sweep"] = store_sweep(Scheme(name, dim, 1, g[public], **kw), g, z, lab, db, vic.enrolled,
+                                                 vic.probe, list(args.sweep))
             row["minutes"] = round((time.perf_counter() - start) / 60, 1)
             res[name] = row
             print(rec, name, row, flush=True)
@@ -191,7 +289,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     cols = ["direct", "profile + Procrustes", "GW vs clean photos", "GW vs photos under the SDK", "PCA subspace + GW",
-            "norm-split subspace + GW"]
+            "norm-split subspace + GW", "paired-scatter subspace + GW"]
     pct = lambda v: "n/a" if v is None else f"{100 * v:.1f} %"  # noqa: E731
     lines = ["# (c) Pair-free attackers against keyed AdvFace templates", "",
              f"Command: `python benchmarks/alignment_attacks.py {shlex.join(sys.argv[1:])}`", "",
@@ -199,20 +297,33 @@ def main() -> None:
              f"known pair. Rank-1 linking of the {len(vic.enrolled)} victims' stolen templates to their photos (chance "
              f"{100 / len(vic.enrolled):.1f} %, the issue's bar 2× chance = {200 / len(vic.enrolled):.1f} %), the mean over "
              f"{args.keys} independent deployment keys (and decoy draws), each against a thief with a key of his own. Subspace attacks "
-             f"search the whole stolen database ({len(db)} templates of the victims' folds). See the module docstring.", ""]
+             f"search the whole stolen database ({len(db)} templates: "
+             f"{'every LFW image' if args.store == 'all' else 'the victims’ folds'}). See the module docstring.", ""]
     for rec, res in results.items():
-        lines += [f"## {rec} (AdvFace accuracy {res['advface accuracy']:.2f} %)", "",
-                  "| scheme | values | LFW acc | " + " | ".join(cols) + " | strongest |", "|---|---|---|" + "---|" * (len(cols) + 1)]
+        lines += [f"## {rec} (raw accuracy {res['raw accuracy']:.2f} %, AdvFace {res['advface accuracy']:.2f} %)", "",
+                  "| scheme | values | LFW acc (Δ vs raw) | " + " | ".join(cols) + " | strongest |",
+                  "|---|---|---|" + "---|" * (len(cols) + 1)]
         for name, r in res.items():
             if isinstance(r, dict):
-                lines.append(f"| {name} | {r['template_values']} | {r['accuracy']:.2f} | " +
+                lines.append(f"| {name} | {r['template_values']} | {r['accuracy']:.2f} ({r['accuracy'] - res['raw accuracy']:+.2f}) | " +
                              " | ".join(pct(r.get(c)) for c in cols) + f" | **{pct(r['strongest'])}** |")
         over = {n: r for n, r in res.items() if isinstance(r, dict) and "PCA overlap with the true half" in r}
         if over:
             lines += ["", "Subspace found vs the true template half (mean cosine of principal angles; 1 = found): " + "; ".join(
                 f"{n}: PCA {r['PCA overlap with the true half']:.2f}, norm-split {r['norm-split overlap with the true half']:.2f}, "
+                f"paired-scatter {r['paired-scatter overlap with the true half']:.2f}, "
                 f"a random subspace {r['random subspace overlap']:.2f}" for n, r in over.items()), ""]
+    sweeps = [(rec, n, r["store sweep"]) for rec, res in results.items() for n, r in res.items()
+              if isinstance(r, dict) and "store sweep" in r]
+    if sweeps:
+        lines += ["## The paired-scatter thief against stores of growing size (first key)", "",
+                  "| recognizer | scheme | templates in the stolen store | overlap with the template half | GW rank-1 |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {rec} | {n} | {p['store']} | {p['overlap']:.2f} | {pct(p['rank1'])} |" for rec, n, sw in sweeps for p in sw]
+        lines += [""]
+    lines += [f"![accuracy cost against the strongest pair-free attacker]({args.out.name}.png)", ""]
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    _plot(results, len(vic.enrolled), args.out.with_suffix(".png"))
     print(args.out.with_suffix(".md").read_text())
 
 
