@@ -39,3 +39,29 @@ def test_sets_of_different_sizes_are_refused(people):
     _, enrolled, probes = people
     with pytest.raises(InvalidInputError, match="same size"):
         match_without_pairs(enrolled[:10], probes[:12])
+
+
+def test_a_store_with_several_templates_per_person_gives_decoy_padding_away():
+    """The benchmark's paired-scatter thief finds the template half of decoy-padded templates (c = 1)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "alignment_attacks", Path(__file__).resolve().parents[1] / "benchmarks" / "alignment_attacks.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(1)
+    n, per, d = 300, 3, 16
+    ids = rng.standard_normal((2 * n, d)) * np.linspace(2.0, 0.3, d) + 1.0
+    faces = l2_normalize(np.repeat(ids, per, 0) + 0.4 * rng.standard_normal((2 * n * per, d)))
+    store, public = faces[:n * per], faces[n * per:]  # the deployer's public faces are other people
+    scheme = bench.Scheme("decoy", d, 7, public, decoy=1.0)
+    padded = scheme.store(store, store, np.repeat(np.arange(n), per))
+    truth = scheme.rot[:, :d]
+
+    def overlap(u):
+        return np.linalg.svd(u.T @ truth, compute_uv=False).mean()
+
+    guess = overlap(random_rotation(rng, 2 * d)[:, :d])  # ~0.62 for 16 of 32 dimensions
+    assert guess < 0.7
+    assert overlap(bench.paired_scatter_subspace(padded, d)) > 0.8  # the weakest identity directions stay hidden
