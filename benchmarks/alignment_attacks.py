@@ -150,6 +150,11 @@ def paired_scatter_subspace(t: np.ndarray, dim: int, rounds: int = 3) -> np.ndar
     return u
 
 
+def overlap(u: np.ndarray, truth: np.ndarray) -> float:
+    """How much of the subspace ``truth`` the orthonormal basis ``u`` found: the mean cosine of their principal angles."""
+    return float(np.linalg.svd(u.T @ truth, compute_uv=False).mean())
+
+
 def gw_rank1(stolen: np.ndarray, view: np.ndarray) -> float:
     return matched_rank1(match_without_pairs(stolen, view)["match"])
 
@@ -175,13 +180,13 @@ def attack(scheme: Scheme, thief: Scheme, g: np.ndarray, z: np.ndarray, lab: np.
         side = min((match_without_pairs(stolen @ b, mine) for b in (u, comp)), key=lambda m: m["objective"])
         out["norm-split subspace + GW"] = matched_rank1(side["match"])
         truth = scheme.rot[:, :dim]  # how much of the template half the search found (the thief cannot see this)
-        out["norm-split overlap with the true half"] = float(np.linalg.svd(u.T @ truth, compute_uv=False).mean())
-        out["PCA overlap with the true half"] = float(np.linalg.svd(pca.T @ truth, compute_uv=False).mean())
+        out["norm-split overlap with the true half"] = overlap(u, truth)
+        out["PCA overlap with the true half"] = overlap(pca, truth)
         lda = paired_scatter_subspace(whole, dim)
         out["paired-scatter subspace + GW"] = gw_rank1(stolen @ lda, mine)
-        out["paired-scatter overlap with the true half"] = float(np.linalg.svd(lda.T @ truth, compute_uv=False).mean())
+        out["paired-scatter overlap with the true half"] = overlap(lda, truth)
         rand = random_rotation(np.random.default_rng(0), len(u))[:, :dim]
-        out["random subspace overlap"] = float(np.linalg.svd(rand.T @ truth, compute_uv=False).mean())
+        out["random subspace overlap"] = overlap(rand, truth)
     return out
 
 
@@ -218,7 +223,7 @@ def store_sweep(scheme: Scheme, g: np.ndarray, z: np.ndarray, lab: np.ndarray, d
     for n in sizes:
         part = np.sort(rng.choice(db, size=min(n, len(db)), replace=False))
         u = paired_scatter_subspace(scheme.store(g[part], z[part], lab[part]), dim)
-        out.append({"store": int(len(part)), "overlap": float(np.linalg.svd(u.T @ truth, compute_uv=False).mean()),
+        out.append({"store": int(len(part)), "overlap": overlap(u, truth),
                     "rank1": gw_rank1(stolen @ u, mine)})
         print(scheme.name, out[-1], flush=True)
     return out
