@@ -66,8 +66,10 @@ def pack_cmd(out: Path, size: int) -> None:
 @click.option("--init-from", type=click.Path(exists=True, path_type=Path), default=None,
               help="Start from this autoencoder folder.")
 @click.option("--adversarial-weight", type=float, default=0.5, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Initialisation and batch order; another seed trains an independent prior (an attacker's own).")
 def autoencoder_cmd(pack_path: Path, out: Path, minutes: float, max_steps: int, batch_size: int, threads: int,
-                    init_from: Path | None, adversarial_weight: float) -> None:
+                    init_from: Path | None, adversarial_weight: float, seed: int) -> None:
     from vigface_sdk.models.autoencoder import FaceAutoencoder
     from vigface_sdk.training.autoencoder import AutoencoderTrainConfig, train_autoencoder
 
@@ -76,7 +78,7 @@ def autoencoder_cmd(pack_path: Path, out: Path, minutes: float, max_steps: int, 
     train = training_subset(FaceTrainingSet.load(pack_path))
     rec = create_recognizer("fr128")
     cfg = AutoencoderTrainConfig(max_steps=max_steps, max_minutes=minutes, batch_size=batch_size,
-                                 identity_batch=batch_size // 2, adversarial_weight=adversarial_weight,
+                                 identity_batch=batch_size // 2, adversarial_weight=adversarial_weight, seed=seed,
                                  model={"block_out_channels": [16, 32, 64, 128]})
     init = FaceAutoencoder.from_pretrained(init_from) if init_from else None
     model, state = train_autoencoder(train.images, train.embeddings, train.labels, rec.to_torch(), cfg, ctx,
