@@ -164,14 +164,19 @@ def train_shadow(pack_file, recognizer, channel_order, mean, std, out, epochs, b
 @click.option("--distortion-weight", default=0.0, show_default=True,
               help="Weight keeping the template's cosine scores against other people unchanged (less score noise).")
 @click.option("--init", "init_artifact", default=None, help="Protector artifact (name or folder) to fine-tune from.")
+@click.option("--face-prior", default=None,
+              help="A face autoencoder folder to train against as a second shadow ('default': the VIGFace one); "
+                   "its embedding space must be the recognizer's.")
+@click.option("--prior-id-weight", default=4.0, show_default=True, help="With --face-prior: weight of its identity term.")
+@click.option("--prior-pixel-weight", default=1.0, show_default=True, help="With --face-prior: weight of its pixel term.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--max-minutes", type=float, default=None)
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 @_device_option
 @friendly_errors
 def train_generator_cmd(pack_file, recognizer, channel_order, mean, std, shadow, out, budget, hidden, epochs, batch_size, lr,
-                        utility_weight, genuine_weight, genuine_margin, distortion_weight, init_artifact, seed, max_minutes, checkpoint_dir,
-                        device) -> None:
+                        utility_weight, genuine_weight, genuine_margin, distortion_weight, init_artifact, face_prior,
+                        prior_id_weight, prior_pixel_weight, seed, max_minutes, checkpoint_dir, device) -> None:
     """Train the noise generator against a frozen shadow model and write a protector artifact."""
     from facecore.training.distributed import cleanup, init_distributed
     from facecore.training.face_pack import FaceTrainingSet
@@ -185,17 +190,35 @@ def train_generator_cmd(pack_file, recognizer, channel_order, mean, std, shadow,
     rec = _matching_recognizer(recognizer, channel_order, mean, std, train)
     cfg = GeneratorTrainConfig(budget=budget, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr,
                                utility_weight=utility_weight, genuine_weight=genuine_weight, genuine_margin=genuine_margin,
-                               distortion_weight=distortion_weight, seed=seed, max_minutes=max_minutes)
+                               distortion_weight=distortion_weight, seed=seed, max_minutes=max_minutes,
+                               prior_id_weight=prior_id_weight if face_prior else 0.0,
+                               prior_pixel_weight=prior_pixel_weight if face_prior else 0.0)
+    prior = None
+    if face_prior:
+        import torch
+
+        from .evaluation.face_prior import load_face_prior
+        from .models.decoders import PriorShadow
+
+        from facecore.errors import IncompatibleError
+
+        ae = load_face_prior(None if face_prior == "default" else face_prior)
+        space = ae.config.get("condition", {}).get("fingerprint")
+        if space != train.fingerprint:
+            raise IncompatibleError(f"the face prior {face_prior} renders prototypes of recognizer {space}, "
+                                    f"the pack is embedded by {train.fingerprint}")
+        prior = PriorShadow(ae, torch.from_numpy(train.images))
     init = None
     if init_artifact:
         art = load_artifact(init_artifact)
         art.check_recognizer(rec.fingerprint)
         init = art.build_generator()
     gen, state = train_generator(train, FaceDecoder.from_pretrained(shadow), rec.to_torch(), cfg, ctx,
-                                 checkpoint_dir or out.parent / f"{out.name}.ckpt", init=init)
+                                 checkpoint_dir or out.parent / f"{out.name}.ckpt", init=init, prior=prior)
     if ctx.is_main:
         save_artifact(gen.cpu(), out, _rec_info(train, rec),
                       {"images": len(train), "identities": int(len(set(train.labels.tolist()))), "shadow": shadow.name,
+                       **({"face_prior": face_prior} if face_prior else {}),
                        **({"init": str(init_artifact)} if init_artifact else {}), **state})
         click.echo(f"saved protector artifact to {out}")
     cleanup(ctx)

@@ -14,6 +14,12 @@ For every point the face-prior attacker runs twice: *non-adaptive* (template →
 templates of his faces) and *adaptive* (fitted on his faces under the same scheme, with his own noise draws),
 plus the benchmark's non-adaptive decoder (cached by ``advface-cli benchmark``; trained here if missing).
 
+``--artifact LABEL=FOLDER`` adds other protector artifacts as points (e.g. a generator trained against the
+face prior as a second shadow, ``advface-cli train-generator --face-prior``). Such a generator has seen the
+shipped prior, so fooling it proves little: ``--judge FOLDER`` adds a face autoencoder the *attacker* trained
+himself (another seed, never seen by any generator; ``benchmarks/vigface_train.py autoencoder --seed 1``), and
+the non-adaptive attacker runs with it too. ``--schemes`` keeps only the named points.
+
     python benchmarks/face_prior_frontier.py --recognizer fr128 --cache-dir runs/bench_cache --out benchmarks/results/threat_matrix
 
 Writes ``face_prior_frontier_<rec>.json`` / ``.md`` / ``.png``.
@@ -58,7 +64,13 @@ def _advface_plus_noise(artifact: str, budget: float, seed: int):
 @click.option("--cache-dir", default=None, help="Where the benchmark caches its trained attackers.")
 @click.option("--out", default="benchmarks/results/threat_matrix", show_default=True, type=click.Path(path_type=Path))
 @click.option("--seed", default=0, show_default=True)
-def main(recognizer: str, cache_dir: str | None, out: Path, seed: int) -> None:
+@click.option("--artifact", "artifacts", multiple=True, metavar="LABEL=FOLDER", help="Another protector artifact as a point.")
+@click.option("--judge", default=None, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A face autoencoder of the attacker's own (never seen by a generator).")
+@click.option("--schemes", default=None, help="Comma-separated point labels to keep (default: all).")
+@click.option("--stem", default=None, help="Output file stem (default face_prior_frontier_<recognizer>).")
+def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts: tuple[str, ...], judge: Path | None,
+         schemes: str | None, stem: str | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,6 +82,14 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int) -> None:
     from advface_sdk.evaluation.methods import create_method
     from advface_sdk.evaluation.privacy import pick_victims
     from advface_sdk.evaluation.report import portable
+    from facecore.errors import InvalidInputError
+
+    extra = []
+    for spec in artifacts:
+        label, sep, folder = spec.partition("=")
+        if not sep or not label or not folder:
+            raise click.BadParameter(f"expected LABEL=FOLDER, got {spec!r}", param_hint="--artifact")
+        extra.append((label, folder))
 
     t0 = time.perf_counter()
     b = Benchmark(BenchmarkConfig(recognizer=recognizer, methods=("none", "advface"), curve_budgets=(), seed=seed,
@@ -82,15 +102,28 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int) -> None:
     defender = ev.emb[ev.mask("defender")]
     artifact = recognizer
 
-    def fit(method) -> FacePriorAttacker:
+    def fit(method, autoencoder=None) -> FacePriorAttacker:
         return FacePriorAttacker.fit(decoder_inputs(method.protect_gallery(train.embeddings, users)), prior["prototypes"],
-                                     train.images, train.labels, prior["autoencoder"], b.cfg.attacker.val_fraction, seed)
+                                     train.images, train.labels, autoencoder or prior["autoencoder"],
+                                     b.cfg.attacker.val_fraction, seed)
 
     raw = create_method("none", seed=seed).fit(defender)
     non_adaptive = fit(raw)
+    own = None
+    if judge is not None:
+        from advface_sdk.evaluation.face_prior import load_face_prior
+
+        own = fit(raw, load_face_prior(judge))
     specs = [("raw", 0.0, lambda s: create_method("none", seed=s)), ("advface", 0.0, lambda s: create_method("advface", artifact=artifact, seed=s))]
     specs += [(f"gaussian {g}", g, lambda s, g=g: create_method("gaussian", budget=g, seed=s)) for g in GAUSSIAN]
     specs += [(f"advface+noise {g}", g, lambda s, g=g: _advface_plus_noise(artifact, g, s)) for g in ADVFACE_NOISE]
+    specs += [(label, 0.0, lambda s, f=folder: create_method("advface", artifact=f, seed=s)) for label, folder in extra]
+    if schemes:
+        keep = {x.strip() for x in schemes.split(",")} | {"raw"}
+        unknown = keep - {label for label, _, _ in specs}
+        if unknown:
+            raise InvalidInputError(f"unknown schemes {sorted(unknown)}; points: {', '.join(label for label, _, _ in specs)}")
+        specs = [sp for sp in specs if sp[0] in keep]
     points = []
     for label, budget, make in specs:
         t = time.perf_counter()
@@ -102,33 +135,46 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int) -> None:
         res = {"scheme": label, "noise_budget": budget, "accuracy": util["accuracy"], "tar@far=0.001": util["tar@far=0.001"],
                "face_prior_non_adaptive": b._score(non_adaptive.reconstruct(stolen), victims),
                "face_prior_adaptive": {**b._score(adaptive.reconstruct(stolen), victims), "map": adaptive.info["map"]},
+               **({"own_prior_non_adaptive": b._score(own.reconstruct(stolen), victims)} if own else {}),
                "decoder_non_adaptive": b._success(decoder, stolen, victims),
                "minutes": round((time.perf_counter() - t) / 60, 2)}
         points.append(res)
         click.echo(f"{label}: acc {100 * res['accuracy']:.2f}  face prior non-adaptive "
                    f"{100 * res['face_prior_non_adaptive']['type2']:.1f} %  adaptive "
-                   f"{100 * res['face_prior_adaptive']['type2']:.1f} %  decoder "
+                   f"{100 * res['face_prior_adaptive']['type2']:.1f} %  "
+                   + (f"own prior {100 * res['own_prior_non_adaptive']['type2']:.1f} %  " if own else "") + "decoder "
                    f"{100 * res['decoder_non_adaptive']['type2']:.1f} %  ({res['minutes']} min)", err=True)
 
     raw_acc = points[0]["accuracy"]
-    raw_t2 = max(points[0]["face_prior_non_adaptive"]["type2"], points[0]["face_prior_adaptive"]["type2"])
+    columns = ("face_prior_non_adaptive", "face_prior_adaptive") + (("own_prior_non_adaptive",) if own else ())
+    raw_t2 = max(points[0][c]["type2"] for c in columns)
     for p in points:
         p["accuracy_cost_points"] = round(100 * (raw_acc - p["accuracy"]), 3)
-        p["strongest_face_prior_type2"] = max(p["face_prior_non_adaptive"]["type2"], p["face_prior_adaptive"]["type2"])
+        p["strongest_face_prior_type2"] = max(p[c]["type2"] for c in columns)
+        p["strongest_non_adaptive_type2"] = max(p[c]["type2"] for c in columns if c != "face_prior_adaptive")
+        p["non_adaptive_reduction_vs_raw"] = (points[0]["strongest_non_adaptive_type2"] / p["strongest_non_adaptive_type2"]
+                                              if p["strongest_non_adaptive_type2"] else None)
         p["reduction_vs_raw"] = (raw_t2 / p["strongest_face_prior_type2"]) if p["strongest_face_prior_type2"] else None
-    within = [p for p in points[1:] if p["accuracy_cost_points"] <= 0.3]
-    best = min(within, key=lambda p: p["strongest_face_prior_type2"]) if within else None
-    reaching = [p for p in points[1:] if p["reduction_vs_raw"] is None or p["reduction_vs_raw"] >= 5]
-    cheapest = min(reaching, key=lambda p: p["accuracy_cost_points"]) if reaching else None
+    def best_and_cheapest(key: str, reduction: str):
+        within = [p for p in points[1:] if p["accuracy_cost_points"] <= 0.3]
+        best = min(within, key=lambda p: p[key]) if within else None
+        reaching = [p for p in points[1:] if p[reduction] is None or p[reduction] >= 5]
+        return best, (min(reaching, key=lambda p: p["accuracy_cost_points"]) if reaching else None)
+
+    best, cheapest = best_and_cheapest("strongest_face_prior_type2", "reduction_vs_raw")
+    best_na, cheapest_na = best_and_cheapest("strongest_non_adaptive_type2", "non_adaptive_reduction_vs_raw")
     result = {"command": shlex.join(["python", "benchmarks/face_prior_frontier.py", *sys.argv[1:]]),
               "recognizer": recognizer, "evaluator": ev.evaluator_name, "victims": int(len(victims.enrolled)),
               "threat_model": "(b) database and deployment key stolen: the thief has plain AdvFace templates, the SDK, "
                               "the public recognizers, his own faces and the VIGFace face prior",
               "decoder": dec_info, "face_prior": non_adaptive.info, "points": points,
+              **({"own_prior": {"folder": str(judge), **own.info}} if own else {}),
               "best_within_0.3_points": best and best["scheme"], "cheapest_5x": cheapest and cheapest["scheme"],
+              "best_within_0.3_points_non_adaptive": best_na and best_na["scheme"],
+              "cheapest_5x_non_adaptive": cheapest_na and cheapest_na["scheme"],
               "minutes": round((time.perf_counter() - t0) / 60, 2)}
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"face_prior_frontier_{recognizer}"
+    stem = stem or f"face_prior_frontier_{recognizer}"
     (out / f"{stem}.json").write_text(json.dumps(portable(result), indent=1) + "\n")
 
     pct = lambda x: f"{100 * x:.1f} %"
@@ -138,27 +184,47 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int) -> None:
              f"reconstruction matches another photo of the victim by {ev.evaluator_name} at FAR 1e-3. Accuracy: LFW View-2 "
              "folds 6–10, stored template vs clean probe. *Noise* is fresh randomness of that size relative to the "
              "template, never stored (the thief's own faces get other draws).", "",
-             "| scheme | accuracy (cost) | face prior, non-adaptive | face prior, adaptive | strongest vs raw | decoder, non-adaptive |",
-             "|---|---|---|---|---|---|"]
+             "| scheme | accuracy (cost) | face prior, non-adaptive |" + (" own prior, non-adaptive |" if own else "")
+             + " strongest non-adaptive vs raw | face prior, adaptive | strongest vs raw | decoder, non-adaptive |",
+             "|---|---|---|" + ("---|" if own else "") + "---|---|---|---|"]
+    fold = lambda r: "—" if r is None else f"{r:.1f}× below"
     for p in points:
-        red = "—" if p is points[0] else ("∞" if p["reduction_vs_raw"] is None else f"{p['reduction_vs_raw']:.1f}× below")
+        first = p is points[0]
         lines.append(f"| {p['scheme']} | {100 * p['accuracy']:.2f} % ({p['accuracy_cost_points']:+.2f}) | "
-                     f"{pct(p['face_prior_non_adaptive']['type2'])} | {pct(p['face_prior_adaptive']['type2'])} "
-                     f"({p['face_prior_adaptive']['map']}) | {red} | {pct(p['decoder_non_adaptive']['type2'])} |")
-    lines += ["", f"Within 0.3 points: best is **{best['scheme'] if best else 'none'}**"
-              + (f" ({pct(best['strongest_face_prior_type2'])}, {best['reduction_vs_raw']:.1f}× below raw)." if best and best["reduction_vs_raw"] else "."),
-              f"Cheapest scheme ≥ 5× below raw: **{cheapest['scheme']}** at {cheapest['accuracy_cost_points']:.2f} points."
-              if cheapest else "No scheme measured here gets ≥ 5× below raw.",
-              "", f"![frontier]({stem}.png)", "", f"{result['minutes']:.1f} min on 2 shared CPU cores."]
+                     f"{pct(p['face_prior_non_adaptive']['type2'])} | "
+                     + (f"{pct(p['own_prior_non_adaptive']['type2'])} | " if own else "")
+                     + f"{'—' if first else fold(p['non_adaptive_reduction_vs_raw'])} | "
+                     f"{pct(p['face_prior_adaptive']['type2'])} ({p['face_prior_adaptive']['map']}) | "
+                     f"{'—' if first else fold(p['reduction_vs_raw'])} | {pct(p['decoder_non_adaptive']['type2'])} |")
+
+    def verdict(title: str, best, cheapest, key: str, reduction: str) -> list[str]:
+        return [f"{title}: within 0.3 points the best is **{best['scheme'] if best else 'none'}**"
+                + (f" ({pct(best[key])}, {fold(best[reduction])} raw)." if best and best[reduction] else "."),
+                f"Cheapest scheme ≥ 5× below raw: **{cheapest['scheme']}** at {cheapest['accuracy_cost_points']:.2f} points."
+                if cheapest else "No scheme measured here gets ≥ 5× below raw.", ""]
+
+    lines += [""]
+    lines += verdict("Strongest non-adaptive attacker (acceptance (b))", best_na, cheapest_na, "strongest_non_adaptive_type2",
+                     "non_adaptive_reduction_vs_raw")
+    lines += verdict("Strongest attacker, adaptive included", best, cheapest, "strongest_face_prior_type2", "reduction_vs_raw")
+    if own:
+        lines += [f"*Own prior*: a face autoencoder the attacker trained himself (`{judge}`), which no generator has seen; "
+                  "the shipped prior is what `advface-cli train-generator --face-prior default` trains against.", ""]
+    lines += [f"![frontier]({stem}.png)", "", f"{result['minutes']:.1f} min on 2 shared CPU cores."]
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for kind, marker in (("gaussian", "o"), ("advface+noise", "s")):
         sel = [p for p in points if p["scheme"].startswith(kind + " ")]
-        if kind == "advface+noise":
-            sel = [points[1]] + sel
-        ax.plot([p["accuracy_cost_points"] for p in sel], [100 * p["strongest_face_prior_type2"] for p in sel],
-                marker=marker, label=f"{kind} (strongest face prior)")
+        if sel:
+            ax.plot([p["accuracy_cost_points"] for p in sel], [100 * p["strongest_face_prior_type2"] for p in sel],
+                    marker=marker, label=f"{kind} (strongest face prior)")
+    for p in points[1:]:
+        if not p["scheme"].startswith(("gaussian ", "advface+noise ")):
+            ax.scatter([p["accuracy_cost_points"]], [100 * p["strongest_face_prior_type2"]], marker="*", s=90, zorder=3,
+                       label=f"{p['scheme']} (strongest)")
+            ax.scatter([p["accuracy_cost_points"]], [100 * p["strongest_non_adaptive_type2"]], marker="x", zorder=3,
+                       label=f"{p['scheme']} (strongest non-adaptive)")
     ax.axhline(100 * raw_t2, color="k", lw=0.8, label="raw templates")
     ax.axhline(100 * raw_t2 / 5, color="r", ls="--", lw=0.8, label="5× below raw")
     ax.axvline(0.3, color="g", ls=":", lw=0.8, label="0.3-point budget")

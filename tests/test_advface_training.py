@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from advface_sdk.models.decoders import FaceDecoder
+from advface_sdk.models.decoders import FaceDecoder, PriorShadow
 from advface_sdk.models.generator import NoiseGenerator
 from advface_sdk.pgd import pgd_protect
 from advface_sdk.training.generator import GeneratorTrainConfig, adversarial_losses, total_loss, train_generator
@@ -144,6 +144,58 @@ def test_distortion_term_measures_score_shifts_and_training_lowers_it():
     assert state["history"][-1]["distortion"] < state["history"][0]["distortion"]
     with pytest.raises(IncompatibleError):
         train_generator(data, shadow, None, GeneratorTrainConfig(**{**base, "hidden": 64}), progress=False, init=plain)
+
+
+def _small_prior(dim: int = 16):
+    from vigface_sdk.models.autoencoder import FaceAutoencoder
+
+    torch.manual_seed(1)
+    ae = FaceAutoencoder(image_size=64, block_out_channels=(8, 16, 16, 16), cond_dim=dim, cond_embed_dim=32)
+    with torch.no_grad():  # a fresh prior barely listens to its prototype; a trained one does, so strengthen it
+        ae.cond[2].weight.mul_(30)
+        ae.cond[2].bias.mul_(30)
+    return ae
+
+
+def test_generator_trained_against_a_face_prior_moves_what_the_prior_renders():
+    torch.set_num_threads(1)
+    data = synthetic_set()
+    images, z, _ = data.tensors(torch.device("cpu"))
+    prior = PriorShadow(_small_prior(), torch.from_numpy(data.images))
+    assert prior.latent.shape == (4, 8, 8) and (prior.dim, prior.size) == (16, 64)
+    shadow = FaceDecoder(16, 64, width=8).eval()
+    cfg = GeneratorTrainConfig(budget=0.5, hidden=32, epochs=15, batch_size=16, lr=5e-3, pixel_weight=0.0, utility_weight=0,
+                               genuine_weight=0, margin_weight=0, prior_pixel_weight=1.0)
+    gen, state = train_generator(data, shadow, None, cfg, progress=False, prior=prior)
+    assert "prior_pixel" in state["history"][0] and "prior_identity" not in state["history"][0]
+    torch.manual_seed(5)
+    untrained = NoiseGenerator(16, 32, 0.5)
+    with torch.no_grad():
+        damage = F.l1_loss(prior(gen(z)), images)
+        assert damage > F.l1_loss(prior(untrained(z)), images) + 0.004  # learned noise beats random directions
+        assert damage > F.l1_loss(prior(z), images) + 0.004
+    delta = gen(z).detach() / z.norm(dim=1, keepdim=True) - F.normalize(z, dim=1)
+    assert torch.allclose(delta.norm(dim=1), torch.full((len(z),), 0.5), atol=1e-4)  # same budget as without a prior
+
+
+def test_face_prior_shadow_refuses_mismatches():
+    data = synthetic_set()
+    shadow = FaceDecoder(16, 64, width=8).eval()
+    faces = torch.from_numpy(data.images)
+    with pytest.raises(InvalidInputError):
+        PriorShadow(_small_prior(), faces.float())
+    with pytest.raises(InvalidInputError):
+        PriorShadow(_small_prior(), faces[:0])
+    cfg = GeneratorTrainConfig(epochs=1, prior_pixel_weight=1.0)
+    with pytest.raises(IncompatibleError):
+        train_generator(data, shadow, None, cfg, progress=False, prior=PriorShadow(_small_prior(8), faces))
+    with pytest.raises(InvalidInputError):  # a weight without a prior
+        train_generator(data, shadow, None, cfg, progress=False)
+    with pytest.raises(InvalidInputError):  # a prior without a weight
+        train_generator(data, shadow, None, GeneratorTrainConfig(epochs=1), progress=False, prior=PriorShadow(_small_prior(), faces))
+    with pytest.raises(InvalidInputError):  # the identity term needs the recognizer
+        train_generator(data, shadow, None, GeneratorTrainConfig(epochs=1, prior_id_weight=1.0), progress=False,
+                        prior=PriorShadow(_small_prior(), faces))
 
 
 def test_generator_refuses_a_shadow_of_another_dimension():

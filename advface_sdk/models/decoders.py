@@ -90,3 +90,36 @@ class FaceDecoder(PretrainedModule):
 
 def describe(model: nn.Module) -> str:
     return json.dumps({**getattr(model, "config", {}), "params": sum(p.numel() for p in model.parameters())})
+
+
+class PriorShadow(nn.Module):
+    """A face prior used as a shadow: ``t → decode(mean latent, t̂)``, RGB in [0, 1].
+
+    ``autoencoder`` is any identity-conditioned face autoencoder with ``encode(images)`` and
+    ``decode(latents, prototypes)`` in the embedding space of the protected recognizer (the VIGFace
+    :class:`~vigface_sdk.models.autoencoder.FaceAutoencoder`); the latent is the mean over ``faces``,
+    as the face-prior attacker (``evaluation.face_prior``) renders a stolen template: a frontal, evenly
+    lit average face carrying the template's identity. Frozen; gradients flow to the template only.
+    """
+
+    def __init__(self, autoencoder: nn.Module, faces: torch.Tensor, batch: int = 256):
+        super().__init__()
+        if faces.ndim != 4 or faces.shape[-1] != 3 or faces.dtype != torch.uint8 or not len(faces):
+            raise InvalidInputError(f"faces must be a non-empty uint8 (N, S, S, 3) RGB batch, got {tuple(faces.shape)} {faces.dtype}")
+        self.autoencoder = autoencoder.eval().requires_grad_(False)
+        x = faces.permute(0, 3, 1, 2).float().div(127.5).sub(1)
+        with torch.no_grad():
+            lat = torch.cat([self.autoencoder.encode(x[i:i + batch])[0] for i in range(0, len(x), batch)]).mean(0)
+        self.register_buffer("latent", lat)
+
+    @property
+    def dim(self) -> int:
+        return int(self.autoencoder.cond_dim)
+
+    @property
+    def size(self) -> int:
+        return int(self.autoencoder.image_size)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        img = self.autoencoder.decode(self.latent.expand(len(z), *self.latent.shape), z)
+        return (img.clamp(-1, 1) + 1) / 2

@@ -17,7 +17,7 @@ from facecore.training.distributed import DistContext, wrap_ddp
 from facecore.training.face_pack import FaceTrainingSet
 from facecore.training.loop import EpochTail
 
-from ..models.decoders import FaceDecoder
+from ..models.decoders import FaceDecoder, PriorShadow
 from ..models.generator import NoiseGenerator
 
 
@@ -36,6 +36,8 @@ class GeneratorTrainConfig:
     margin_weight: float = 1.0  # utility: keep z + δ closer to z than to other identities
     margin: float = 0.3
     distortion_weight: float = 0.0  # utility: keep z + δ's cosine scores against other people's templates unchanged
+    prior_id_weight: float = 0.0  # privacy vs a face prior (second shadow): push the identity of P(z + δ) away from z
+    prior_pixel_weight: float = 0.0  # privacy vs a face prior: push P(z + δ) away from the true face
     seed: int = 0
     max_minutes: float | None = None
 
@@ -46,16 +48,27 @@ class GeneratorTrainConfig:
 
 def adversarial_losses(protected: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, images: torch.Tensor,
                        shadow: torch.nn.Module, recognizer: torch.nn.Module | None, cfg: GeneratorTrainConfig,
-                       partner: torch.Tensor | None = None, threshold: float | None = None) -> dict:
+                       partner: torch.Tensor | None = None, threshold: float | None = None,
+                       prior: PriorShadow | None = None) -> dict:
     """The AdvFace objective terms (to minimise) for protected embeddings of a batch.
 
     ``partner`` holds embeddings of another image of the same person (a stand-in for a future
     clean probe): the protected template must stay ``genuine_margin`` above the verification
     ``threshold`` against it (or, without a threshold, as close as the clean template was).
+    ``prior`` is a second shadow, a face prior: its rendering of the protected template is pushed away
+    from the face (``prior_pixel``, when ``images`` are at its size) and from the identity (``prior_identity``).
     """
     rec = shadow(protected)
     out = {"pixel": -F.l1_loss(rec, images)}
-    if recognizer is not None:
+    if prior is not None:
+        faces = prior(protected)
+        if images.shape[-1] == faces.shape[-1]:
+            out["prior_pixel"] = -F.l1_loss(faces, images)
+        if recognizer is not None:
+            emb = recognizer(torch.cat([rec, F.interpolate(faces, size=rec.shape[-2:], mode="bilinear", align_corners=False)]))
+            out["identity"] = F.cosine_similarity(emb[:len(rec)], z, dim=1).mean()
+            out["prior_identity"] = F.cosine_similarity(emb[len(rec):], z, dim=1).mean()
+    elif recognizer is not None:
         out["identity"] = F.cosine_similarity(recognizer(rec), z, dim=1).mean()
     up, u = F.normalize(protected, dim=1), F.normalize(z, dim=1)
     own = (up * u).sum(1)
@@ -92,7 +105,8 @@ def clean_threshold(embeddings: np.ndarray, labels: np.ndarray, partners: np.nda
 def total_loss(terms: dict, cfg: GeneratorTrainConfig) -> torch.Tensor:
     weights = {"pixel": cfg.pixel_weight, "identity": cfg.id_weight, "utility": cfg.utility_weight,
                "margin": cfg.margin_weight, "genuine": cfg.genuine_weight,
-               "distortion": cfg.distortion_weight}
+               "distortion": cfg.distortion_weight, "prior_identity": cfg.prior_id_weight,
+               "prior_pixel": cfg.prior_pixel_weight}
     return sum(weights[k] * v for k, v in terms.items())
 
 
@@ -105,13 +119,21 @@ def train_generator(
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
     init: NoiseGenerator | None = None,
+    prior: PriorShadow | None = None,
 ) -> tuple[NoiseGenerator, dict]:
     """Fit ``G`` so that the frozen ``shadow`` decodes ``z + G(z)`` into a different face while
     ``z + G(z)`` still matches ``z``; resumable and DDP-aware like :func:`train_decoder`.
-    ``init`` fine-tunes an existing generator (same dimension and width) instead of starting afresh."""
+    ``init`` fine-tunes an existing generator (same dimension and width) instead of starting afresh;
+    ``prior`` adds a face prior as a second shadow (weighted by ``prior_id_weight`` / ``prior_pixel_weight``)."""
     ctx = ctx or DistContext()
     if shadow.dim != train.dim:
         raise IncompatibleError(f"shadow model takes {shadow.dim}-d embeddings, training set has {train.dim}-d")
+    if prior is not None and prior.dim != train.dim:
+        raise IncompatibleError(f"the face prior takes {prior.dim}-d prototypes, training set has {train.dim}-d")
+    if (prior is None) != (config.prior_id_weight == 0 and config.prior_pixel_weight == 0):
+        raise InvalidInputError("give a face prior together with a non-zero prior_id_weight or prior_pixel_weight")
+    if prior is not None and config.prior_id_weight and recognizer is None:
+        raise InvalidInputError("prior_id_weight needs the recognizer")
     torch.manual_seed(config.seed)
     gen = NoiseGenerator(train.dim, config.hidden, config.budget)
     if init is not None:
@@ -126,6 +148,8 @@ def train_generator(
     if ckpt and (ckpt / "state.json").is_file():
         state = load_checkpoint(ckpt, gen, opt, {k: getattr(config, k) for k in ("budget", "hidden", "seed")})
     shadow = shadow.to(ctx.device).eval().requires_grad_(False)
+    if prior is not None:
+        prior = prior.to(ctx.device).eval().requires_grad_(False)
     if recognizer is not None:
         recognizer = recognizer.to(ctx.device).eval().requires_grad_(False)
     net = wrap_ddp(gen, ctx)
@@ -145,7 +169,7 @@ def train_generator(
         for step in bar:
             idx = perm[step * config.batch_size:(step + 1) * config.batch_size].to(ctx.device)
             terms = adversarial_losses(net(emb[idx]), emb[idx], labels[idx], images[idx], shadow, recognizer, config,
-                                       emb[partners[idx]], threshold)
+                                       emb[partners[idx]], threshold, prior)
             loss = total_loss(terms, config)
             opt.zero_grad(set_to_none=True)
             loss.backward()
