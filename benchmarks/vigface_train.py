@@ -68,8 +68,10 @@ def pack_cmd(out: Path, size: int) -> None:
 @click.option("--adversarial-weight", type=float, default=0.5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Initialisation and batch order; another seed trains an independent prior (an attacker's own).")
+@click.option("--widths", default="16,32,64,128", show_default=True,
+              help="Block widths (another architecture for an attacker's own prior).")
 def autoencoder_cmd(pack_path: Path, out: Path, minutes: float, max_steps: int, batch_size: int, threads: int,
-                    init_from: Path | None, adversarial_weight: float, seed: int) -> None:
+                    init_from: Path | None, adversarial_weight: float, seed: int, widths: str) -> None:
     from vigface_sdk.models.autoencoder import FaceAutoencoder
     from vigface_sdk.training.autoencoder import AutoencoderTrainConfig, train_autoencoder
 
@@ -79,7 +81,7 @@ def autoencoder_cmd(pack_path: Path, out: Path, minutes: float, max_steps: int, 
     rec = create_recognizer("fr128")
     cfg = AutoencoderTrainConfig(max_steps=max_steps, max_minutes=minutes, batch_size=batch_size,
                                  identity_batch=batch_size // 2, adversarial_weight=adversarial_weight, seed=seed,
-                                 model={"block_out_channels": [16, 32, 64, 128]})
+                                 model={"block_out_channels": [int(c) for c in widths.split(",")]})
     init = FaceAutoencoder.from_pretrained(init_from) if init_from else None
     model, state = train_autoencoder(train.images, train.embeddings, train.labels, rec.to_torch(), cfg, ctx,
                                      out / "ckpt_autoencoder", condition={"recognizer": "fr128", "fingerprint": rec.fingerprint},
