@@ -37,6 +37,7 @@ import click
 import torch
 
 GAUSSIAN = (0.5, 0.8, 1.2, 1.6, 2.0)
+GRID_VICTIMS = 6
 ADVFACE_NOISE = (0.5, 0.8, 1.2)
 
 
@@ -78,6 +79,7 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts
 
     from advface_sdk.evaluation.attacks import decoder_inputs, train_attacker
     from advface_sdk.evaluation.face_prior import FacePriorAttacker
+    from advface_sdk.evaluation.grid import save_reconstruction_grid
     from advface_sdk.evaluation.harness import Benchmark, BenchmarkConfig
     from advface_sdk.evaluation.methods import create_method
     from advface_sdk.evaluation.privacy import pick_victims
@@ -125,6 +127,8 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts
             raise InvalidInputError(f"unknown schemes {sorted(unknown)}; points: {', '.join(label for label, _, _ in specs)}")
         specs = [sp for sp in specs if sp[0] in keep]
     points = []
+    strongest = own or non_adaptive  # the grid shows the attacker no generator has seen, when there is one
+    grid = {"true": ev.true_rgb(victims.enrolled[:GRID_VICTIMS], 64)}
     for label, budget, make in specs:
         t = time.perf_counter()
         defended = make(seed).fit(defender)
@@ -139,6 +143,8 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts
                "decoder_non_adaptive": b._success(decoder, stolen, victims),
                "minutes": round((time.perf_counter() - t) / 60, 2)}
         points.append(res)
+        if not label.startswith(("gaussian ", "advface+noise ")):
+            grid[label] = strongest.reconstruct(stolen[:GRID_VICTIMS])
         click.echo(f"{label}: acc {100 * res['accuracy']:.2f}  face prior non-adaptive "
                    f"{100 * res['face_prior_non_adaptive']['type2']:.1f} %  adaptive "
                    f"{100 * res['face_prior_adaptive']['type2']:.1f} %  "
@@ -210,9 +216,11 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts
     if own:
         lines += [f"*Own prior*: a face autoencoder the attacker trained himself (`{judge}`), which no generator has seen; "
                   "the shipped prior is what `advface-cli train-generator --face-prior default` trains against.", ""]
-    lines += [f"![frontier]({stem}.png)", "", f"{result['minutes']:.1f} min on 2 shared CPU cores."]
+    lines += [f"![frontier]({stem}.png)", "", f"![renders]({stem}_grid.png)", "", f"{result['minutes']:.1f} min on 2 shared CPU cores."]
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
+    save_reconstruction_grid(out / f"{stem}_grid.png", grid, title=f"{recognizer}, key stolen: "
+                             f"{'own' if own else 'shipped'} face prior, non-adaptive (first {GRID_VICTIMS} victims)")
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for kind, marker in (("gaussian", "o"), ("advface+noise", "s")):
         sel = [p for p in points if p["scheme"].startswith(kind + " ")]
