@@ -197,10 +197,10 @@ def train_generator_cmd(pack_file, recognizer, channel_order, mean, std, shadow,
     if face_prior:
         import torch
 
+        from facecore.errors import IncompatibleError
+
         from .evaluation.face_prior import load_face_prior
         from .models.decoders import PriorShadow
-
-        from facecore.errors import IncompatibleError
 
         ae = load_face_prior(None if face_prior == "default" else face_prior)
         space = ae.config.get("condition", {}).get("fingerprint")
