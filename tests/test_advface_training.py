@@ -178,6 +178,24 @@ def test_generator_trained_against_a_face_prior_moves_what_the_prior_renders():
     assert torch.allclose(delta.norm(dim=1), torch.full((len(z),), 0.5), atol=1e-4)  # same budget as without a prior
 
 
+def test_pgd_from_a_generator_start_lowers_the_objective_with_a_prior_shadow():
+    torch.manual_seed(0)
+    data = synthetic_set()
+    images, z, labels = data.tensors(torch.device("cpu"))
+    prior = PriorShadow(_small_prior(), torch.from_numpy(data.images))
+    shadow = FaceDecoder(16, 64, width=8).eval()
+    cfg = GeneratorTrainConfig(budget=0.5, prior_pixel_weight=1.0)
+    start = NoiseGenerator(16, 32, 0.5)(z[:16]).detach()
+    prot = pgd_protect(z[:16], labels[:16], images[:16], shadow, None, cfg, steps=10, prior=prior, start=start)
+    delta = prot / z[:16].norm(dim=1, keepdim=True) - F.normalize(z[:16], dim=1)
+    assert torch.allclose(delta.norm(dim=1), torch.full((16,), 0.5), atol=1e-4)
+    with torch.no_grad():
+        obj = lambda p: float(total_loss(adversarial_losses(p, z[:16], labels[:16], images[:16], shadow, None, cfg,
+                                                            prior=prior), cfg))
+        assert obj(prot) < obj(start)
+    assert not torch.allclose(prot, start, atol=1e-3)  # PGD moved away from its start
+
+
 def test_face_prior_shadow_refuses_mismatches():
     data = synthetic_set()
     shadow = FaceDecoder(16, 64, width=8).eval()
