@@ -33,6 +33,8 @@ from facecore.embeddings import l2_normalize
 from facecore.errors import InvalidInputError
 from facecore.metrics import cosine_scores
 
+from ..models.decoders import PriorShadow
+
 
 
 def load_face_prior(path: str | Path | None = None):
@@ -98,8 +100,7 @@ def _fit_mlp(x: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, seed:
 class FacePriorAttacker:
     """A fitted template → prototype map, the prior latent and the autoencoder; :meth:`reconstruct` renders faces."""
 
-    autoencoder: torch.nn.Module
-    latent: torch.Tensor  # (C, s, s), unscaled
+    renderer: PriorShadow  # the autoencoder's decoder at the mean latent of the attacker's faces
     kind: str  # "ridge" or "mlp"
     ridge: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (mean_in, W, mean_out)
     mlp: _Mlp | None = None
@@ -133,16 +134,14 @@ class FacePriorAttacker:
             if best_ridge is None or cos > best_ridge[0]:
                 best_ridge = (cos, lam, w)
         net, mlp_cos, mlp_epochs = _fit_mlp(x, yu, tr, va, seed)
-        with torch.no_grad():
-            x_img = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-            lat = torch.cat([ae.encode(x_img[i:i + 256])[0] for i in range(0, len(x_img), 256)])
         kind = "mlp" if mlp_cos > best_ridge[0] else "ridge"
         info = {"map": kind, "val_cosine_ridge": round(best_ridge[0], 4), "ridge_lambda": best_ridge[1],
                 "val_cosine_mlp": round(mlp_cos, 4), "mlp_epochs": mlp_epochs, "train_faces": int(len(tr)),
                 "val_faces": int(len(va)), "latent": "mean over the attacker's faces",
                 "mlp_params": int(sum(p.numel() for p in net.parameters())),
                 "prior_params": int(sum(p.numel() for p in ae.parameters()))}
-        return cls(ae, lat.mean(0), kind, (mx, best_ridge[2], my), net, info)
+        renderer = PriorShadow(ae, torch.from_numpy(np.ascontiguousarray(images)))
+        return cls(renderer, kind, (mx, best_ridge[2], my), net, info)
 
     def prototypes(self, templates: np.ndarray) -> np.ndarray:
         """Predicted fr128 prototypes (unit rows) of stolen templates."""
@@ -163,6 +162,5 @@ class FacePriorAttacker:
         out = []
         for i in range(0, len(protos), batch):
             p = protos[i:i + batch]
-            img = self.autoencoder.decode(self.latent.expand(len(p), *self.latent.shape), p)
-            out.append(((img.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+            out.append((self.renderer(p) * 255).round().byte().permute(0, 2, 3, 1).numpy())
         return np.concatenate(out)
