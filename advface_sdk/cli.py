@@ -164,9 +164,9 @@ def train_shadow(pack_file, recognizer, channel_order, mean, std, out, epochs, b
 @click.option("--distortion-weight", default=0.0, show_default=True,
               help="Weight keeping the template's cosine scores against other people unchanged (less score noise).")
 @click.option("--init", "init_artifact", default=None, help="Protector artifact (name or folder) to fine-tune from.")
-@click.option("--face-prior", default=None,
+@click.option("--face-prior", multiple=True,
               help="A face autoencoder folder to train against as a second shadow ('default': the VIGFace one); "
-                   "its embedding space must be the recognizer's.")
+                   "its embedding space must be the recognizer's. Repeat for an ensemble of priors (terms averaged).")
 @click.option("--prior-id-weight", default=4.0, show_default=True, help="With --face-prior: weight of its identity term.")
 @click.option("--prior-pixel-weight", default=1.0, show_default=True, help="With --face-prior: weight of its pixel term.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
@@ -193,7 +193,7 @@ def train_generator_cmd(pack_file, recognizer, channel_order, mean, std, shadow,
                                distortion_weight=distortion_weight, seed=seed, max_minutes=max_minutes,
                                prior_id_weight=prior_id_weight if face_prior else 0.0,
                                prior_pixel_weight=prior_pixel_weight if face_prior else 0.0)
-    prior = None
+    priors = []
     if face_prior:
         import torch
 
@@ -201,24 +201,24 @@ def train_generator_cmd(pack_file, recognizer, channel_order, mean, std, shadow,
 
         from .evaluation.face_prior import load_face_prior
         from .models.decoders import PriorShadow
-
-        ae = load_face_prior(None if face_prior == "default" else face_prior)
+    for name in face_prior:
+        ae = load_face_prior(None if name == "default" else name)
         space = ae.config.get("condition", {}).get("fingerprint")
         if space != train.fingerprint:
-            raise IncompatibleError(f"the face prior {face_prior} renders prototypes of recognizer {space}, "
+            raise IncompatibleError(f"the face prior {name} renders prototypes of recognizer {space}, "
                                     f"the pack is embedded by {train.fingerprint}")
-        prior = PriorShadow(ae, torch.from_numpy(train.images))
+        priors.append(PriorShadow(ae, torch.from_numpy(train.images)))
     init = None
     if init_artifact:
         art = load_artifact(init_artifact)
         art.check_recognizer(rec.fingerprint)
         init = art.build_generator()
     gen, state = train_generator(train, FaceDecoder.from_pretrained(shadow), rec.to_torch(), cfg, ctx,
-                                 checkpoint_dir or out.parent / f"{out.name}.ckpt", init=init, prior=prior)
+                                 checkpoint_dir or out.parent / f"{out.name}.ckpt", init=init, prior=priors)
     if ctx.is_main:
         save_artifact(gen.cpu(), out, _rec_info(train, rec),
                       {"images": len(train), "identities": int(len(set(train.labels.tolist()))), "shadow": shadow.name,
-                       **({"face_prior": face_prior} if face_prior else {}),
+                       **({"face_prior": list(face_prior)} if face_prior else {}),
                        **({"init": str(init_artifact)} if init_artifact else {}), **state})
         click.echo(f"saved protector artifact to {out}")
     cleanup(ctx)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from .training.generator import GeneratorTrainConfig, adversarial_losses, total_loss
@@ -9,11 +11,12 @@ from .training.generator import GeneratorTrainConfig, adversarial_losses, total_
 
 def pgd_protect(z: torch.Tensor, labels: torch.Tensor, images: torch.Tensor | None, shadow: torch.nn.Module,
                 recognizer: torch.nn.Module | None, config: GeneratorTrainConfig, steps: int = 50,
-                step_size: float | None = None, prior: torch.nn.Module | None = None,
+                step_size: float | None = None, prior: "torch.nn.Module | Sequence[torch.nn.Module] | None" = None,
                 start: torch.Tensor | None = None) -> torch.Tensor:
     """Protected embeddings ``(û + δ)·‖z‖`` with ``δ ⟂ ẑ``, ``‖δ‖₂ = budget`` found by projected gradient descent
     on the same objective the generator is trained with (pixel term skipped when ``images`` is None).
-    ``prior``: a face prior as a second shadow (:class:`~advface_sdk.models.decoders.PriorShadow`);
+    ``prior``: a face prior as a second shadow (:class:`~advface_sdk.models.decoders.PriorShadow`), or a list of
+    them (an ensemble: their terms averaged);
     ``start``: protected embeddings to start from (e.g. a generator's output) instead of a random δ."""
     shadow = shadow.eval().requires_grad_(False)
     norm = z.norm(dim=1, keepdim=True).clamp_min(1e-12)

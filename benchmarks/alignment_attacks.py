@@ -15,6 +15,13 @@ once the key is undone, decodes them. Schemes, all on the shipped AdvFace genera
   from a Gaussian with the mean and covariance of public AdvFace templates (defender identities), so no
   second-moment statistic tells the halves apart; probes are ``R₂·[ẑ ; 0]``. Scores are the AdvFace
   scores divided by ``√(1+c²)``: accuracy and every ranking are exactly AdvFace's, at twice the storage.
+* ``identity decoys c`` — decoy padding where each user gets a keyed *virtual identity*: the decoy is that
+  identity's mean (drawn once per user id from the between-identity covariance of public templates) plus
+  fresh within-identity variation (the within-identity covariance), so the decoy half of one user's
+  templates agrees about as much as the template half does;
+* ``bucketed rotation K`` — users spread over ``K`` keyed buckets (HMAC(key, user id) mod K), one secret
+  rotation per bucket; a 1:N query is prepared once per bucket and searched in that bucket's partition, so
+  accuracy is AdvFace's and cosines *across* buckets mean nothing.
 
 Attackers, each reported (the strongest is what counts):
 
@@ -22,12 +29,18 @@ Attackers, each reported (the strongest is what counts):
 * Gromov–Wasserstein matching of the similarity structures (``match_without_pairs``), against the clean
   photos and against the photos protected with the public SDK under the thief's own key (own decoys);
 * subspace + GW (padding only): the thief first looks for the template half in the whole stolen database
-  (every image of the victims' folds; ``--store all``: every LFW image, a store five times larger), as its top
+  (every image of the victims' folds; ``--store all``: every LFW image but the thief's own faces), as its top
   principal subspace, or as the subspace in which every template's share of the squared norm is most
   constant (the halves are each unit vectors; a torch search over orthonormal bases, several restarts; of the
   subspace and its complement he keeps the one whose GW matching fits better), or as the subspace in which
   presumed same-person pairs (mutual nearest neighbours) agree most (paired scatter: LDA with the pairs as
-  classes, re-paired inside the subspace three times), then runs GW on the victims' templates projected on it.
+  classes, re-paired inside the subspace three times), or with the store's own user ids as classes (a
+  stolen store keeps its user column: user-id scatter), then runs GW on the victims' templates projected on it;
+* store alignment (rotations and buckets): the thief aligns the *whole* stolen store (each bucket apart) to
+  plain AdvFace templates of faces of his own, identity-disjoint from the store, with the
+  unsupervised-translation aligner (similarity profiles, then Procrustes on mutual nearest neighbours), then
+  re-identifies the victims directly or by GW; against buckets also GW of each bucket's templates into all
+  the photos (unequal sizes), one photo per template over all buckets.
 
 Victims: 346 people of LFW folds 9–10 (chance rank-1 1/346); LFW accuracy on View-2 folds 6–10. One key
 links few enough victims that chance moves it by a victim or two, so each rank-1 is the mean over
@@ -59,8 +72,10 @@ class Scheme:
     ``probe(z, users)`` for clean probes."""
 
     def __init__(self, name: str, dim: int, key_seed: int, public: np.ndarray, decoy: float | None = None,
-                 blocks: int = 1, salted: bool = False, noise: float = 0.0, keyed_noise: bool = False):
-        self.name, self.decoy, self.blocks, self.salted = name, decoy, blocks, salted
+                 blocks: int = 1, salted: bool = False, noise: float = 0.0, keyed_noise: bool = False,
+                 identity_decoy: bool = False, public_labels: np.ndarray | None = None, buckets: int = 0):
+        self.name, self.decoy, self.blocks, self.salted, self.buckets = name, decoy, blocks, salted, buckets
+        self.identity_decoy, self.key_seed = identity_decoy, key_seed
         self.noise, self.keyed_noise = noise, keyed_noise
         self.rng = np.random.default_rng(key_seed)
         self.rot = random_rotation(self.rng, dim * (1 + blocks if decoy else 1))
@@ -70,6 +85,30 @@ class Scheme:
         if decoy:
             pub = l2_normalize(public)
             self.mean, self.chol = pub.mean(0), np.linalg.cholesky(np.cov(pub.T) + 1e-6 * np.eye(dim))
+            if identity_decoy:  # a virtual person per user: between- and within-identity covariances of public templates
+                ids, inv = np.unique(public_labels, return_inverse=True)
+                counts = np.bincount(inv)
+                keep = counts[inv] >= 2
+                means = np.stack([pub[inv == i].mean(0) for i in range(len(ids))])
+                within = pub[keep] - means[inv[keep]]
+                s_w = within.T @ within / (keep.sum() - (counts >= 2).sum())
+                s_b = np.cov(means[counts >= 2].T) - s_w / np.mean(counts[counts >= 2])
+                w, v = np.linalg.eigh(s_b)
+                self.chol_b = v * np.sqrt(np.clip(w, 0, None))
+                self.chol_w = np.linalg.cholesky(s_w + 1e-6 * np.eye(dim))
+
+    def bucket(self, users: np.ndarray) -> np.ndarray:
+        """Each user's keyed bucket (what HMAC(key, user id) mod ``buckets`` gives in a deployment); one bucket
+        (the whole store) for a plain rotation key."""
+        if not self.buckets:
+            return np.zeros(len(users), int)
+        return np.array([np.random.default_rng([self.key_seed, 13, int(u)]).integers(self.buckets) for u in users])
+
+    def _bucketed(self, x: np.ndarray, users: np.ndarray) -> np.ndarray:
+        out, b = np.empty_like(x), self.bucket(users)
+        for k in np.unique(b):
+            out[b == k] = x[b == k] @ random_rotation(np.random.default_rng([self.key_seed, 11, int(k)]), x.shape[1]).T
+        return out
 
     def _salted(self, x: np.ndarray, users: np.ndarray) -> np.ndarray:
         out = np.empty_like(x)
@@ -86,15 +125,20 @@ class Scheme:
         if self.noise:  # fresh noise of relative size ``noise``, never stored apart from the template
             x = l2_normalize(x + self.noise * l2_normalize(self.rng.standard_normal(x.shape)))
         if self.decoy:
-            decoys = [l2_normalize(self.mean + self.rng.standard_normal(x.shape) @ self.chol.T) for _ in range(self.blocks)]
+            if self.identity_decoy:  # one virtual identity per user (keyed), fresh within-identity variation per template
+                person = np.stack([np.random.default_rng([self.key_seed, 7, int(u)]).standard_normal(x.shape[1]) for u in users])
+                decoys = [l2_normalize(self.mean + person @ self.chol_b.T + self.rng.standard_normal(x.shape) @ self.chol_w.T)]
+            else:
+                decoys = [l2_normalize(self.mean + self.rng.standard_normal(x.shape) @ self.chol.T) for _ in range(self.blocks)]
             x = np.hstack([x, *(self.decoy * d for d in decoys)])
-        return self._salted(x, users) if self.salted else x @ self.rot.T
+        return self._salted(x, users) if self.salted else self._bucketed(x, users) if self.buckets else x @ self.rot.T
 
     def probe(self, z: np.ndarray, users: np.ndarray) -> np.ndarray:
         x = l2_normalize(z)
         if self.decoy:
             x = np.hstack([x, np.zeros((len(x), self.blocks * x.shape[1]))])
-        return self._salted(x, users) if self.salted else x @ self.rot.T
+        # bucketed: a 1:N query is prepared once per bucket and searched in that bucket; ``users`` picks the bucket
+        return self._salted(x, users) if self.salted else self._bucketed(x, users) if self.buckets else x @ self.rot.T
 
 
 def norm_split_subspace(t: np.ndarray, dim: int, restarts: int = 4, steps: int = 400, seed: int = 0) -> np.ndarray:
@@ -150,6 +194,65 @@ def paired_scatter_subspace(t: np.ndarray, dim: int, rounds: int = 3) -> np.ndar
     return u
 
 
+def labelled_scatter_subspace(t: np.ndarray, labels: np.ndarray, dim: int) -> np.ndarray:
+    """Orthonormal ``(D, dim)`` basis in which templates of one user agree most, with the store's own user ids as
+    classes (a stolen store keeps its user column): LDA's smallest (within, total) generalised eigenvectors."""
+    from scipy.linalg import eigh
+
+    x = l2_normalize(t)
+    xc = x - x.mean(0)
+    total = xc.T @ xc / len(x) + 1e-6 * np.eye(x.shape[1])
+    _, inv = np.unique(labels, return_inverse=True)
+    means = np.zeros((inv.max() + 1, x.shape[1]))
+    np.add.at(means, inv, x)
+    means /= np.bincount(inv)[:, None]
+    diff = x - means[inv]
+    within = diff.T @ diff / len(x) + 1e-6 * np.eye(x.shape[1])
+    return np.linalg.qr(eigh(within, total)[1][:, :dim])[0]
+
+
+def per_bucket_gw(stolen: np.ndarray, buckets: np.ndarray, view: np.ndarray) -> float:
+    """Each bucket's stolen templates matched into *all* the victims' photos by Gromov–Wasserstein (unequal
+    sizes: the thief does not know which victims a bucket holds), then one photo per template over all
+    buckets (a linear assignment on the stacked couplings)."""
+    import warnings
+
+    import ot
+    from scipy.optimize import linear_sum_assignment
+
+    y = l2_normalize(view)
+    cy, q = y @ y.T, ot.unif(len(y))
+    score = np.zeros((len(stolen), len(y)))
+    for k in np.unique(buckets):
+        rows = np.flatnonzero(buckets == k)
+        if len(rows) < 3:
+            continue
+        x = l2_normalize(stolen[rows])
+        coupling = None
+        for eps in (5e-3, 2e-3, 1e-3):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                new = ot.gromov.entropic_gromov_wasserstein(x @ x.T, cy, ot.unif(len(x)), q, "square_loss", epsilon=eps,
+                                                            max_iter=300, G0=coupling)
+            if not np.isfinite(new).all():
+                break
+            coupling = new
+        if coupling is not None:
+            score[rows] = coupling * len(rows)
+    r, c = linear_sum_assignment(-score)
+    return float(np.mean(c[np.argsort(r)] == np.arange(len(stolen))))
+
+
+def merge_buckets(whole: np.ndarray, buckets: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """The thief's bucket merger: every bucket of the whole stolen store aligned without pairs to ``reference``
+    (unsupervised word translation: similarity profiles, then Procrustes on mutual nearest neighbours)."""
+    out = np.empty_like(whole)
+    for k in np.unique(buckets):
+        rows = np.flatnonzero(buckets == k)
+        out[rows] = align_without_pairs(whole[rows], reference)
+    return out
+
+
 def overlap(u: np.ndarray, truth: np.ndarray) -> float:
     """How much of the subspace ``truth`` the orthonormal basis ``u`` found: the mean cosine of their principal angles."""
     return float(np.linalg.svd(u.T @ truth, compute_uv=False).mean())
@@ -160,8 +263,9 @@ def gw_rank1(stolen: np.ndarray, view: np.ndarray) -> float:
 
 
 def attack(scheme: Scheme, thief: Scheme, g: np.ndarray, z: np.ndarray, lab: np.ndarray, db: np.ndarray,
-           enrolled: np.ndarray, probes: np.ndarray) -> dict:
-    """Every pair-free attacker on ``scheme``; ``thief`` is the same scheme under the thief's own key."""
+           enrolled: np.ndarray, probes: np.ndarray, reference: np.ndarray) -> dict:
+    """Every pair-free attacker on ``scheme``; ``thief`` is the same scheme under the thief's own key;
+    ``reference``: plain AdvFace templates of faces the thief owns (his public SDK, no key)."""
     stolen = scheme.store(g[enrolled], z[enrolled], lab[enrolled])
     cand, dim = z[probes], z.shape[1]
     own = thief.store(g[probes], z[probes], lab[probes])  # the victims' photos through the public SDK, the thief's own key
@@ -169,6 +273,18 @@ def attack(scheme: Scheme, thief: Scheme, g: np.ndarray, z: np.ndarray, lab: np.
            "profile + Procrustes": rank1(align_without_pairs(stolen, cand), cand) if stolen.shape[1] == dim else None,
            "GW vs clean photos": gw_rank1(stolen, cand),
            "GW vs photos under the SDK": gw_rank1(stolen, own)}
+    if not (scheme.salted or scheme.decoy):  # one rotation per bucket (a plain key: one bucket, the whole store)
+        mine = l2_normalize(g[probes])
+        if scheme.buckets:  # the thief sees which bucket (index partition) each stolen template sits in
+            out["per-bucket GW vs photos under the SDK"] = per_bucket_gw(stolen, scheme.bucket(lab[enrolled]), mine)
+        whole, wb = scheme.store(g[db], z[db], lab[db]), scheme.bucket(lab[db])
+        at = np.searchsorted(db, enrolled)
+        to_public = merge_buckets(whole, wb, reference)[at]
+        out["store aligned to own templates, direct"] = rank1(to_public, cand)
+        out["store aligned to own templates + GW"] = gw_rank1(to_public, mine)
+        if scheme.buckets:
+            first = whole[wb == wb[0]]
+            out["buckets aligned to one bucket + GW"] = gw_rank1(merge_buckets(whole, wb, first)[at], mine)
     if scheme.decoy:
         whole = scheme.store(g[db], z[db], lab[db])  # the whole stolen database, for finding the template half
         mine = l2_normalize(g[probes])
@@ -185,6 +301,9 @@ def attack(scheme: Scheme, thief: Scheme, g: np.ndarray, z: np.ndarray, lab: np.
         lda = paired_scatter_subspace(whole, dim)
         out["paired-scatter subspace + GW"] = gw_rank1(stolen @ lda, mine)
         out["paired-scatter overlap with the true half"] = overlap(lda, truth)
+        lab_u = labelled_scatter_subspace(whole, lab[db], dim)
+        out["user-id scatter subspace + GW"] = gw_rank1(stolen @ lab_u, mine)
+        out["user-id scatter overlap with the true half"] = overlap(lab_u, truth)
         rand = random_rotation(np.random.default_rng(0), len(u))[:, :dim]
         out["random subspace overlap"] = overlap(rand, truth)
     return out
@@ -238,8 +357,11 @@ def main() -> None:
                     help="Fresh-noise sizes (relative to the template) to measure on top of AdvFace.")
     ap.add_argument("--keys", type=int, default=3, help="Independent keys per scheme; rank-1 is their mean.")
     ap.add_argument("--blocks", nargs="+", type=int, default=(), help="Also measure this many decoy blocks (c = 1 each).")
+    ap.add_argument("--buckets", nargs="+", type=int, default=(16, 64),
+                    help="Bucketed rotation: users spread over this many keyed buckets, one rotation each.")
     ap.add_argument("--store", choices=("folds", "all"), default="folds",
-                    help="The stolen database subspace attacks search: the victims' folds, or every LFW image (13,233).")
+                    help="The stolen database the store-wide attacks use: the victims' folds, or every LFW image but "
+                         "the thief's own faces.")
     ap.add_argument("--sweep", nargs="+", type=int, default=(),
                     help="Store sizes for the paired-scatter thief against each decoy scheme (first key only).")
     ap.add_argument("--schemes", nargs="+", default=None, metavar="NAME", help="Measure only these schemes (by name).")
@@ -253,8 +375,8 @@ def main() -> None:
     lab = ev.dataset.labels
     vic = pick_victims(lab, ev.mask("victim"), None, 0)
     db, public = np.flatnonzero(ev.mask("victim")), ev.mask("defender")
-    if args.store == "all":
-        db = np.arange(len(lab))
+    if args.store == "all":  # every LFW image but the thief's own faces (his public reference set)
+        db = np.flatnonzero(~public)
     results = {}
     for rec in args.recognizers:
         z = (ev.emb if rec == "fr128" else ev.emb_eval).astype(np.float32)
@@ -264,6 +386,9 @@ def main() -> None:
         specs = [("rotation key", {}), ("salted rotation (1:1)", {"salted": True})]
         specs += [(f"decoy padding c={c:g}", {"decoy": c}) for c in args.decoys]
         specs += [(f"decoy padding {b} blocks c=1", {"decoy": 1.0, "blocks": b}) for b in args.blocks if b > 1]
+        specs += [(f"identity decoys c={c:g}", {"decoy": c, "identity_decoy": True, "public_labels": lab[public]})
+                  for c in args.decoys]
+        specs += [(f"bucketed rotation K={k}", {"buckets": k}) for k in args.buckets]
         specs += [(f"advface + fresh noise {b:g}", {"noise": b}) for b in args.noise]
         specs += [("keyed noise direction", {"keyed_noise": True})]
         res = {"raw accuracy": round(100 * kfold_accuracy(np.sum(l2_normalize(z[left]) * l2_normalize(z[right]), 1),
@@ -278,7 +403,7 @@ def main() -> None:
                 scheme, thief = Scheme(name, dim, 1 + 10 * k, g[public], **kw), Scheme(name, dim, 2 + 10 * k, g[public], **kw)
                 acc.append(kfold_accuracy(np.sum(l2_normalize(scheme.store(g[left], z[left], lab[left]))
                                                  * l2_normalize(scheme.probe(z[right], lab[left])), 1), issame, folds).accuracy)
-                runs.append(attack(scheme, thief, g, z, lab, db, vic.enrolled, vic.probe))
+                runs.append(attack(scheme, thief, g, z, lab, db, vic.enrolled, vic.probe, l2_normalize(g[public])))
             row = {"accuracy": round(100 * float(np.mean(acc)), 2),
                    "template_values": int(scheme.store(g[:1], z[:1], lab[:1]).shape[1]),
                    "keys": args.keys, "per_key": runs,
@@ -294,7 +419,10 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     cols = ["direct", "profile + Procrustes", "GW vs clean photos", "GW vs photos under the SDK", "PCA subspace + GW",
-            "norm-split subspace + GW", "paired-scatter subspace + GW"]
+            "norm-split subspace + GW", "paired-scatter subspace + GW", "user-id scatter subspace + GW",
+            "per-bucket GW vs photos under the SDK", "store aligned to own templates, direct",
+            "store aligned to own templates + GW", "buckets aligned to one bucket + GW"]
+    cols = [c for c in cols if any(isinstance(r, dict) and r.get(c) is not None for res in results.values() for r in res.values())]
     pct = lambda v: "n/a" if v is None else f"{100 * v:.1f} %"  # noqa: E731
     lines = ["# (c) Pair-free attackers against keyed AdvFace templates", "",
              f"Command: `python benchmarks/alignment_attacks.py {shlex.join(sys.argv[1:])}`", "",
@@ -303,7 +431,7 @@ def main() -> None:
              f"{100 / len(vic.enrolled):.1f} %, the issue's bar 2× chance = {200 / len(vic.enrolled):.1f} %), the mean over "
              f"{args.keys} independent deployment keys (and decoy draws), each against a thief with a key of his own. Subspace attacks "
              f"search the whole stolen database ({len(db)} templates: "
-             f"{'every LFW image' if args.store == 'all' else 'the victims’ folds'}). See the module docstring.", ""]
+             f"{'every LFW image but the thief’s own faces' if args.store == 'all' else 'the victims’ folds'}). See the module docstring.", ""]
     for rec, res in results.items():
         lines += [f"## {rec} (raw accuracy {res['raw accuracy']:.2f} %, AdvFace {res['advface accuracy']:.2f} %)", "",
                   "| scheme | values | LFW acc (Δ vs raw) | " + " | ".join(cols) + " | strongest |",
@@ -317,6 +445,7 @@ def main() -> None:
             lines += ["", "Subspace found vs the true template half (mean cosine of principal angles; 1 = found): " + "; ".join(
                 f"{n}: PCA {r['PCA overlap with the true half']:.2f}, norm-split {r['norm-split overlap with the true half']:.2f}, "
                 f"paired-scatter {r['paired-scatter overlap with the true half']:.2f}, "
+                f"user-id scatter {r['user-id scatter overlap with the true half']:.2f}, "
                 f"a random subspace {r['random subspace overlap']:.2f}" for n, r in over.items()), ""]
     sweeps = [(rec, n, r["store sweep"]) for rec, res in results.items() for n, r in res.items()
               if isinstance(r, dict) and "store sweep" in r]

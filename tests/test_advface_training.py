@@ -196,6 +196,32 @@ def test_pgd_from_a_generator_start_lowers_the_objective_with_a_prior_shadow():
     assert not torch.allclose(prot, start, atol=1e-3)  # PGD moved away from its start
 
 
+def test_an_ensemble_of_face_priors_averages_their_terms():
+    torch.manual_seed(0)
+    data = synthetic_set()
+    images, z, labels = data.tensors(torch.device("cpu"))
+    faces = torch.from_numpy(data.images)
+    first = PriorShadow(_small_prior(), faces)
+    torch.manual_seed(3)
+    from vigface_sdk.models.autoencoder import FaceAutoencoder
+    second = PriorShadow(FaceAutoencoder(image_size=64, block_out_channels=(8, 8, 16, 16), cond_dim=16, cond_embed_dim=16), faces)
+    shadow, rec = FaceDecoder(16, 64, width=8).eval(), None
+    cfg = GeneratorTrainConfig(budget=0.5, prior_pixel_weight=1.0)
+    prot = NoiseGenerator(16, 32, 0.5)(z[:16]).detach()
+    with torch.no_grad():
+        terms = [adversarial_losses(prot, z[:16], labels[:16], images[:16], shadow, rec, cfg, prior=p)
+                 for p in (first, second, [first, second])]
+    assert abs(terms[0]["prior_pixel"] - terms[1]["prior_pixel"]) > 1e-4  # two different priors, two different renders
+    assert torch.allclose(terms[2]["prior_pixel"], (terms[0]["prior_pixel"] + terms[1]["prior_pixel"]) / 2, atol=1e-5)
+    for key in ("pixel", "utility", "margin"):  # the pixel decoder's terms do not change with the ensemble
+        assert torch.allclose(terms[2][key], terms[0][key], atol=1e-5)
+    gen, state = train_generator(data, shadow, rec, GeneratorTrainConfig(**{**cfg.__dict__, "epochs": 1, "batch_size": 16}),
+                                 progress=False, prior=[first, second])
+    assert "prior_pixel" in state["history"][0]
+    with pytest.raises(IncompatibleError):  # one prior of another dimension spoils the ensemble
+        train_generator(data, shadow, rec, cfg, progress=False, prior=[first, PriorShadow(_small_prior(8), faces)])
+
+
 def test_face_prior_shadow_refuses_mismatches():
     data = synthetic_set()
     shadow = FaceDecoder(16, 64, width=8).eval()

@@ -153,14 +153,21 @@ def test_pack_and_fine_tune_the_shipped_protector(tiny_lfw, tmp_path, fr128):
     assert result.exit_code == 2 and "trained for recognizer" in _error_line(result)
     assert not (tmp_path / "bad").exists()
 
-    # the shipped face prior as a second shadow; a prior of another embedding space is refused
+    # the shipped face prior and a second one of the same space as an ensemble of shadows; a prior of another
+    # embedding space is refused
+    from advface_sdk.evaluation.face_prior import load_face_prior
+    from vigface_sdk.models.autoencoder import FaceAutoencoder
+
+    FaceAutoencoder(block_out_channels=(8, 16, 16, 16), cond_dim=128, condition=load_face_prior().config["condition"]
+                    ).save_pretrained(tmp_path / "second_prior")
     out = tmp_path / "vs_prior"
-    result = CliRunner().invoke(advface_main, common + ["--init", "fr128", "--face-prior", "default", "-o", str(out)])
+    result = CliRunner().invoke(advface_main, common + ["--init", "fr128", "--face-prior", "default", "--face-prior",
+                                                        str(tmp_path / "second_prior"), "-o", str(out)])
     assert result.exit_code == 0, result.output
     training = load_artifact(out).config["training"]
-    assert training["face_prior"] == "default" and training["config"]["prior_id_weight"] == 4.0
+    assert training["face_prior"] == ["default", str(tmp_path / "second_prior")]
+    assert training["config"]["prior_id_weight"] == 4.0
     assert {"prior_identity", "prior_pixel"} <= set(training["history"][0])
-    from vigface_sdk.models.autoencoder import FaceAutoencoder
 
     FaceAutoencoder(block_out_channels=(8, 16, 16, 16), cond_dim=128, condition={"recognizer": "other", "fingerprint": "0" * 16}
                     ).save_pretrained(tmp_path / "foreign_prior")

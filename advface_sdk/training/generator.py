@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -49,25 +50,28 @@ class GeneratorTrainConfig:
 def adversarial_losses(protected: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, images: torch.Tensor,
                        shadow: torch.nn.Module, recognizer: torch.nn.Module | None, cfg: GeneratorTrainConfig,
                        partner: torch.Tensor | None = None, threshold: float | None = None,
-                       prior: PriorShadow | None = None) -> dict:
+                       prior: "PriorShadow | Sequence[PriorShadow] | None" = None) -> dict:
     """The AdvFace objective terms (to minimise) for protected embeddings of a batch.
 
     ``partner`` holds embeddings of another image of the same person (a stand-in for a future
     clean probe): the protected template must stay ``genuine_margin`` above the verification
     ``threshold`` against it (or, without a threshold, as close as the clean template was).
-    ``prior`` is a second shadow, a face prior: its rendering of the protected template is pushed away
-    from the face (``prior_pixel``, when ``images`` are at its size) and from the identity (``prior_identity``).
+    ``prior`` is a second shadow, a face prior, or an ensemble of them: each one's rendering of the protected
+    template is pushed away from the face (``prior_pixel``, when ``images`` are at its size) and from the
+    identity (``prior_identity``); with several priors both terms are their means.
     """
     rec = shadow(protected)
     out = {"pixel": -F.l1_loss(rec, images)}
-    if prior is not None:
-        faces = prior(protected)
-        if images.shape[-1] == faces.shape[-1]:
-            out["prior_pixel"] = -F.l1_loss(faces, images)
+    priors = [] if prior is None else [prior] if isinstance(prior, torch.nn.Module) else list(prior)
+    if priors:
+        faces = [p(protected) for p in priors]
+        if all(images.shape[-1] == f.shape[-1] for f in faces):
+            out["prior_pixel"] = -torch.stack([F.l1_loss(f, images) for f in faces]).mean()
         if recognizer is not None:
-            emb = recognizer(torch.cat([rec, F.interpolate(faces, size=rec.shape[-2:], mode="bilinear", align_corners=False)]))
+            small = [F.interpolate(f, size=rec.shape[-2:], mode="bilinear", align_corners=False) for f in faces]
+            emb = recognizer(torch.cat([rec, *small]))
             out["identity"] = F.cosine_similarity(emb[:len(rec)], z, dim=1).mean()
-            out["prior_identity"] = F.cosine_similarity(emb[len(rec):], z, dim=1).mean()
+            out["prior_identity"] = F.cosine_similarity(emb[len(rec):], z.repeat(len(priors), 1), dim=1).mean()
     elif recognizer is not None:
         out["identity"] = F.cosine_similarity(recognizer(rec), z, dim=1).mean()
     up, u = F.normalize(protected, dim=1), F.normalize(z, dim=1)
@@ -119,20 +123,23 @@ def train_generator(
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
     init: NoiseGenerator | None = None,
-    prior: PriorShadow | None = None,
+    prior: "PriorShadow | Sequence[PriorShadow] | None" = None,
 ) -> tuple[NoiseGenerator, dict]:
     """Fit ``G`` so that the frozen ``shadow`` decodes ``z + G(z)`` into a different face while
     ``z + G(z)`` still matches ``z``; resumable and DDP-aware like :func:`train_decoder`.
     ``init`` fine-tunes an existing generator (same dimension and width) instead of starting afresh;
-    ``prior`` adds a face prior as a second shadow (weighted by ``prior_id_weight`` / ``prior_pixel_weight``)."""
+    ``prior`` adds a face prior, or an ensemble of them, as further shadows (weighted by ``prior_id_weight`` /
+    ``prior_pixel_weight``; an ensemble's terms are averaged)."""
     ctx = ctx or DistContext()
     if shadow.dim != train.dim:
         raise IncompatibleError(f"shadow model takes {shadow.dim}-d embeddings, training set has {train.dim}-d")
-    if prior is not None and prior.dim != train.dim:
-        raise IncompatibleError(f"the face prior takes {prior.dim}-d prototypes, training set has {train.dim}-d")
-    if (prior is None) != (config.prior_id_weight == 0 and config.prior_pixel_weight == 0):
+    priors = [] if prior is None else [prior] if isinstance(prior, torch.nn.Module) else list(prior)
+    for p in priors:
+        if p.dim != train.dim:
+            raise IncompatibleError(f"the face prior takes {p.dim}-d prototypes, training set has {train.dim}-d")
+    if (not priors) != (config.prior_id_weight == 0 and config.prior_pixel_weight == 0):
         raise InvalidInputError("give a face prior together with a non-zero prior_id_weight or prior_pixel_weight")
-    if prior is not None and config.prior_id_weight and recognizer is None:
+    if priors and config.prior_id_weight and recognizer is None:
         raise InvalidInputError("prior_id_weight needs the recognizer")
     torch.manual_seed(config.seed)
     gen = NoiseGenerator(train.dim, config.hidden, config.budget)
@@ -148,8 +155,7 @@ def train_generator(
     if ckpt and (ckpt / "state.json").is_file():
         state = load_checkpoint(ckpt, gen, opt, {k: getattr(config, k) for k in ("budget", "hidden", "seed")})
     shadow = shadow.to(ctx.device).eval().requires_grad_(False)
-    if prior is not None:
-        prior = prior.to(ctx.device).eval().requires_grad_(False)
+    priors = [p.to(ctx.device).eval().requires_grad_(False) for p in priors]
     if recognizer is not None:
         recognizer = recognizer.to(ctx.device).eval().requires_grad_(False)
     net = wrap_ddp(gen, ctx)
@@ -169,7 +175,7 @@ def train_generator(
         for step in bar:
             idx = perm[step * config.batch_size:(step + 1) * config.batch_size].to(ctx.device)
             terms = adversarial_losses(net(emb[idx]), emb[idx], labels[idx], images[idx], shadow, recognizer, config,
-                                       emb[partners[idx]], threshold, prior)
+                                       emb[partners[idx]], threshold, priors)
             loss = total_loss(terms, config)
             opt.zero_grad(set_to_none=True)
             loss.backward()
