@@ -31,11 +31,12 @@ Attackers, each reported (the strongest is what counts):
 * subspace + GW (padding only): the thief first looks for the template half in the whole stolen database
   (every image of the victims' folds; ``--store all``: every LFW image but the thief's own faces), as its top
   principal subspace, or as the subspace in which every template's share of the squared norm is most
-  constant (the halves are each unit vectors; a torch search over orthonormal bases, several restarts; of the
-  subspace and its complement he keeps the one whose GW matching fits better), or as the subspace in which
+  constant (the halves are each unit vectors; a torch search over orthonormal bases, several restarts), or as
+  the subspace in which
   presumed same-person pairs (mutual nearest neighbours) agree most (paired scatter: LDA with the pairs as
   classes, re-paired inside the subspace three times), or with the store's own user ids as classes (a
-  stolen store keeps its user column: user-id scatter), then runs GW on the victims' templates projected on it;
+  stolen store keeps its user column: user-id scatter), then runs GW on the victims' templates projected on it
+  — of each subspace and its complement he keeps the one whose GW matching fits better;
 * store alignment (rotations and buckets): the thief aligns the *whole* stolen store (each bucket apart) to
   plain AdvFace templates of faces of his own, identity-disjoint from the store, with the
   unsupervised-translation aligner (similarity profiles, then Procrustes on mutual nearest neighbours), then
@@ -211,6 +212,17 @@ def labelled_scatter_subspace(t: np.ndarray, labels: np.ndarray, dim: int) -> np
     return np.linalg.qr(eigh(within, total)[1][:, :dim])[0]
 
 
+def either_side(stolen: np.ndarray, u: np.ndarray, view: np.ndarray) -> tuple[float, np.ndarray]:
+    """GW rank-1 on the subspace ``u`` or on its complement (when that has the same width), whichever matching fits
+    better: the thief cannot tell which side holds the template half (he has no labels). Returns the side too."""
+    sides = [u]
+    if u.shape[0] == 2 * u.shape[1]:
+        sides.append(np.linalg.svd(np.eye(len(u)) - u @ u.T)[0][:, :u.shape[1]])
+    fits = [match_without_pairs(stolen @ b, view) for b in sides]
+    best = min(range(len(sides)), key=lambda i: fits[i]["objective"])
+    return matched_rank1(fits[best]["match"]), sides[best]
+
+
 def per_bucket_gw(stolen: np.ndarray, buckets: np.ndarray, view: np.ndarray) -> float:
     """Each bucket's stolen templates matched into *all* the victims' photos by Gromov–Wasserstein (unequal
     sizes: the thief does not know which victims a bucket holds), then one photo per template over all
@@ -249,7 +261,7 @@ def merge_buckets(whole: np.ndarray, buckets: np.ndarray, reference: np.ndarray)
     out = np.empty_like(whole)
     for k in np.unique(buckets):
         rows = np.flatnonzero(buckets == k)
-        out[rows] = align_without_pairs(whole[rows], reference)
+        out[rows] = align_without_pairs(whole[rows], reference, top=min(64, len(rows) - 1))
     return out
 
 
@@ -288,23 +300,14 @@ def attack(scheme: Scheme, thief: Scheme, g: np.ndarray, z: np.ndarray, lab: np.
     if scheme.decoy:
         whole = scheme.store(g[db], z[db], lab[db])  # the whole stolen database, for finding the template half
         mine = l2_normalize(g[probes])
-        pca = np.linalg.svd(whole - whole.mean(0), full_matrices=False)[2][:dim].T
-        out["PCA subspace + GW"] = gw_rank1(stolen @ pca, mine)
-        u = norm_split_subspace(whole, dim)
-        comp = np.linalg.svd(np.eye(len(u)) - u @ u.T)[0][:, :dim]
-        # the thief cannot tell which side holds the template, so he keeps the better-fitting GW matching (no labels)
-        side = min((match_without_pairs(stolen @ b, mine) for b in (u, comp)), key=lambda m: m["objective"])
-        out["norm-split subspace + GW"] = matched_rank1(side["match"])
         truth = scheme.rot[:, :dim]  # how much of the template half the search found (the thief cannot see this)
-        out["norm-split overlap with the true half"] = overlap(u, truth)
-        out["PCA overlap with the true half"] = overlap(pca, truth)
-        lda = paired_scatter_subspace(whole, dim)
-        out["paired-scatter subspace + GW"] = gw_rank1(stolen @ lda, mine)
-        out["paired-scatter overlap with the true half"] = overlap(lda, truth)
-        lab_u = labelled_scatter_subspace(whole, lab[db], dim)
-        out["user-id scatter subspace + GW"] = gw_rank1(stolen @ lab_u, mine)
-        out["user-id scatter overlap with the true half"] = overlap(lab_u, truth)
-        rand = random_rotation(np.random.default_rng(0), len(u))[:, :dim]
+        found = {"PCA": np.linalg.svd(whole - whole.mean(0), full_matrices=False)[2][:dim].T,
+                 "norm-split": norm_split_subspace(whole, dim), "paired-scatter": paired_scatter_subspace(whole, dim),
+                 "user-id scatter": labelled_scatter_subspace(whole, lab[db], dim)}
+        for name, u in found.items():
+            out[f"{name} subspace + GW"], side = either_side(stolen, u, mine)
+            out[f"{name} overlap with the true half"] = overlap(side, truth)
+        rand = random_rotation(np.random.default_rng(0), len(truth))[:, :dim]
         out["random subspace overlap"] = overlap(rand, truth)
     return out
 
@@ -359,9 +362,10 @@ def main() -> None:
     ap.add_argument("--blocks", nargs="+", type=int, default=(), help="Also measure this many decoy blocks (c = 1 each).")
     ap.add_argument("--buckets", nargs="+", type=int, default=(16, 64),
                     help="Bucketed rotation: users spread over this many keyed buckets, one rotation each.")
-    ap.add_argument("--store", choices=("folds", "all"), default="folds",
-                    help="The stolen database the store-wide attacks use: the victims' folds, or every LFW image but "
-                         "the thief's own faces.")
+    ap.add_argument("--store", choices=("folds", "all", "all+thief"), default="folds",
+                    help="The stolen database the store-wide attacks use: the victims' folds, every LFW image but the "
+                         "thief's own faces, or every LFW image (the thief holds the very images enrolled for half "
+                         "the store, not knowing which template is whose).")
     ap.add_argument("--sweep", nargs="+", type=int, default=(),
                     help="Store sizes for the paired-scatter thief against each decoy scheme (first key only).")
     ap.add_argument("--schemes", nargs="+", default=None, metavar="NAME", help="Measure only these schemes (by name).")
@@ -377,6 +381,8 @@ def main() -> None:
     db, public = np.flatnonzero(ev.mask("victim")), ev.mask("defender")
     if args.store == "all":  # every LFW image but the thief's own faces (his public reference set)
         db = np.flatnonzero(~public)
+    elif args.store == "all+thief":
+        db = np.arange(len(lab))
     results = {}
     for rec in args.recognizers:
         z = (ev.emb if rec == "fr128" else ev.emb_eval).astype(np.float32)
@@ -431,7 +437,7 @@ def main() -> None:
              f"{100 / len(vic.enrolled):.1f} %, the issue's bar 2× chance = {200 / len(vic.enrolled):.1f} %), the mean over "
              f"{args.keys} independent deployment keys (and decoy draws), each against a thief with a key of his own. Subspace attacks "
              f"search the whole stolen database ({len(db)} templates: "
-             f"{'every LFW image but the thief’s own faces' if args.store == 'all' else 'the victims’ folds'}). See the module docstring.", ""]
+             f"{dict(folds='the victims’ folds', all='every LFW image but the thief’s own faces').get(args.store, 'every LFW image, the thief’s own enrolment images among them')}). See the module docstring.", ""]
     for rec, res in results.items():
         lines += [f"## {rec} (raw accuracy {res['raw accuracy']:.2f} %, AdvFace {res['advface accuracy']:.2f} %)", "",
                   "| scheme | values | LFW acc (Δ vs raw) | " + " | ".join(cols) + " | strongest |",

@@ -41,15 +41,61 @@ def test_sets_of_different_sizes_are_refused(people):
         match_without_pairs(enrolled[:10], probes[:12])
 
 
-def test_a_store_with_several_templates_per_person_gives_decoy_padding_away():
-    """The benchmark's paired-scatter thief finds the template half of decoy-padded templates (c = 1)."""
+@pytest.fixture(scope="module")
+def bench():
     import importlib.util
     from pathlib import Path
 
     spec = importlib.util.spec_from_file_location(
         "alignment_attacks", Path(__file__).resolve().parents[1] / "benchmarks" / "alignment_attacks.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _store_of_people(rng, n: int, per: int, d: int):
+    ids = rng.standard_normal((2 * n, d)) * np.linspace(2.0, 0.3, d) + 1.0
+    faces = l2_normalize(np.repeat(ids, per, 0) + 0.4 * rng.standard_normal((2 * n * per, d)))
+    labels = np.repeat(np.arange(2 * n), per)
+    return faces[:n * per], labels[:n * per], faces[n * per:], labels[n * per:]  # the deployer's public faces: other people
+
+
+def test_the_user_column_gives_decoy_padding_away_but_not_identity_decoys(bench):
+    """With the store's user ids as classes, LDA finds the template half of fresh decoys; a keyed virtual identity
+    per user makes the decoy half of one user's templates agree as the template half does."""
+    rng = np.random.default_rng(2)
+    d = 16
+    store, users, public, public_users = _store_of_people(rng, 300, 3, d)
+    plain = bench.Scheme("decoy", d, 7, public, decoy=1.0)
+    virtual = bench.Scheme("identity", d, 7, public, decoy=1.0, identity_decoy=True, public_labels=public_users)
+    found = {name: bench.overlap(bench.labelled_scatter_subspace(s.store(store, store, users), users, d), s.rot[:, :d])
+             for name, s in (("plain", plain), ("virtual", virtual))}
+    guess = bench.overlap(random_rotation(rng, 2 * d)[:, :d], plain.rot[:, :d])
+    assert found["plain"] > 0.9
+    assert found["virtual"] < guess + 0.1, (found, guess)
+    def decoy_agreement(s):  # mean cosine between the decoy halves of one user's three templates
+        half = l2_normalize((s.store(store[:3], store[:3], users[:3]) @ s.rot)[:, d:])
+        return (half @ half.T)[np.triu_indices(3, 1)].mean()
+
+    assert decoy_agreement(virtual) > decoy_agreement(plain) + 0.3
+
+
+def test_bucketed_rotation_keeps_scores_within_a_bucket_only(bench):
+    rng = np.random.default_rng(3)
+    d = 16
+    store, users, public, _ = _store_of_people(rng, 60, 2, d)
+    scheme = bench.Scheme("buckets", d, 7, public, buckets=4)
+    buckets = scheme.bucket(users)
+    assert set(buckets.tolist()) == {0, 1, 2, 3} and np.array_equal(buckets, scheme.bucket(users))  # keyed, stable
+    templates = scheme.store(store, store, users)
+    probes = scheme.probe(store[::-1], users)  # each probe prepared for the bucket of the template it is scored against
+    assert np.allclose(np.sum(templates * probes, 1), np.sum(store * store[::-1], 1))  # AdvFace's scores, unchanged
+    other = buckets != buckets[0]
+    assert np.abs(templates[other] @ templates[0] - store[other] @ store[0]).mean() > 0.1  # across buckets: meaningless
+
+
+def test_a_store_with_several_templates_per_person_gives_decoy_padding_away(bench):
+    """The benchmark's paired-scatter thief finds the template half of decoy-padded templates (c = 1)."""
     rng = np.random.default_rng(1)
     n, per, d = 300, 3, 16
     ids = rng.standard_normal((2 * n, d)) * np.linspace(2.0, 0.3, d) + 1.0
