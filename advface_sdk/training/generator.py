@@ -47,6 +47,10 @@ class GeneratorTrainConfig:
             raise InvalidInputError(f"budget must lie in (0, 2), got {self.budget}")
 
 
+def _as_priors(prior: "PriorShadow | Sequence[PriorShadow] | None") -> list[PriorShadow]:
+    return [] if prior is None else [prior] if isinstance(prior, torch.nn.Module) else list(prior)
+
+
 def adversarial_losses(protected: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, images: torch.Tensor,
                        shadow: torch.nn.Module, recognizer: torch.nn.Module | None, cfg: GeneratorTrainConfig,
                        partner: torch.Tensor | None = None, threshold: float | None = None,
@@ -62,7 +66,7 @@ def adversarial_losses(protected: torch.Tensor, z: torch.Tensor, labels: torch.T
     """
     rec = shadow(protected)
     out = {"pixel": -F.l1_loss(rec, images)}
-    priors = [] if prior is None else [prior] if isinstance(prior, torch.nn.Module) else list(prior)
+    priors = _as_priors(prior)
     if priors:
         faces = [p(protected) for p in priors]
         if all(images.shape[-1] == f.shape[-1] for f in faces):
@@ -133,7 +137,7 @@ def train_generator(
     ctx = ctx or DistContext()
     if shadow.dim != train.dim:
         raise IncompatibleError(f"shadow model takes {shadow.dim}-d embeddings, training set has {train.dim}-d")
-    priors = [] if prior is None else [prior] if isinstance(prior, torch.nn.Module) else list(prior)
+    priors = _as_priors(prior)
     for p in priors:
         if p.dim != train.dim:
             raise IncompatibleError(f"the face prior takes {p.dim}-d prototypes, training set has {train.dim}-d")
