@@ -62,7 +62,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from advface_sdk.evaluation.attacks import align_without_pairs, match_without_pairs, matched_rank1, rank1
+from advface_sdk.evaluation.attacks import (align_without_pairs, annealed_gw, match_without_pairs, matched_rank1,
+                                            rank1)
 from advface_sdk.keys import random_rotation
 from facecore.embeddings import l2_normalize
 from facecore.metrics import kfold_accuracy
@@ -227,30 +228,18 @@ def per_bucket_gw(stolen: np.ndarray, buckets: np.ndarray, view: np.ndarray) -> 
     """Each bucket's stolen templates matched into *all* the victims' photos by Gromov–Wasserstein (unequal
     sizes: the thief does not know which victims a bucket holds), then one photo per template over all
     buckets (a linear assignment on the stacked couplings)."""
-    import warnings
-
-    import ot
     from scipy.optimize import linear_sum_assignment
 
     y = l2_normalize(view)
-    cy, q = y @ y.T, ot.unif(len(y))
     score = np.zeros((len(stolen), len(y)))
     for k in np.unique(buckets):
         rows = np.flatnonzero(buckets == k)
         if len(rows) < 3:
             continue
         x = l2_normalize(stolen[rows])
-        coupling = None
-        for eps in (5e-3, 2e-3, 1e-3):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                new = ot.gromov.entropic_gromov_wasserstein(x @ x.T, cy, ot.unif(len(x)), q, "square_loss", epsilon=eps,
-                                                            max_iter=300, G0=coupling)
-            if not np.isfinite(new).all():
-                break
-            coupling = new
-        if coupling is not None:
-            score[rows] = coupling * len(rows)
+        stages = list(annealed_gw(x @ x.T, y @ y.T, (5e-3, 2e-3, 1e-3)))
+        if stages:
+            score[rows] = stages[-1][1] * len(rows)
     r, c = linear_sum_assignment(-score)
     return float(np.mean(c[np.argsort(r)] == np.arange(len(stolen))))
 

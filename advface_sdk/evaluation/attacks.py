@@ -230,6 +230,24 @@ def align_without_pairs(templates: np.ndarray, clean: np.ndarray, top: int = 64,
 GW_EPSILONS = (5e-3, 2e-3, 1e-3, 5e-4, 2e-4)
 
 
+def annealed_gw(cx: np.ndarray, cy: np.ndarray, epsilons: tuple[float, ...] = GW_EPSILONS):
+    """Yield ``(epsilon, coupling)`` of POT's entropic Gromov–Wasserstein between two similarity matrices (uniform
+    marginals, sizes may differ), annealed coarse → fine, each stage warm-starting the next; stops at divergence."""
+    import warnings
+
+    import ot
+
+    p, q, coupling = ot.unif(len(cx)), ot.unif(len(cy)), None
+    for eps in epsilons:
+        with warnings.catch_warnings():  # non-converged inner Sinkhorn stages are expected while annealing
+            warnings.simplefilter("ignore")
+            coupling = ot.gromov.entropic_gromov_wasserstein(cx, cy, p, q, "square_loss", epsilon=eps, max_iter=300,
+                                                             G0=coupling, solver="PPA" if eps < 1e-3 else "PGD")
+        if not np.isfinite(coupling).all():
+            return
+        yield eps, coupling
+
+
 def match_without_pairs(templates: np.ndarray, candidates: np.ndarray, epsilons: tuple[float, ...] = GW_EPSILONS) -> dict:
     """(c) Match stolen ``templates`` to ``candidates`` (one per person) from the two sets' shapes alone.
 
@@ -239,23 +257,14 @@ def match_without_pairs(templates: np.ndarray, candidates: np.ndarray, epsilons:
     the annealing stages he keeps the hard matching with the lowest GW objective. Returns ``match``
     (candidate index per template), ``epsilon`` and ``objective`` of the kept stage.
     """
-    import warnings
 
-    import ot
 
     x, y = l2_normalize(np.asarray(templates, np.float64)), l2_normalize(np.asarray(candidates, np.float64))
     if len(x) != len(y) or len(x) < 2:
         raise InvalidInputError(f"match_without_pairs needs two sets of the same size ≥ 2, got {len(x)} and {len(y)}")
     cx, cy = x @ x.T, y @ y.T
-    p = ot.unif(len(x))
-    coupling, best = None, None
-    for eps in epsilons:
-        with warnings.catch_warnings():  # non-converged inner Sinkhorn stages are expected while annealing
-            warnings.simplefilter("ignore")
-            coupling = ot.gromov.entropic_gromov_wasserstein(cx, cy, p, p, "square_loss", epsilon=eps, max_iter=300,
-                                                             G0=coupling, solver="PPA" if eps < 1e-3 else "PGD")
-        if not np.isfinite(coupling).all():
-            break
+    best = None
+    for eps, coupling in annealed_gw(cx, cy, epsilons):
         match = coupling.argmax(1)
         objective = float(np.mean((cx - cy[np.ix_(match, match)]) ** 2))
         if best is None or objective < best["objective"]:
