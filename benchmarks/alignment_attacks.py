@@ -170,6 +170,15 @@ def norm_split_subspace(t: np.ndarray, dim: int, restarts: int = 4, steps: int =
     return best[1]
 
 
+def _agreeing_directions(diff: np.ndarray, total: np.ndarray, dim: int) -> np.ndarray:
+    """LDA's ``dim`` smallest generalised eigenvectors of (within scatter of ``diff``, ``total``), orthonormalised.
+    Why by hand: it is one ``scipy.linalg.eigh``."""
+    from scipy.linalg import eigh
+
+    within = diff.T @ diff / len(diff) + 1e-6 * np.eye(diff.shape[1])
+    return np.linalg.qr(eigh(within, total)[1][:, :dim])[0]
+
+
 def paired_scatter_subspace(t: np.ndarray, dim: int, rounds: int = 3) -> np.ndarray:
     """Orthonormal ``(D, dim)`` basis of the directions in which presumed same-person pairs agree most.
 
@@ -178,7 +187,6 @@ def paired_scatter_subspace(t: np.ndarray, dim: int, rounds: int = 3) -> np.ndar
     scatter, total scatter) with the smallest eigenvalues — linear discriminant analysis with the pairs as
     classes — and repeats the pairing inside the subspace found. Why by hand: it is one ``scipy.linalg.eigh``.
     """
-    from scipy.linalg import eigh
 
     x = l2_normalize(t)
     xc = x - x.mean(0)
@@ -189,9 +197,7 @@ def paired_scatter_subspace(t: np.ndarray, dim: int, rounds: int = 3) -> np.ndar
         np.fill_diagonal(sim, -np.inf)
         nn = sim.argmax(1)
         a = np.flatnonzero((nn[nn] == np.arange(len(nn))) & (np.arange(len(nn)) < nn))
-        diff = x[a] - x[nn[a]]
-        within = diff.T @ diff / len(diff) + 1e-6 * np.eye(x.shape[1])
-        u = np.linalg.qr(eigh(within, total)[1][:, :dim])[0]
+        u = _agreeing_directions(x[a] - x[nn[a]], total, dim)
         view = x @ u
     return u
 
@@ -199,7 +205,6 @@ def paired_scatter_subspace(t: np.ndarray, dim: int, rounds: int = 3) -> np.ndar
 def labelled_scatter_subspace(t: np.ndarray, labels: np.ndarray, dim: int) -> np.ndarray:
     """Orthonormal ``(D, dim)`` basis in which templates of one user agree most, with the store's own user ids as
     classes (a stolen store keeps its user column): LDA's smallest (within, total) generalised eigenvectors."""
-    from scipy.linalg import eigh
 
     x = l2_normalize(t)
     xc = x - x.mean(0)
@@ -208,9 +213,7 @@ def labelled_scatter_subspace(t: np.ndarray, labels: np.ndarray, dim: int) -> np
     means = np.zeros((inv.max() + 1, x.shape[1]))
     np.add.at(means, inv, x)
     means /= np.bincount(inv)[:, None]
-    diff = x - means[inv]
-    within = diff.T @ diff / len(x) + 1e-6 * np.eye(x.shape[1])
-    return np.linalg.qr(eigh(within, total)[1][:, :dim])[0]
+    return _agreeing_directions(x - means[inv], total, dim)
 
 
 def either_side(stolen: np.ndarray, u: np.ndarray, view: np.ndarray) -> tuple[float, np.ndarray]:
