@@ -113,7 +113,11 @@ def stream_protect(protector, src: Path, dst: Path, key: str = "embeddings", chu
     """
     if kind not in ("templates", "probes"):
         raise InvalidInputError(f"kind must be 'templates' or 'probes', got {kind!r}")
-    plan = protector._salt_plan(salt)
+    if protector.buckets > 1 and salt is None:
+        raise InvalidInputError(f"deployment key {protector.key_id} has {protector.buckets} buckets: templates are protected "
+                                "under their ids and probes prepared per bucket; use `advface-cli gallery enroll/search` "
+                                "or Protector.protect(..., users=ids) / prepare_probe in Python")
+    plan = protector._plan(salt, None, probe=kind == "probes")
     method = protector._protect_rows if kind == "templates" else protector._probe_rows
 
     def rows_fn(x: np.ndarray, start: int) -> np.ndarray:

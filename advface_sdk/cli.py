@@ -306,17 +306,21 @@ def prepare_probe_cmd(src: Path, dst: Path, model: str, key: str, backend: str, 
 @main.command()
 @click.argument("keyfile", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--model", "-m", default="fr128", show_default=True, help="Protector (default name or folder) the key is for.")
+@click.option("--buckets", "-b", type=int, default=1, show_default=True,
+              help="Spread a 1:N gallery's templates over this many keyed buckets, one secret rotation each "
+                   "(64 holds the alignment attack at chance on LFW-sized stores; see README).")
 @_trust_options
 @friendly_errors
-def keygen(keyfile: Path, model: str, trust, require_signature: bool) -> None:
+def keygen(keyfile: Path, model: str, buckets: int, trust, require_signature: bool) -> None:
     """Write a new random deployment key for MODEL to KEYFILE (mode 0600; an existing file is never overwritten)."""
     from .keys import DeploymentKey
 
     art = _load(model, trust, require_signature)
-    key = DeploymentKey.generate(art.protector_id)
+    key = DeploymentKey.generate(art.protector_id, buckets)
     key.save(keyfile)
-    click.echo(f"wrote deployment key {key.key_id} for protector {art.protector_id} ({art.directory.name}) to {keyfile}; "
-               "keep it away from the template store: whoever holds it can undo the keyed layer")
+    spread = f" with {buckets} buckets" if buckets > 1 else ""
+    click.echo(f"wrote deployment key {key.key_id}{spread} for protector {art.protector_id} ({art.directory.name}) to "
+               f"{keyfile}; keep it away from the template store: whoever holds it can undo the keyed layer")
 
 
 @main.command()
@@ -354,6 +358,10 @@ def export_onnx(artifact: str, out: Path, precision: str, deployment_key, probe:
     if deployment_key is not None:
         dkey = DeploymentKey.load(deployment_key)
         dkey.check_protector(art.protector_id, f" ({art.directory.name})")
+        if dkey.buckets > 1:
+            raise InvalidInputError(f"deployment key {dkey.key_id} has {dkey.buckets} buckets, a rotation per stored id: "
+                                    "export the unkeyed graph and multiply its output by DeploymentKey.bucket_rotation("
+                                    "key.bucket(id), dim).T (probes: by each bucket's rotation)")
         rotation = dkey.rotation(art.dim)
     elif probe:
         raise InvalidInputError("--probe needs --deployment-key (without a key, probes are used as they are)")

@@ -13,6 +13,16 @@ The key file is JSON (``format``, ``secret``, ``protector``, ``key_id``), writte
 never over an existing file; ``key_id`` (16 hex digits) is a fingerprint of the secret and the bound
 protector, so a truncated, edited or foreign file is refused on load.
 
+Bucketed keys (1:N stores): ``buckets=K`` spreads the stored ids over ``K`` keyed buckets,
+``bucket(id) = HMAC-SHA256(secret, id) mod K``, each with its own secret rotation ``R_b``: a template
+stored under ``id`` is ``R_bucket(id) · advface(z)``. Cosines across buckets mean nothing, so a thief
+who aligns the stolen store to public embeddings must align ``K`` small sets instead of one large one
+(README, column (c): on LFW-sized stores K = 64 leaves the alignment attack at chance). A 1:N probe is
+prepared once per bucket (``(K, d)`` per probe) and each bucket searched in its own partition of the
+store (:class:`~advface_sdk.gallery.Gallery` does this), so accuracy is exactly AdvFace's. ``K`` is part
+of the key: it is written in the key file (format ``advface-deployment-key/2``, which older readers
+refuse) and enters ``key_id``; a plain key (``K = 1``) is written and identified exactly as before.
+
 Per-user salts (1:1 verification against a claimed identity): each user holds a random 16-byte salt
 (:func:`new_salt`, on a card or in an app, never stored with the templates). The user's template is
 ``Q_u · R · advface(z)`` and their probe ``Q_u · R · z``, where ``Q_u`` is a Haar rotation seeded by
@@ -39,13 +49,20 @@ import numpy as np
 from facecore.errors import DeploymentKeyError, InvalidInputError, KeyMismatchError
 
 KEY_FORMAT = "advface-deployment-key/1"
+#: format of bucketed keys (``buckets`` > 1); plain keys keep :data:`KEY_FORMAT` so older readers still read them
+BUCKETED_KEY_FORMAT = "advface-deployment-key/2"
+#: most buckets a key may have: the protector keeps every bucket's rotation in memory (K · 4 · d² bytes)
+MAX_BUCKETS = 256
 SECRET_BYTES = 32
 SALT_BYTES = 16
 MAX_KEY_FILE = 4096
 
 
-def _key_id(secret: bytes, protector_id: str) -> str:
-    return hashlib.sha256(KEY_FORMAT.encode() + b"\0" + secret + protector_id.encode()).hexdigest()[:16]
+def _key_id(secret: bytes, protector_id: str, buckets: int = 1) -> str:
+    if buckets == 1:
+        return hashlib.sha256(KEY_FORMAT.encode() + b"\0" + secret + protector_id.encode()).hexdigest()[:16]
+    return hashlib.sha256(BUCKETED_KEY_FORMAT.encode() + b"\0" + secret + protector_id.encode() + b"\0"
+                          + buckets.to_bytes(4, "big")).hexdigest()[:16]
 
 
 def random_rotation(rng: np.random.Generator, dim: int) -> np.ndarray:
@@ -83,6 +100,25 @@ def _salted_rotation_t32(secret: bytes, salt: bytes, dim: int) -> np.ndarray:
     return m
 
 
+@lru_cache(maxsize=4)
+def _bucket_rotations_t32(secret: bytes, buckets: int, dim: int) -> np.ndarray:
+    """``(dim, K·dim)`` float32: the transposed bucket rotations side by side (``v @ M`` prepares ``v`` for every
+    bucket at once; columns ``b·dim:(b+1)·dim`` are ``R_bᵀ``). Read-only, cached (K · 4 · d² bytes)."""
+    out = np.empty((dim, buckets * dim), np.float32)
+    for b in range(buckets):
+        seed = hmac.new(secret, b"advface-bucket-rotation\0" + b.to_bytes(4, "big") + dim.to_bytes(4, "big"),
+                        hashlib.sha256).digest()
+        out[:, b * dim:(b + 1) * dim] = _haar(seed, dim).T
+    out.setflags(write=False)
+    return out
+
+
+def _check_buckets(buckets) -> int:
+    if isinstance(buckets, bool) or not isinstance(buckets, (int, np.integer)) or not 1 <= buckets <= MAX_BUCKETS:
+        raise DeploymentKeyError(f"buckets must be an integer in [1, {MAX_BUCKETS}], got {buckets!r}")
+    return int(buckets)
+
+
 def new_salt() -> bytes:
     """A fresh random user salt (16 bytes from ``os.urandom``); ``.hex()`` is its text form."""
     return os.urandom(SALT_BYTES)
@@ -109,27 +145,63 @@ def as_salt(salt: "bytes | str") -> bytes:
 
 @dataclass(frozen=True, repr=False)
 class DeploymentKey:
-    """A deployment secret bound to the protector with id ``protector_id``; ``repr`` never shows the secret."""
+    """A deployment secret bound to the protector with id ``protector_id``, spreading stored ids over ``buckets``
+    keyed buckets (1: one rotation for the whole store); ``repr`` never shows the secret."""
 
     secret: bytes
     protector_id: str
+    buckets: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.secret, bytes) or len(self.secret) != SECRET_BYTES:
             raise DeploymentKeyError(f"a deployment key secret is {SECRET_BYTES} bytes")
         if not isinstance(self.protector_id, str) or not self.protector_id:
             raise DeploymentKeyError("a deployment key must name the protector it was made for")
+        object.__setattr__(self, "buckets", _check_buckets(self.buckets))
 
     def __repr__(self) -> str:
-        return f"DeploymentKey(key_id={self.key_id!r}, protector_id={self.protector_id!r})"
+        extra = f", buckets={self.buckets}" if self.buckets > 1 else ""
+        return f"DeploymentKey(key_id={self.key_id!r}, protector_id={self.protector_id!r}{extra})"
 
     @property
     def key_id(self) -> str:
-        return _key_id(self.secret, self.protector_id)
+        return _key_id(self.secret, self.protector_id, self.buckets)
 
     @classmethod
-    def generate(cls, protector_id: str) -> "DeploymentKey":
-        return cls(os.urandom(SECRET_BYTES), protector_id)
+    def generate(cls, protector_id: str, buckets: int = 1) -> "DeploymentKey":
+        return cls(os.urandom(SECRET_BYTES), protector_id, buckets)
+
+    def bucket(self, ids) -> np.ndarray:
+        """The bucket (``int64`` in ``[0, buckets)``) of each stored id: ``HMAC-SHA256(secret, id) mod buckets``.
+
+        ``ids``: one string or a sequence of non-empty strings (the id a template is stored under).
+        """
+        if isinstance(ids, str):
+            ids = [ids]
+        elif isinstance(ids, np.ndarray):
+            ids = ids.tolist()
+        try:
+            ids = list(ids)
+        except TypeError:
+            raise InvalidInputError(f"ids must be a string or a sequence of strings, got {type(ids).__name__}") from None
+        bad = [i for i in ids if not isinstance(i, str) or not i]
+        if bad:
+            raise InvalidInputError(f"ids must be non-empty strings (the ids templates are stored under); bad: {bad[:3]}")
+        if self.buckets == 1:
+            return np.zeros(len(ids), np.int64)
+        digest, secret = hmac.digest, self.secret
+        return (np.fromiter((int.from_bytes(digest(secret, b"advface-bucket\0" + i.encode(), "sha256")[:8], "big")
+                            for i in ids), np.uint64, len(ids)) % np.uint64(self.buckets)).astype(np.int64)
+
+    def bucket_rotation(self, bucket: int, dim: int) -> np.ndarray:
+        """The secret rotation ``R_b`` of bucket ``bucket`` (float32, ``(dim, dim)``); bucketed vectors are ``R_b @ v``.
+        A plain key has one bucket, whose rotation is :meth:`rotation`."""
+        if isinstance(bucket, bool) or not isinstance(bucket, (int, np.integer)) or not 0 <= bucket < self.buckets:
+            raise InvalidInputError(f"bucket must be an integer in [0, {self.buckets}), got {bucket!r}")
+        if self.buckets == 1:
+            return self.rotation(dim).astype(np.float32)
+        dim = int(dim)
+        return _bucket_rotations_t32(self.secret, self.buckets, dim)[:, int(bucket) * dim:(int(bucket) + 1) * dim].T
 
     def rotation(self, dim: int) -> np.ndarray:
         """The secret ``(dim, dim)`` orthogonal matrix (float64, read-only); keyed vectors are ``R @ v``."""
@@ -149,6 +221,8 @@ class DeploymentKey:
         path = Path(path)
         record = {"format": KEY_FORMAT, "key_id": self.key_id, "protector": self.protector_id,
                   "secret": base64.b64encode(self.secret).decode()}
+        if self.buckets > 1:
+            record.update(format=BUCKETED_KEY_FORMAT, buckets=self.buckets)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
@@ -186,13 +260,17 @@ class DeploymentKey:
                 raise ValueError("not a JSON object")
         except (ValueError, UnicodeDecodeError) as exc:
             raise DeploymentKeyError(f"{path} is not a deployment key (truncated or another file: {exc})") from None
-        if record.get("format") != KEY_FORMAT:
+        if record.get("format") not in (KEY_FORMAT, BUCKETED_KEY_FORMAT):
             raise DeploymentKeyError(f"{path} is not an AdvFace deployment key (format {record.get('format')!r}, "
-                                     f"expected {KEY_FORMAT})")
+                                     f"expected {KEY_FORMAT} or {BUCKETED_KEY_FORMAT})")
+        bucketed = record["format"] == BUCKETED_KEY_FORMAT
         try:
             secret = base64.b64decode(record["secret"], validate=True)
-            key = cls(secret, str(record["protector"]))
-        except (KeyError, TypeError, ValueError) as exc:
+            buckets = record["buckets"] if bucketed else record.get("buckets", 1)
+            if bucketed and buckets == 1 or not bucketed and buckets != 1:
+                raise ValueError(f"format {record['format']} with buckets={buckets!r}")
+            key = cls(secret, str(record["protector"]), buckets)
+        except (KeyError, TypeError, ValueError, DeploymentKeyError) as exc:
             raise DeploymentKeyError(f"{path}: damaged deployment key ({type(exc).__name__}: {exc})") from None
         if record.get("key_id") != key.key_id:
             raise DeploymentKeyError(f"{path}: the key id does not match its secret: the file was edited or damaged")

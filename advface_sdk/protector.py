@@ -13,15 +13,16 @@ from facecore.errors import DataError, DeploymentKeyError, InvalidInputError, Ke
 
 from .artifact import ProtectorArtifact, load_artifact
 from .backends import create_backend, resolve_backend
-from .keys import DeploymentKey, _salted_rotation_t32, as_key, as_salt
+from .keys import DeploymentKey, _bucket_rotations_t32, _salted_rotation_t32, as_key, as_salt
 
 DEFAULT_MODEL = "fr128"
 _FLOATS = ("float16", "float32", "float64")
 _NP_FLOATS = {np.dtype(name): name for name in _FLOATS}  # dtype.name costs ~2 µs a call; a dict lookup ~0.1 µs
 #: largest batch protected at once on the host: extra memory is bounded by this many rows whatever the input size
 DEFAULT_BATCH = 65536
-#: per-user salts of a call: the distinct salts and, per row, the index of its salt (``None``: one salt for all rows)
-SaltPlan = tuple[list[bytes], "np.ndarray | None"]
+#: the rotations of a call (per-user salts or a bucketed key's buckets): the distinct matrices, transposed
+#: (rows are multiplied by them), and per row the index of its matrix (``None``: the first for all rows)
+RotationPlan = tuple[list[np.ndarray], "np.ndarray | None"]
 
 
 def _is_torch(x) -> bool:
@@ -49,7 +50,9 @@ class Protector:
     turns on the keyed mode: templates are rotated by the key's secret rotation, and probes must go
     through :meth:`prepare_probe` before cosine matching. ``key=None`` is plain AdvFace. With a key,
     ``salts=`` of :meth:`protect` / :meth:`prepare_probe` adds each user's secret rotation ``Q_u``
-    (see :mod:`advface_sdk.keys`): a user's template and probe must be made with the same salt.
+    (see :mod:`advface_sdk.keys`): a user's template and probe must be made with the same salt. A bucketed
+    key (``buckets`` > 1) needs ``users=`` (the ids templates are stored under) to protect, and prepares a
+    probe for every bucket unless told the claimed ``users``.
     """
 
     def __init__(self, model: str | Path | ProtectorArtifact = DEFAULT_MODEL, backend: str = "auto", device: str = "cpu",
@@ -63,10 +66,11 @@ class Protector:
         self.artifact = model if isinstance(model, ProtectorArtifact) else load_artifact(model, trust, require_signature)
         self.artifact.check_recognizer(recognizer_fingerprint)
         self.key = None if key is None else as_key(key)
-        self._rot_t = None
+        self._rot_t = self._buckets_t = None
         if self.key is not None:
             self.key.check_protector(self.artifact.protector_id, f" ({self.artifact.directory.name})")
             self._rot_t = np.ascontiguousarray(self.key.rotation(self.dim).T, np.float32)
+            self._buckets_t = _bucket_rotations_t32(self.key.secret, self.key.buckets, self.dim) if self.buckets > 1 else None
         self.batch_size = int(batch_size)
         self._options = backend_options
         self._backends: dict[tuple[str, str], object] = {}
@@ -90,6 +94,11 @@ class Protector:
     @property
     def dim(self) -> int:
         return self.artifact.dim
+
+    @property
+    def buckets(self) -> int:
+        """Buckets of the deployment key (1: unkeyed or a plain key, one rotation for every template)."""
+        return 1 if self.key is None else self.key.buckets
 
     @property
     def key_id(self) -> str | None:
@@ -142,42 +151,73 @@ class Protector:
             raise InvalidInputError(f"zero embeddings cannot be protected (rows {(zero[:5] + offset).tolist()}); "
                                     "check the recognizer output")
 
-    def __call__(self, embeddings, salts=None):
-        return self.protect(embeddings, salts)
+    def __call__(self, embeddings, salts=None, users=None):
+        return self.protect(embeddings, salts, users)
 
-    def protect(self, embeddings, salts=None):
+    def protect(self, embeddings, salts=None, users=None):
         """Protected embeddings of the same kind (numpy / torch), device, shape and dtype.
 
         ``salts`` (keyed mode only): one user salt (16 bytes or 32 hex digits) for every row, or a
         sequence of one salt per row; ``None`` is the deployment-wide keyed (or plain) protection.
+        ``users`` (keyed mode; required by a bucketed key): the id each row is stored under (one string
+        for every row, or one per row); each row is rotated by its id's bucket rotation.
         """
         if _is_torch(embeddings):
-            return self._protect_torch(embeddings, salts)
-        return self._map_numpy(embeddings, self._protect_rows, salts)
+            return self._protect_torch(embeddings, salts, users)
+        return self._map_numpy(embeddings, self._protect_rows, salts, users)
 
-    def prepare_probe(self, embeddings, salts=None):
+    def prepare_probe(self, embeddings, salts=None, users=None):
         """Clean probe embeddings mapped into the key's space: match them by cosine against stored templates.
 
         Same kind, shape and dtype as the input; without a key the probes are returned unchanged (a copy).
-        ``salts``: the claimed user's salt(s), as for :meth:`protect`.
+        ``salts``: the claimed user's salt(s), as for :meth:`protect`. A bucketed key prepares each probe
+        for the bucket of the claimed ``users`` (1:1), or, without ``users``, for every bucket (1:N): the
+        output then has shape ``(..., buckets, D)``, row ``b`` to be matched against bucket ``b``'s
+        templates only (:class:`~advface_sdk.gallery.Gallery` searches that way).
         """
         if _is_torch(embeddings):
             import torch
 
             self._check(embeddings, str(embeddings.dtype).replace("torch.", ""), tuple(embeddings.shape))
-            out = self._map_numpy(embeddings.detach().cpu().numpy(), self._probe_rows, salts)
+            out = self.prepare_probe(embeddings.detach().cpu().numpy(), salts, users)
             return torch.from_numpy(out).to(embeddings.device)
-        return self._map_numpy(embeddings, self._probe_rows, salts)
+        if self.buckets > 1 and salts is None and users is None:
+            return self._probe_every_bucket(embeddings)
+        return self._map_numpy(embeddings, self._probe_rows, salts, users)
 
-    def _salt_plan(self, salts, rows: int | None = None) -> SaltPlan | None:
-        """Checked ``salts`` for ``rows`` rows (``None``: a single salt only); ``None`` when ``salts`` is ``None``."""
+    def _probe_every_bucket(self, embeddings) -> np.ndarray:
+        """``(..., K, D)``: each probe prepared for each of the key's K buckets (batches of batch_size / K rows)."""
+        if not isinstance(embeddings, np.ndarray):
+            raise InvalidInputError(f"embeddings must be a numpy array or torch tensor, got {type(embeddings).__name__}")
+        self._check(embeddings, _NP_FLOATS.get(embeddings.dtype) or embeddings.dtype.name, embeddings.shape)
+        flat, k = embeddings.reshape(-1, self.dim), self.buckets
+        out = np.empty((len(flat), k * self.dim), embeddings.dtype)
+        step = max(1, self.batch_size // k)
+        for start in range(0, len(flat), step):
+            x = flat[start:start + step]
+            self._check_values(x, start)
+            unit, norm = self._unit(x)
+            out[start:start + step] = self._rescale(unit @ self._buckets_t, norm, x.dtype, start)
+        return out.reshape(embeddings.shape[:-1] + (k, self.dim))
+
+    def _plan(self, salts, users, rows: int | None = None, probe: bool = False) -> RotationPlan | None:
+        """Checked ``salts`` or ``users`` for ``rows`` rows (``None``: a single salt or id only); ``None``: the key's
+        one rotation (or none). A bucketed key refuses to protect without ``users``."""
+        if salts is not None and users is not None:
+            raise InvalidInputError("salts (1:1, a rotation per user) and users (a bucketed key's buckets) are two "
+                                    "modes: pass one of them")
+        if users is not None:
+            return self._bucket_plan(users, rows)
         if salts is None:
+            if self.buckets > 1 and not probe:
+                raise InvalidInputError(f"deployment key {self.key_id} spreads templates over {self.buckets} buckets: "
+                                        "pass users= (the id each template is stored under), or enroll through a Gallery")
             return None
         if self.key is None:
             raise DeploymentKeyError("salts need a deployment key: make the protector with key=KEYFILE "
                                      "(advface-cli keygen), e.g. Protector(model, key='deploy.key')")
         if isinstance(salts, (bytes, bytearray, memoryview, str)):
-            return [as_salt(salts)], None
+            return [_salted_rotation_t32(self.key.secret, as_salt(salts), self.dim)], None
         if rows is None:
             raise InvalidInputError(f"pass a single salt (16 bytes or 32 hex digits), got {type(salts).__name__}")
         try:
@@ -189,21 +229,40 @@ class Protector:
                                     "or a single salt for all rows")
         distinct = list(dict.fromkeys(parsed))
         index = {s: i for i, s in enumerate(distinct)}
-        return distinct, np.fromiter((index[s] for s in parsed), np.intp, rows)
+        return ([_salted_rotation_t32(self.key.secret, s, self.dim) for s in distinct],
+                np.fromiter((index[s] for s in parsed), np.intp, rows))
 
-    def _map_numpy(self, embeddings, rows_fn, salts=None):
+    def _bucket_plan(self, users, rows: int | None) -> RotationPlan:
+        if self.key is None:
+            raise DeploymentKeyError("users= picks a deployment key's bucket: make the protector with key=KEYFILE "
+                                     "(advface-cli keygen --buckets K)")
+        single = isinstance(users, str)
+        if not single and rows is None:
+            raise InvalidInputError(f"pass a single user id (a string), got {type(users).__name__}")
+        buckets = self.key.bucket(users)
+        if not single and len(buckets) != rows:
+            raise InvalidInputError(f"got {len(buckets)} user ids for {rows} embeddings: pass one id per row, "
+                                    "or a single id for all rows")
+        if self.buckets == 1:
+            return [self._rot_t], None
+        distinct, index = np.unique(buckets, return_inverse=True)
+        d = self.dim
+        mats = [np.ascontiguousarray(self._buckets_t[:, b * d:(b + 1) * d]) for b in distinct.tolist()]
+        return mats, None if single else index.astype(np.intp)
+
+    def _map_numpy(self, embeddings, rows_fn, salts=None, users=None):
         if not isinstance(embeddings, np.ndarray):
             raise InvalidInputError(f"embeddings must be a numpy array or torch tensor, got {type(embeddings).__name__}")
         self._check(embeddings, _NP_FLOATS.get(embeddings.dtype) or embeddings.dtype.name, embeddings.shape)
         flat = embeddings.reshape(-1, self.dim)
-        plan = self._salt_plan(salts, len(flat))
+        plan = self._plan(salts, users, len(flat), probe=rows_fn == self._probe_rows)
         out = np.empty(flat.shape, embeddings.dtype)
         for start in range(0, len(flat), self.batch_size):
             out[start:start + self.batch_size] = rows_fn(flat[start:start + self.batch_size], start, plan)
         return out.reshape(embeddings.shape)
 
-    def _salted(self, y, plan: SaltPlan, offset: int):
-        """Rows ``y`` (numpy or torch; rows ``offset``... of the call) times their user's ``(Q_u R)ᵀ``."""
+    def _rotate(self, y, plan: RotationPlan, offset: int):
+        """Rows ``y`` (numpy or torch; rows ``offset``... of the call) times their row's matrix in ``plan``."""
         if _is_torch(y):
             import torch
 
@@ -212,10 +271,10 @@ class Protector:
         else:
             def to_y(a: np.ndarray):
                 return a
-        distinct, index = plan
+        mats, index = plan
 
         def rot(k: int):
-            return to_y(_salted_rotation_t32(self.key.secret, distinct[k], self.dim))
+            return to_y(mats[k])
 
         if index is None:
             return y @ rot(0)
@@ -234,20 +293,20 @@ class Protector:
         norm = np.sqrt(((x64 / scale) ** 2).sum(axis=1, keepdims=True)) * scale
         return (x64 / norm).astype(np.float32), norm
 
-    def _probe_rows(self, x: np.ndarray, offset: int = 0, plan: SaltPlan | None = None) -> np.ndarray:
+    def _probe_rows(self, x: np.ndarray, offset: int = 0, plan: RotationPlan | None = None) -> np.ndarray:
         self._check_values(x, offset)
         if self._rot_t is None:
             return x.copy()
         unit, norm = self._unit(x)
-        return self._rescale(unit @ self._rot_t if plan is None else self._salted(unit, plan, offset), norm, x.dtype, offset)
+        return self._rescale(unit @ self._rot_t if plan is None else self._rotate(unit, plan, offset), norm, x.dtype, offset)
 
-    def _protect_rows(self, x: np.ndarray, offset: int = 0, plan: SaltPlan | None = None) -> np.ndarray:
+    def _protect_rows(self, x: np.ndarray, offset: int = 0, plan: RotationPlan | None = None) -> np.ndarray:
         """One batch: checked, run on unit vectors (no overflow), rescaled in float64, cast back; never non-finite."""
         self._check_values(x, offset)
         unit, norm = self._unit(x)
         y = self._backend(self._host_backend, self.device).run(unit)
         if plan is not None:
-            y = self._salted(y, plan, offset)
+            y = self._rotate(y, plan, offset)
         elif self._rot_t is not None:
             y = y @ self._rot_t
         return self._rescale(y, norm, x.dtype, offset)
@@ -289,14 +348,14 @@ class Protector:
                                    "templates and probes of different keys never match")
         return emb
 
-    def _protect_torch(self, t, salts=None):
+    def _protect_torch(self, t, salts=None, users=None):
         import torch
 
         if t.layout != torch.strided or t.device.type == "meta":
             raise InvalidInputError(f"embeddings must be a dense tensor with data (got layout {t.layout}, device "
                                     f"{t.device.type}); call .to_dense() or materialise it first")
         self._check(t, str(t.dtype).replace("torch.", ""), tuple(t.shape))
-        plan = self._salt_plan(salts, int(np.prod(t.shape[:-1], dtype=np.int64)))
+        plan = self._plan(salts, users, int(np.prod(t.shape[:-1], dtype=np.int64)))
         name = self.backend_name
         if name == "auto":
             name = "torch" if t.is_cuda else self._host_backend
@@ -304,7 +363,7 @@ class Protector:
         backend = self._backend(name, device)
         flat = t.detach().reshape(-1, self.dim)
         if not (hasattr(backend, "run_torch") and (t.is_cuda or name == "torch")):
-            return torch.from_numpy(self.protect(flat.cpu().numpy(), salts)).to(t.device).reshape(t.shape)
+            return torch.from_numpy(self.protect(flat.cpu().numpy(), salts, users)).to(t.device).reshape(t.shape)
         out = torch.empty_like(flat)
         for start in range(0, len(flat), self.batch_size):
             x = flat[start:start + self.batch_size].to(torch.float64)
@@ -314,7 +373,7 @@ class Protector:
             norm = torch.sqrt(((x / scale) ** 2).sum(dim=1, keepdim=True)) * scale
             y = backend.run_torch((x / norm).to(torch.float32))
             if plan is not None:
-                y = self._salted(y, plan, start)
+                y = self._rotate(y, plan, start)
             elif self._rot_t is not None:
                 y = y @ torch.from_numpy(self._rot_t).to(y.device)
             y = y.to(torch.float64) * norm
@@ -347,14 +406,15 @@ def _cached(model, backend: str, device: str, key) -> Protector:
 
 
 def protect(embeddings, model: str | Path | Protector = DEFAULT_MODEL, backend: str = "auto", device: str = "cpu",
-            key: str | Path | DeploymentKey | None = None, salts=None):
+            key: str | Path | DeploymentKey | None = None, salts=None, users=None):
     """Protect embeddings with a (cached, built once even under concurrent first calls) :class:`Protector`;
     ``key``: a deployment key file or :class:`~advface_sdk.keys.DeploymentKey` (keyed mode); ``salts``: per-user
-    salts (see :meth:`Protector.protect`)."""
-    return _cached(model, backend, device, key).protect(embeddings, salts)
+    salts; ``users``: the ids templates are stored under (bucketed keys; see :meth:`Protector.protect`)."""
+    return _cached(model, backend, device, key).protect(embeddings, salts, users)
 
 
 def prepare_probe(embeddings, model: str | Path | Protector = DEFAULT_MODEL, key: str | Path | DeploymentKey | None = None,
-                  backend: str = "auto", device: str = "cpu", salts=None):
-    """Clean probes mapped into ``key``'s space, with the claimed user's ``salts`` (see :meth:`Protector.prepare_probe`)."""
-    return _cached(model, backend, device, key).prepare_probe(embeddings, salts)
+                  backend: str = "auto", device: str = "cpu", salts=None, users=None):
+    """Clean probes mapped into ``key``'s space, with the claimed user's ``salts`` or ``users`` (see
+    :meth:`Protector.prepare_probe`)."""
+    return _cached(model, backend, device, key).prepare_probe(embeddings, salts, users)

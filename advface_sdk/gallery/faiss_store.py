@@ -12,6 +12,13 @@ of that commit (``nlist`` = 4·sqrt(N) unless given): the trained, empty index i
 ``rebuild`` retrains on all stored templates (do so once the gallery has grown well past the size it
 was trained on; ``info()`` says when).
 Writers serialise on an ``flock``; readers never lock and see whole commits only.
+
+Partitions (``partitions=P``, a bucketed key's buckets): each segment also stores the partition of each
+row, and the index is an IVF-Flat whose ``P`` inverted lists *are* the partitions: rows are added to
+their partition's list and each query scans its partition's list only (FAISS's preassigned add and
+search, no coarse quantizer involved), so the search is exact within the partition and a query costs
+one partition's rows. Approximate indexes (``hnsw``, ``ivf``) inside partitions are not offered here;
+the Milvus store keeps HNSW per partition.
 """
 
 from __future__ import annotations
@@ -29,11 +36,12 @@ import numpy as np
 from facecore.artifacts import sha256_file
 from facecore.errors import ArtifactError, DuplicateIdError, InvalidInputError
 
-from .stores import VectorStore
+from .stores import VectorStore, check_partitions, partition_count
 
 STATE = "state.json"
 INDEXES = ("flat", "hnsw", "ivf")
-DEFAULTS = {"index": "flat", "hnsw_m": 32, "ef_construction": 80, "ef_search": 128, "nlist": None, "nprobe": 32}
+DEFAULTS = {"index": "flat", "hnsw_m": 32, "ef_construction": 80, "ef_search": 128, "nlist": None, "nprobe": 32,
+            "partitions": None}
 #: IVF training: k-means iterations and the most points per centroid it samples (FAISS subsamples deterministically)
 IVF_NITER, IVF_POINTS_PER_LIST = 10, 64
 #: ``info()`` advises ``rebuild`` once an IVF gallery holds this many times the rows it was trained on
@@ -86,6 +94,10 @@ class FaissStore(VectorStore):
             if not (value is None and name == "nlist") and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise InvalidInputError(f"faiss {name} must be a positive integer{' or None (auto)' if name == 'nlist' else ''}, "
                                         f"got {value!r}")
+        self._parts = partition_count(self.options)
+        if self._parts > 1 and self.options["index"] != "flat":
+            raise InvalidInputError(f"a partitioned FAISS gallery searches each partition exactly (index='flat'), not "
+                                    f"{self.options['index']!r}; for approximate search per partition use store='milvus'")
         self.folder, self.dim = Path(folder), int(dim)
         self._reset()
 
@@ -128,6 +140,11 @@ class FaissStore(VectorStore):
         self._index = None
 
     def _make_index(self, trained: dict | None = None):
+        if self._parts > 1:  # one inverted list per partition, filled and searched by preassignment only
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, self._parts, faiss.METRIC_INNER_PRODUCT)
+            index.quantizer.add(np.zeros((self._parts, self.dim), np.float32))
+            index.is_trained = True
+            return index
         if self.options["index"] == "ivf":  # untrained (empty gallery): an empty exact index stands in
             return self._read_index(trained, "trained IVF index") if trained else faiss.IndexFlatIP(self.dim)
         if self.options["index"] == "flat":
@@ -219,8 +236,13 @@ class FaissStore(VectorStore):
                 ids = z["ids"]
                 first = self._rows
                 if first + len(ids) > self._index.ntotal:  # not yet in the checkpoint
-                    vectors = z["vectors"]
-                    self._index.add(np.ascontiguousarray(vectors[self._index.ntotal - first:], dtype=np.float32))
+                    skip = self._index.ntotal - first
+                    vectors = np.ascontiguousarray(z["vectors"][skip:], dtype=np.float32)
+                    if self._parts > 1:
+                        parts = np.ascontiguousarray(z["partitions"][skip:], dtype=np.int64)
+                        self._index.add_core(len(vectors), faiss.swig_ptr(vectors), None, faiss.swig_ptr(parts))
+                    else:
+                        self._index.add(vectors)
             self._keys.update(zip(ids.tolist(), range(first, first + len(ids))))
             self._id_table = np.concatenate([self._id_table[:-1], ids, [""]])
             self._rows += len(ids)
@@ -252,7 +274,9 @@ class FaissStore(VectorStore):
         self._write_state(state)
         self._load_state()
 
-    def add(self, ids: list[str], vectors: np.ndarray) -> None:
+    def add(self, ids: list[str], vectors: np.ndarray, partitions: np.ndarray | None = None) -> None:
+        parts = check_partitions(partitions, len(ids), self._parts)
+        arrays = {} if parts is None else {"partitions": parts}
         with self._lock():
             self._load_state()
             present = [i for i in ids if i in self._keys]
@@ -262,7 +286,8 @@ class FaissStore(VectorStore):
             if self.options["index"] == "ivf" and not state.get("trained") and len(ids):
                 state = self._train(state, vectors)  # written before the commit that names it
             self._commit("add", ".npz", lambda fh: np.savez(fh, ids=np.asarray(ids, dtype=str),
-                                                             vectors=np.ascontiguousarray(vectors, np.float32)), len(ids), state)
+                                                             vectors=np.ascontiguousarray(vectors, np.float32), **arrays),
+                         len(ids), state)
 
     def remove(self, ids: list[str]) -> int:
         with self._lock():
@@ -356,20 +381,34 @@ class FaissStore(VectorStore):
     def __len__(self) -> int:
         return len(self._keys)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, partitions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        parts = check_partitions(partitions, len(queries), self._parts)
         self._load_state()
         if self._params is None:
             ivf = isinstance(self._index, faiss.IndexIVF)
             cls = (faiss.SearchParametersHNSW if self.options["index"] == "hnsw" else
                    faiss.SearchParametersIVF if ivf else faiss.SearchParameters)
             self._params = cls(sel=self._selector) if self._selector is not None else cls()
-            if ivf:
-                self._params.nprobe = min(int(self.options["nprobe"]), self._index.nlist)
+            if ivf:  # a partitioned index scans exactly one list: the query's partition
+                self._params.nprobe = 1 if parts is not None else min(int(self.options["nprobe"]), self._index.nlist)
         if self.options["index"] == "hnsw":
             self._params.efSearch = max(int(self.options["ef_search"]), k)
-        scores, keys = self._index.search(queries, k, params=self._params)
+        if parts is None:
+            scores, keys = self._index.search(queries, k, params=self._params)
+        else:
+            scores, keys = self._search_partitions(np.ascontiguousarray(queries, np.float32), k, parts)
         scores[keys < 0] = -np.inf
         return self._id_table[keys], scores
+
+    def _search_partitions(self, queries: np.ndarray, k: int, parts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each query scanned against its partition's inverted list only. FAISS's Python ``search_preassigned``
+        takes no search parameters (the selector that hides removed rows), so this calls the C++ one."""
+        n = len(queries)
+        scores, keys = np.empty((n, k), np.float32), np.empty((n, k), np.int64)
+        assign, coarse = np.ascontiguousarray(parts[:, None]), np.zeros((n, 1), np.float32)
+        self._index.search_preassigned_c(n, faiss.swig_ptr(queries), k, faiss.swig_ptr(assign), faiss.swig_ptr(coarse),
+                                         faiss.swig_ptr(scores), faiss.swig_ptr(keys), False, self._params)
+        return scores, keys
 
     def info(self) -> dict:
         state, _ = self._read_state()
@@ -381,6 +420,8 @@ class FaissStore(VectorStore):
                "index_bytes": int((self.folder / index["file"]).stat().st_size) if index else 0}
         if self.options["index"] == "hnsw":
             out.update({k: self.options[k] for k in ("hnsw_m", "ef_construction", "ef_search")})
+        if self._parts > 1:
+            out["partitions"] = self._parts
         if self.options["index"] == "ivf":
             trained = state.get("trained") or {}
             out.update({"nprobe": self.options["nprobe"], "nlist": trained.get("nlist"), "trained_rows": trained.get("rows", 0),

@@ -67,8 +67,13 @@ class Gallery:
     storing them (keyed: ``R · advface(z)``); ``search`` takes clean probes of the same recognizer
     (keyed: prepared with the key first, :meth:`Protector.prepare_probe`). Scores are cosine similarities.
     A keyed gallery opens only with its key (``key=`` file or :class:`DeploymentKey`); the key is never
-    stored in the gallery.
+    stored in the gallery. A bucketed key (``advface-cli keygen --buckets K``) keeps each template in its
+    id's bucket, a partition of the store; a search prepares each probe for every bucket, searches each
+    bucket's partition and merges the top-k lists, so scores are exactly those of the plain keyed gallery.
     """
+
+    #: probes searched at once in a bucketed gallery: each becomes one query per bucket
+    BUCKETED_QUERY_ROWS = 65536
 
     def __init__(self, folder: Path, manifest: dict, store: VectorStore, protector: Protector | None):
         self.folder, self.manifest, self.store, self.protector = folder, manifest, store, protector
@@ -105,6 +110,11 @@ class Gallery:
                 raise InvalidInputError("a raw gallery (protector=None) needs dim= and recognizer_fingerprint=")
             dim, fingerprint, recognizer = int(store_options.pop("dim")), recognizer_fingerprint, {}
             prot_info = {"id": RAW, "artifact": None}
+        if prot is not None and prot.buckets > 1:
+            if store_options.get("partitions") not in (None, prot.buckets):
+                raise InvalidInputError(f"a gallery of deployment key {prot.key_id} keeps one partition per bucket "
+                                        f"({prot.buckets}); do not pass partitions=")
+            store_options["partitions"] = prot.buckets
         manifest = {"format": FORMAT, "dim": dim, "metric": "cosine", "protector": prot_info,
                     "key_id": prot.key_id if prot is not None else None,
                     "recognizer": {"fingerprint": fingerprint, "name": recognizer.get("name")},
@@ -270,9 +280,14 @@ class Gallery:
                 raise IncompatibleError(f"templates of protector {protected_by} do not belong in {self.folder}, a gallery "
                                         f"of protector {self.protector_id}")
         elif self.protector is not None:
-            x = self.protector.protect(x)
-        self.store.add(ids, l2_normalize(x).astype(np.float32))
+            x = self.protector.protect(x, users=ids if self._bucketed else None)
+        parts = self.protector.key.bucket(ids) if self._bucketed else None
+        self.store.add(ids, l2_normalize(x).astype(np.float32), parts)
         return len(ids)
+
+    @property
+    def _bucketed(self) -> bool:
+        return self.protector is not None and self.protector.buckets > 1
 
     def search(self, probes, k: int = 5, fingerprint: str | None = None) -> SearchResult:
         """Top-``k`` enrolled ids and cosine scores for each clean probe embedding (N, D) (keyed: prepared with the key)."""
@@ -280,10 +295,27 @@ class Gallery:
             raise InvalidInputError(f"k must be at least 1, got {k}")
         self._check_provenance(fingerprint, self.key_id)
         x = self._matrix(probes, "probes")
+        if self._bucketed:
+            return self._search_buckets(x, int(k))
         if self.protector is not None and self.protector.key is not None:
             x = self.protector.prepare_probe(x)
         ids, scores = self.store.search(l2_normalize(x).astype(np.float32, copy=False), int(k))
         return SearchResult(ids, scores)
+
+    def _search_buckets(self, x: np.ndarray, k: int) -> SearchResult:
+        """Each probe prepared for every bucket, each searched in its bucket's partition, the K top-k lists merged."""
+        buckets = self.protector.buckets
+        ids, scores = np.empty((len(x), k), object), np.empty((len(x), k), np.float32)
+        step = max(1, self.BUCKETED_QUERY_ROWS // buckets)
+        for start in range(0, len(x), step):
+            chunk = x[start:start + step]
+            queries = l2_normalize(self.protector.prepare_probe(chunk).reshape(-1, self.dim)).astype(np.float32, copy=False)
+            found, score = self.store.search(queries, k, np.tile(np.arange(buckets), len(chunk)))
+            found, score = found.reshape(len(chunk), buckets * k), score.reshape(len(chunk), buckets * k)
+            best = np.argsort(-score, axis=1, kind="stable")[:, :k]
+            ids[start:start + step] = np.take_along_axis(found, best, axis=1)
+            scores[start:start + step] = np.take_along_axis(score, best, axis=1)
+        return SearchResult(ids.astype(str), scores)
 
     def remove(self, ids) -> int:
         """Delete these ids (those enrolled); returns how many were removed."""

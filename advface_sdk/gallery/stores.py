@@ -2,6 +2,12 @@
 
 A store keeps unit-length templates under unique string ids and answers inner-product (cosine)
 top-k queries. ``add`` and ``remove`` are all-or-nothing: once they return, the change is durable.
+
+Partitions: a store created with the option ``partitions=P`` (P > 1; default 1, none) keeps every
+template in one of ``P`` partitions, given per row to ``add``, and searches each query only among the
+templates of the partition given for that query. A bucketed deployment key (one secret rotation per
+bucket, :mod:`advface_sdk.keys`) needs them: scores across buckets mean nothing. A store that cannot
+partition refuses ``partitions > 1`` with :class:`InvalidInputError` at ``create``.
 Register more with :func:`register_store` or the ``facepriv.gallery_stores`` entry-point group.
 """
 
@@ -12,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facecore.errors import BackendUnavailableError
+from facecore.errors import BackendUnavailableError, InvalidInputError
 from facecore.registry import Registry
 
 
@@ -33,8 +39,9 @@ class VectorStore(ABC):
         recomputes derived index data from the stored templates first, where the store keeps any."""
 
     @abstractmethod
-    def add(self, ids: list[str], vectors: np.ndarray) -> None:
-        """Store new unique ids (``DuplicateIdError`` if any is present); durable on return."""
+    def add(self, ids: list[str], vectors: np.ndarray, partitions: np.ndarray | None = None) -> None:
+        """Store new unique ids (``DuplicateIdError`` if any is present); durable on return. ``partitions``
+        (int array, one per row, in ``[0, P)``) is required by a partitioned store and refused by others."""
 
     @abstractmethod
     def remove(self, ids: list[str]) -> int:
@@ -45,8 +52,9 @@ class VectorStore(ABC):
         """Boolean mask: which ids are stored."""
 
     @abstractmethod
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(ids, scores)`` of shape ``(N, k)``, best first; missing slots are ``""`` / ``-inf``."""
+    def search(self, queries: np.ndarray, k: int, partitions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, scores)`` of shape ``(N, k)``, best first; missing slots are ``""`` / ``-inf``. A partitioned
+        store searches query ``i`` among the templates of partition ``partitions[i]`` only (required there)."""
 
     @abstractmethod
     def __len__(self) -> int: ...
@@ -54,12 +62,48 @@ class VectorStore(ABC):
     def refresh(self) -> None:
         """See changes committed by other processes (no-op where the store is always current)."""
 
+    @property
+    def partitions(self) -> int:
+        """How many partitions the store keeps (1: none)."""
+        return int(getattr(self, "options", {}).get("partitions") or 1)
+
     def info(self) -> dict:
         """Store-specific facts (index type, bytes on disk, ...)."""
         return {}
 
     def close(self) -> None:
         """Release files and connections."""
+
+
+#: most partitions a store keeps (a bucketed key's buckets; each keeps its own rotation in memory)
+MAX_PARTITIONS = 256
+
+
+def check_partitions(value, required_rows: int | None = None, count: int = 1, what: str = "partitions") -> np.ndarray | None:
+    """``value`` checked as per-row partition numbers for a store of ``count`` partitions and ``required_rows`` rows:
+    an ``int64`` array, or ``None`` for an unpartitioned store. :class:`InvalidInputError` on any mismatch."""
+    if count <= 1:
+        if value is not None:
+            raise InvalidInputError(f"{what} given to a store without partitions (create it with partitions=P)")
+        return None
+    if value is None:
+        raise InvalidInputError(f"this store keeps {count} partitions: pass {what}= (one per row)")
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iu" or arr.shape != (required_rows,):
+        raise InvalidInputError(f"{what} must be {required_rows} integers (one per row), got {arr.dtype} {arr.shape}")
+    if arr.size and (arr.min() < 0 or arr.max() >= count):
+        raise InvalidInputError(f"{what} must lie in [0, {count}), got values in [{arr.min()}, {arr.max()}]")
+    return arr.astype(np.int64, copy=False)
+
+
+def partition_count(options: dict) -> int:
+    """The ``partitions`` store option checked: an integer in ``[1, MAX_PARTITIONS]`` (``None``: 1)."""
+    value = options.get("partitions")
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= MAX_PARTITIONS:
+        raise InvalidInputError(f"partitions must be an integer in [1, {MAX_PARTITIONS}], got {value!r}")
+    return int(value)
 
 
 ENTRY_POINT_GROUP = "facepriv.gallery_stores"

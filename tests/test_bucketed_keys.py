@@ -1,0 +1,163 @@
+"""Bucketed deployment keys (1:N): key files, buckets, templates under their ids, probes per bucket, the CLI and
+bucketed galleries on FAISS and Milvus Lite."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from advface_sdk import DeploymentKey, Gallery, Protector, prepare_probe, protect
+from advface_sdk.cli import main as cli
+from advface_sdk.keys import BUCKETED_KEY_FORMAT, KEY_FORMAT, MAX_BUCKETS
+from facecore.errors import DeploymentKeyError, InvalidInputError, KeyMismatchError
+from facecore.metrics import cosine_scores
+
+K = 16
+
+
+@pytest.fixture(scope="module")
+def bucket_key(tmp_path_factory, plain):
+    path = tmp_path_factory.mktemp("bucketed") / "deploy.key"
+    DeploymentKey.generate(plain.artifact.protector_id, K).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def keyed(bucket_key):
+    return Protector("fr128", backend="onnxruntime", key=bucket_key)
+
+
+@pytest.fixture(scope="module")
+def people():
+    rng = np.random.default_rng(11)
+    z = rng.standard_normal((120, 128)).astype(np.float32) * 2.0
+    return [f"user-{i}" for i in range(len(z))], z, z + 0.6 * rng.standard_normal(z.shape).astype(np.float32)
+
+
+def test_bucketed_key_file(tmp_path, plain, keyfile):
+    key = DeploymentKey.generate(plain.artifact.protector_id, K)
+    path = key.save(tmp_path / "k")
+    record = json.loads(path.read_text())
+    assert record["format"] == BUCKETED_KEY_FORMAT and record["buckets"] == K
+    loaded = DeploymentKey.load(path)
+    assert loaded == key and loaded.buckets == K and f"buckets={K}" in repr(loaded)
+    # the bucket count is part of the key: same secret, other K -> other key id
+    assert DeploymentKey(key.secret, key.protector_id, 8).key_id != key.key_id != DeploymentKey(key.secret, key.protector_id).key_id
+    # plain keys are written as before (format 1, no buckets field), so older readers still read them
+    plain_record = json.loads(keyfile.read_text())
+    assert plain_record["format"] == KEY_FORMAT and "buckets" not in plain_record
+    for edit in ({"buckets": 8}, {"buckets": 1}, {"buckets": "16"}, {"format": KEY_FORMAT}):
+        bad = tmp_path / f"edited-{len(list(tmp_path.iterdir()))}"
+        bad.write_text(json.dumps({**record, **edit}))
+        bad.chmod(0o600)
+        with pytest.raises(DeploymentKeyError, match="damaged|edited"):
+            DeploymentKey.load(bad)
+    for buckets in (0, MAX_BUCKETS + 1, True, 2.0):
+        with pytest.raises(DeploymentKeyError, match="buckets"):
+            DeploymentKey.generate(plain.artifact.protector_id, buckets)
+
+
+def test_buckets_are_keyed_spread_and_rotations_orthogonal(bucket_key):
+    key = DeploymentKey.load(bucket_key)
+    ids = [f"id-{i}" for i in range(4000)]
+    b = key.bucket(ids)
+    assert b.dtype == np.int64 and b.min() >= 0 and b.max() < K
+    counts = np.bincount(b, minlength=K)
+    assert counts.min() > 150 and counts.max() < 350  # about 250 each
+    assert np.array_equal(b, key.bucket(np.asarray(ids))) and key.bucket("id-7")[0] == b[7]
+    other = DeploymentKey.generate(key.protector_id, K).bucket(ids)  # another secret: another assignment
+    assert (other == b).mean() < 0.2
+    r0, r1 = key.bucket_rotation(0, 128), key.bucket_rotation(1, 128)
+    assert np.allclose(r0 @ r0.T, np.eye(128), atol=1e-5) and np.abs(r0 - r1).max() > 0.1
+    for bad in ([1, 2], ["ok", ""], None):
+        with pytest.raises(InvalidInputError, match="ids"):
+            key.bucket(bad)
+    with pytest.raises(InvalidInputError, match="bucket"):
+        key.bucket_rotation(K, 128)
+
+
+def test_templates_under_ids_match_probes_of_their_bucket(plain, keyed, bucket_key, people):
+    ids, z, probes = people
+    stored = keyed.protect(z, users=ids)
+    reference = cosine_scores(plain.protect(z), probes)
+    # 1:1 (claimed ids): the score is AdvFace's exactly
+    assert np.abs(cosine_scores(stored, keyed.prepare_probe(probes, users=ids)) - reference).max() < 1e-5
+    # 1:N: one prepared probe per bucket, row b for bucket b's templates
+    every = keyed.prepare_probe(probes)
+    assert every.shape == (len(z), K, 128) and every.dtype == probes.dtype
+    b = keyed.key.bucket(ids)
+    assert np.abs(cosine_scores(stored, every[np.arange(len(z)), b]) - reference).max() < 1e-5
+    # across buckets a template is unrelated to the probe of its own face
+    other = (b + 1) % K
+    assert np.abs(cosine_scores(stored, every[np.arange(len(z)), other])).mean() < 0.2 < reference.mean()
+    # rows: a per-row id equals the same id for a single row; numpy, torch and the module functions agree
+    assert np.allclose(keyed.protect(z[3], users=ids[3]), stored[3], atol=1e-6)
+    assert np.array_equal(protect(z, key=bucket_key, users=ids), stored)
+    assert np.array_equal(prepare_probe(probes, key=bucket_key), every)
+    import torch
+
+    assert np.allclose(keyed.protect(torch.from_numpy(z), users=ids).numpy(), stored, atol=1e-6)
+    assert tuple(keyed.prepare_probe(torch.from_numpy(probes)).shape) == (len(z), K, 128)
+
+
+def test_bucketed_key_refuses_what_it_cannot_place(plain, keyed, people, tmp_path, bucket_key):
+    ids, z, _ = people
+    with pytest.raises(InvalidInputError, match="buckets: pass users="):
+        keyed.protect(z)
+    with pytest.raises(InvalidInputError, match="user ids for"):
+        keyed.protect(z, users=ids[:-1])
+    with pytest.raises(InvalidInputError, match="two modes"):
+        keyed.protect(z, salts=bytes(16), users=ids)
+    with pytest.raises(DeploymentKeyError, match="users="):
+        plain.protect(z, users=ids)
+    src = tmp_path / "z.npy"
+    np.save(src, z)
+    result = CliRunner().invoke(cli, ["protect", str(src), str(tmp_path / "out.npy"), "-K", str(bucket_key)])
+    assert result.exit_code != 0 and "buckets" in result.output and not (tmp_path / "out.npy").exists()
+    result = CliRunner().invoke(cli, ["export-onnx", "fr128", "-o", str(tmp_path / "g.onnx"), "-K", str(bucket_key)])
+    assert result.exit_code != 0 and "bucket_rotation" in result.output and not (tmp_path / "g.onnx").exists()
+
+
+def test_cli_keygen_buckets(tmp_path):
+    result = CliRunner().invoke(cli, ["keygen", str(tmp_path / "b.key"), "--buckets", "64"])
+    assert result.exit_code == 0, result.output
+    assert DeploymentKey.load(tmp_path / "b.key").buckets == 64 and "64 buckets" in result.output
+    result = CliRunner().invoke(cli, ["keygen", str(tmp_path / "c.key"), "--buckets", "0"])
+    assert result.exit_code != 0 and "buckets" in result.output and not (tmp_path / "c.key").exists()
+
+
+@pytest.mark.parametrize("store", ["faiss", "milvus"])
+def test_bucketed_gallery_ranks_exactly_as_the_plain_keyed_one(tmp_path, bucket_key, keyfile, people, store):
+    """Each template sits in its id's bucket (a store partition); a search merges the K per-bucket lists, so ids
+    and scores are those of the plain keyed gallery; the gallery opens only with its key."""
+    ids, z, probes = people
+    with Gallery.create(tmp_path / "b", store=store, key=bucket_key) as g, \
+            Gallery.create(tmp_path / "p", store=store, key=keyfile) as p:
+        g.enroll(ids, z)
+        p.enroll(ids, z)
+        assert g.store.partitions == K and g.info()["store_info"]["partitions"] == K
+        hits, ref = g.search(probes, k=5), p.search(probes, k=5)
+        np.testing.assert_allclose(hits.scores, ref.scores, atol=2e-5)
+        assert (hits.ids == ref.ids).mean() > 0.99 and (hits.ids[:, 0] == np.asarray(ids)).mean() > 0.9
+        # a template stored in bucket b is not found by a probe prepared for another bucket
+        one = g.protector.prepare_probe(probes[:1], users=ids[:1])
+        own = int(g.protector.key.bucket(ids[0])[0])
+        assert g.store.search(one, 1, np.array([own]))[0][0, 0] == ids[0]
+        assert ids[0] not in g.store.search(one, 5, np.array([(own + 1) % K]))[0][0].tolist()
+        g.remove(ids[:10])
+        assert not set(g.search(probes[:10], k=5).ids.ravel()) & set(ids[:10])
+        pre = g.protector.protect(z[:2], users=["pre-a", "pre-b"])
+        g.enroll(["pre-a", "pre-b"], pre, protected_by=g.protector_id, key_id=g.key_id)
+        assert g.search(probes[:2], k=1).ids[:, 0].tolist() == ["pre-a", "pre-b"]
+        with pytest.raises(InvalidInputError, match="partition"):
+            Gallery.create(tmp_path / "x", store=store, key=bucket_key, partitions=4)
+    with pytest.raises(KeyMismatchError, match="keyed gallery"):
+        Gallery.open(tmp_path / "b")
+    with pytest.raises(KeyMismatchError, match="not the key"):
+        Gallery.open(tmp_path / "b", key=keyfile)
+    with Gallery.open(tmp_path / "b", key=bucket_key) as g:
+        assert len(g) == len(ids) - 8
+        assert g.search(probes[20:40], k=1).ids[:, 0].tolist() == hits.ids[20:40, 0].tolist()
