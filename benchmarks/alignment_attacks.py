@@ -53,6 +53,7 @@ links few enough victims that chance moves it by a victim or two, so each rank-1
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shlex
 import sys
@@ -62,9 +63,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from advface_sdk.evaluation.attacks import (align_without_pairs, annealed_gw, match_without_pairs, matched_rank1,
-                                            rank1)
-from advface_sdk.keys import random_rotation
+from advface_sdk.evaluation.attacks import (
+    align_without_pairs,
+    annealed_gw,
+    match_without_pairs,
+    matched_rank1,
+    rank1,
+)
+from advface_sdk.keys import DeploymentKey, random_rotation
 from facecore.embeddings import l2_normalize
 from facecore.metrics import kfold_accuracy
 
@@ -80,6 +86,9 @@ class Scheme:
         self.identity_decoy, self.key_seed = identity_decoy, key_seed
         self.noise, self.keyed_noise = noise, keyed_noise
         self.rng = np.random.default_rng(key_seed)
+        if buckets:  # the SDK's own bucketed key, its secret derived from the seed (a measurement, not a deployment)
+            secret = hashlib.sha256(f"alignment attacks key {key_seed}".encode()).digest()
+            self.bucket_key = DeploymentKey(secret, "alignment-attacks", buckets)
         self.rot = random_rotation(self.rng, dim * (1 + blocks if decoy else 1))
         self.salt_seed = int(self.rng.integers(2 ** 31))
         if keyed_noise:
@@ -100,16 +109,16 @@ class Scheme:
                 self.chol_w = np.linalg.cholesky(s_w + 1e-6 * np.eye(dim))
 
     def bucket(self, users: np.ndarray) -> np.ndarray:
-        """Each user's keyed bucket (what HMAC(key, user id) mod ``buckets`` gives in a deployment); one bucket
+        """Each user's bucket under the SDK's bucketed key (``DeploymentKey.bucket`` of id ``user-<u>``); one bucket
         (the whole store) for a plain rotation key."""
         if not self.buckets:
             return np.zeros(len(users), int)
-        return np.array([np.random.default_rng([self.key_seed, 13, int(u)]).integers(self.buckets) for u in users])
+        return self.bucket_key.bucket([f"user-{int(u)}" for u in users])
 
     def _bucketed(self, x: np.ndarray, users: np.ndarray) -> np.ndarray:
         out, b = np.empty_like(x), self.bucket(users)
         for k in np.unique(b):
-            out[b == k] = x[b == k] @ random_rotation(np.random.default_rng([self.key_seed, 11, int(k)]), x.shape[1]).T
+            out[b == k] = x[b == k] @ self.bucket_key.bucket_rotation(int(k), x.shape[1]).T.astype(np.float64)
         return out
 
     def _salted(self, x: np.ndarray, users: np.ndarray) -> np.ndarray:

@@ -9,7 +9,9 @@ with their own mate left out (the best score among the other enrolled people), s
 mated and a non-mated search. Rank-1 = the mate is the top candidate; TPIR at FPIR f = share of mated
 searches whose rank-1 mate scores above the threshold that f of the non-mated searches exceed.
 Stored templates: raw (unprotected), AdvFace (the shipped fr128 protector) and keyed AdvFace (a fresh
-deployment key, probes prepared with it; ``--keyed-backends``). The templates of a size and mode are
+deployment key, probes prepared with it; ``--keyed-backends``) and bucketed keyed AdvFace (a key with
+``--buckets`` buckets: each template in its id's bucket, a store partition; each probe prepared for
+every bucket and the per-bucket top-k lists merged). The templates of a size and mode are
 protected once and enrolled into each index as already-protected templates; build time = that
 protection time + enroll (chunked commits) + index build (+ IVF retraining on all templates by
 ``rebuild``) + checkpoint. Approximate indexes (HNSW, IVF at each ``--ivf-nprobe``) report recall@1 and
@@ -44,7 +46,7 @@ from facecore.recognizers import create_recognizer
 
 NAME = "gallery_1n"
 BACKENDS = ("faiss-flat", "faiss-ivf", "faiss-hnsw", "milvus-lite-flat")
-MODES = ("raw", "advface", "keyed")
+MODES = ("raw", "advface", "keyed", "bucketed")
 FPIRS = (1e-2, 1e-3)
 K = 20
 CHUNK = 65536
@@ -184,17 +186,20 @@ def run(args, report) -> dict:
     work = Path(tempfile.mkdtemp(prefix="gallery1n-", dir=args.work))
     plain = Protector("fr128")
     key = DeploymentKey.generate(plain.artifact.protector_id)  # a fresh key, never written: the benchmark's own
-    protectors = {"raw": None, "advface": plain, "keyed": Protector("fr128", key=key)}
+    bucket_key = DeploymentKey.generate(plain.artifact.protector_id, args.buckets)
+    protectors = {"raw": None, "advface": plain, "keyed": Protector("fr128", key=key),
+                  "bucketed": Protector("fr128", key=bucket_key)}
     protocol = {"mates": len(p["mate_ids"]), "mated_searches": len(p["probes"]),
                 "real_distractors": {"lfw_single_image_people": p["n_single"], "att_images": p["n_att"]},
                 "synthetic_distractors": "Gaussian fitted to unit-length fr128 LFW embeddings (mean + full covariance), re-normalised",
                 "k": K, "recognizer": "fr128", "fingerprint": fingerprint, "protector": "fr128 (shipped)",
                 "key": f"a fresh deployment key ({key.key_id}) for the keyed mode",
+                "bucket_key": f"a fresh deployment key with {args.buckets} buckets ({bucket_key.key_id})",
                 "ivf": "IVF-Flat, nlist = 4*sqrt(templates), spherical k-means (10 iterations, <= 64 points per list) on "
                        "all templates (`gallery rebuild` after the chunked enroll)",
                 "hnsw": {"M": args.hnsw_m, "ef_construction": args.ef_construction, "ef_search": args.ef_search}}
     def todo_for(size: int, mode: str) -> list:
-        wanted = args.keyed_backends if mode == "keyed" else args.backends
+        wanted = args.keyed_backends if mode in ("keyed", "bucketed") else args.backends
         return [c for c in configs if c[0] in wanted and not (c[1] == "milvus" and size > args.milvus_max)]
 
     planned = [f"{size:,} {MODE_NAMES[mode]} {label}" + (f"(nprobe={n})" if n else "")
@@ -212,7 +217,7 @@ def run(args, report) -> dict:
                     continue
                 prot = protectors[mode]
                 t, c = time.perf_counter(), cpu_seconds()
-                templates = x if prot is None else prot.protect(x)
+                templates = x if prot is None else prot.protect(x, users=ids if mode == "bucketed" else None)
                 protect_s, protect_cpu = time.perf_counter() - t, cpu_seconds() - c
                 exact = None
                 for label, store, options in todo:
@@ -248,7 +253,7 @@ def run(args, report) -> dict:
     return {"rows": rows, "protocol": protocol, "planned": planned}
 
 
-MODE_NAMES = {"raw": "raw", "advface": "AdvFace", "keyed": "keyed AdvFace"}
+MODE_NAMES = {"raw": "raw", "advface": "AdvFace", "keyed": "keyed AdvFace", "bucketed": "bucketed keyed AdvFace"}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -260,13 +265,13 @@ def plot(result: dict, path: Path) -> None:
     fig, (det, cmc, scale) = plt.subplots(1, 3, figsize=(16, 4.8))
     exact = [r for r in result["rows"] if r["backend"] == "faiss-flat"]
     for row in exact:
-        if row["mode"] == "keyed":
+        if row["mode"] in ("keyed", "bucketed"):
             continue  # = AdvFace up to rounding
         label = f"{row['distractors']:,} distr., {MODE_NAMES[row['mode']]}"
         style = "-" if row["protected"] else "--"
         det.plot(row["det"]["fpir"], row["det"]["fnir"], style, label=label)
         cmc.plot(range(1, K + 1), row["cmc"], style, marker=".", label=label)
-    for mode, color in (("raw", "tab:gray"), ("advface", "tab:blue"), ("keyed", "tab:green")):
+    for mode, color in (("raw", "tab:gray"), ("advface", "tab:blue"), ("keyed", "tab:green"), ("bucketed", "tab:olive")):
         rows = sorted((r for r in exact if r["mode"] == mode), key=lambda r: r["distractors"])
         if not rows:
             continue
@@ -274,7 +279,7 @@ def plot(result: dict, path: Path) -> None:
         for metric, style, name in (("rank1", "-o", "rank-1"), ("tpir@fpir=0.01", "--s", "TPIR@FPIR 1e-2"),
                                     ("tpir@fpir=0.001", ":^", "TPIR@FPIR 1e-3")):
             scale.plot(sizes, [100 * r[metric] for r in rows], style, color=color, label=f"{MODE_NAMES[mode]} {name}",
-                       alpha=0.6 if mode == "keyed" else 1.0)
+                       alpha=0.6 if mode in ("keyed", "bucketed") else 1.0)
     det.set_xscale("log")
     det.set_xlabel("FPIR (non-mated searches above threshold)")
     det.set_ylabel("FNIR (mated searches missed at rank 1)")
@@ -317,7 +322,8 @@ def to_markdown(result: dict, name: str = NAME) -> str:
         f"{p['real_distractors']['lfw_single_image_people']:,} LFW single-image people + {p['real_distractors']['att_images']} "
         f"AT&T images (real), the rest synthetic: {p['synthetic_distractors']}. Stored: raw = unprotected templates; "
         "AdvFace = templates of the shipped fr128 protector, searched with clean probes; keyed = AdvFace under "
-        f"{p.get('key', 'a deployment key')}, probes prepared with the key. IVF: {p.get('ivf', '')}. HNSW: {p.get('hnsw', '')}. "
+        f"{p.get('key', 'a deployment key')}, probes prepared with the key; bucketed = AdvFace under "
+        f"{p.get('bucket_key', 'a bucketed key')}, each probe prepared for every bucket, each bucket searched in its partition. IVF: {p.get('ivf', '')}. HNSW: {p.get('hnsw', '')}. "
         "One CPU thread (OMP_NUM_THREADS=1, nice 19) on a 2-core machine shared with other jobs: throughput and latency are "
         "given per CPU-second of the search process and its children (the Milvus Lite server; the one-core figure) and, in brackets, in wall time, which counts "
         "the time other processes held the CPU; batch 1 latency over 200 probes, throughput over all probes in batches of "
@@ -339,7 +345,7 @@ def to_markdown(result: dict, name: str = NAME) -> str:
             f"| {r['throughput_batch1024_per_cpu_s']:,.0f} ({r['throughput_batch1024_per_s']:,.0f}) "
             f"| {r['cpu_batch1_p50_ms']:.2f} / {r['cpu_batch1_p99_ms']:.2f} ({r['latency_batch1_p50_ms']:.2f} / {r['latency_batch1_p99_ms']:.2f}) "
             f"| {r['bytes_per_template']:.0f} | {r['build_s']:.0f}{cpu} | {rec} |")
-    lines += ["", "Exact search (FAISS flat), raw → AdvFace (→ keyed):", ""]
+    lines += ["", "Exact search (FAISS flat), raw → AdvFace (→ keyed → bucketed):", ""]
     for size in sorted({r["distractors"] for r in result["rows"]}):
         by = {r.get("mode", "advface" if r["protected"] else "raw"): r for r in result["rows"]
               if r["distractors"] == size and r["backend"] == "faiss-flat"}
@@ -367,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="stored templates to compare")
     parser.add_argument("--keyed-backends", nargs="+", default=["faiss-flat"], choices=BACKENDS,
                         help="configurations run with keyed templates (exact search equals AdvFace's up to rounding)")
+    parser.add_argument("--buckets", type=int, default=64, help="buckets of the bucketed mode's key")
     parser.add_argument("--ivf-nprobe", type=int, nargs="+", default=[32, 128], help="IVF lists searched (one row each)")
     parser.add_argument("--milvus-max", type=int, default=10_000, help="largest distractor count run on Milvus Lite")
     parser.add_argument("--hnsw-m", type=int, default=32)

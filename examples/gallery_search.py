@@ -7,7 +7,8 @@ Builds a FAISS gallery folder (or a Milvus Lite file inside it, or a collection 
 --uri), enrolls the first image of people with at least 5 photos, searches their other photos with clean
 probes, and prints rank-1 accuracy and a few top-3 answers. The gallery refuses a foreign recognizer.
 With --key (a deployment key from `advface-cli keygen KEY`), the gallery is keyed: it stores keyed templates,
-prepares probes with the key, and refuses to open without it.
+prepares probes with the key, and refuses to open without it. A bucketed key (`advface-cli keygen KEY --buckets 64`,
+the 1:N mode that resists the alignment attack) keeps each template in its id's bucket and searches every bucket.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ import faiss
 import numpy as np
 
 from facecore.artifacts import sha256_file
-from facecore.errors import ArtifactError, DuplicateIdError, InvalidInputError
+from facecore.errors import ArtifactError, DuplicateIdError, IncompatibleError, InvalidInputError
 
 from .stores import VectorStore, check_partitions, partition_count
 
@@ -120,7 +120,7 @@ class FaissStore(VectorStore):
         store = cls(folder, dim, options)
         store.folder.mkdir(parents=True, exist_ok=True)
         with store._lock():
-            store._write_state({"generation": 0, "rows": 0, "segments": [], "index": None})
+            store._write_state({"generation": 0, "rows": 0, "segments": [], "index": None, "partitions": store._parts})
         store._load_state()
         return store
 
@@ -129,6 +129,10 @@ class FaissStore(VectorStore):
         store = cls(folder, dim, options)
         if not (store.folder / STATE).is_file():
             raise ArtifactError(f"{store.folder} has no {STATE}: not a FAISS gallery, or damaged")
+        kept = int(store._read_state()[0].get("partitions") or 1)
+        if kept != store._parts:
+            raise IncompatibleError(f"{store.folder} keeps {kept} partition(s), not {store._parts}: open it with "
+                                    f"partitions={kept if kept > 1 else None}")
         if rebuild:
             store.rebuild()
         else:
@@ -417,11 +421,10 @@ class FaissStore(VectorStore):
         out = {"index": self.options["index"], "rows_ever_added": int(state["rows"]), "commits": int(state["generation"]),
                "segment_bytes": int(sum(p.stat().st_size for p in files if p.is_file())),
                "index_checkpoint_rows": int(index["rows"]) if index else 0,
-               "index_bytes": int((self.folder / index["file"]).stat().st_size) if index else 0}
+               "index_bytes": int((self.folder / index["file"]).stat().st_size) if index else 0,
+               "partitions": self._parts}
         if self.options["index"] == "hnsw":
             out.update({k: self.options[k] for k in ("hnsw_m", "ef_construction", "ef_search")})
-        if self._parts > 1:
-            out["partitions"] = self._parts
         if self.options["index"] == "ivf":
             trained = state.get("trained") or {}
             out.update({"nprobe": self.options["nprobe"], "nlist": trained.get("nlist"), "trained_rows": trained.get("rows", 0),

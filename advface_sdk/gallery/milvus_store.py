@@ -13,6 +13,12 @@ so a count or search racing a flush can miss the rows being flushed (a count tha
 back), whatever the consistency level. The clients of one Lite database in this process therefore
 share a readers-writer lock: ``add`` and ``remove`` (insert, delete, flush) hold it exclusively and
 reads share it, so readers see whole commits only.
+
+Partitions (option ``partitions=P``, P > 1) are real Milvus partitions ``b000`` … ``b{P-1}`` of the one
+collection, created with it; ``open`` refuses a collection whose partitions differ. Each ``add`` group
+is inserted into its partition and each query searches only its own partition (``partition_names``),
+so results are exact per partition; ids stay unique across the collection (the primary key), and
+``remove`` / ``contains`` / ``len`` see every partition. Milvus Lite supports all of this.
 """
 
 from __future__ import annotations
@@ -27,15 +33,20 @@ import numpy as np
 
 from facecore.errors import ArtifactError, BackendUnavailableError, DuplicateIdError, IncompatibleError, InvalidInputError
 
-from .stores import VectorStore
+from .stores import VectorStore, check_partitions, partition_count
 
 PROPERTY = "advface.gallery"
 LITE_FILE = "milvus.db"
 INDEXES = {"flat": "FLAT", "hnsw": "HNSW"}
 DEFAULTS = {"uri": None, "collection": "advface_gallery", "index": "flat", "hnsw_m": 32, "ef_construction": 80,
-            "ef_search": 128}
+            "ef_search": 128, "partitions": None}
 MAX_ID_LENGTH = 512
 _REQUEST_ROWS = 8192  # rows per insert / query request (well under the gRPC message limit)
+_DEFAULT_PARTITION = "_default"  # every collection has it; an unpartitioned store keeps its rows there
+
+
+def _partition_name(p: int) -> str:
+    return f"b{p:03d}"
 
 
 class _ReadWriteLock:
@@ -113,6 +124,8 @@ class MilvusStore(VectorStore):
         self.options = {**DEFAULTS, **options}
         if self.options["index"] not in INDEXES:
             raise InvalidInputError(f"milvus index must be one of {tuple(INDEXES)}, got {self.options['index']!r}")
+        count = partition_count(self.options)
+        self.options["partitions"] = count if count > 1 else None
         self.folder, self.dim = Path(folder), int(dim)
         self.uri = self.options["uri"] or str(self.folder.resolve() / LITE_FILE)
         self.collection = self.options["collection"]
@@ -146,6 +159,9 @@ class MilvusStore(VectorStore):
             index_params = {"M": opts["hnsw_m"], "efConstruction": opts["ef_construction"]} if opts["index"] == "hnsw" else {}
             params.add_index(field_name="vector", index_type=INDEXES[opts["index"]], metric_type="IP", params=index_params)
             c.create_collection(name, schema=schema, index_params=params, consistency_level="Strong")
+            for partition in store._partition_names():
+                c.create_partition(name, partition)
+        store._check_partitions()
         c.alter_collection_properties(name, properties={PROPERTY: json.dumps(identity, sort_keys=True)})
         c.load_collection(name)
         return store
@@ -160,8 +176,21 @@ class MilvusStore(VectorStore):
             raise IncompatibleError(f"Milvus collection {store.collection!r} at {store.uri} belongs to another gallery "
                                     f"(protector {(found or {}).get('protector')}, recognizer {(found or {}).get('recognizer')}, "
                                     f"key {(found or {}).get('key_id')})")
+        store._check_partitions()
         store.client.load_collection(store.collection)
         return store
+
+    def _partition_names(self) -> list[str]:
+        """The Milvus partitions this store keeps besides ``_default`` (none when unpartitioned)."""
+        return [_partition_name(p) for p in range(self.partitions)] if self.partitions > 1 else []
+
+    def _check_partitions(self) -> None:
+        """``IncompatibleError`` unless the collection has exactly this store's partitions."""
+        found = sorted(set(self.client.list_partitions(self.collection)) - {_DEFAULT_PARTITION})
+        if found != self._partition_names():
+            raise IncompatibleError(f"Milvus collection {self.collection!r} at {self.uri} keeps {max(len(found), 1)} "
+                                    f"partition(s), this store was asked for {self.partitions}: open it with "
+                                    f"partitions={len(found) or None}, or create a new gallery / --collection")
 
     def _identity(self) -> dict | None:
         props = self.client.describe_collection(self.collection).get("properties", {})
@@ -170,23 +199,32 @@ class MilvusStore(VectorStore):
     def close(self) -> None:
         self.client.close()
 
-    def add(self, ids: list[str], vectors: np.ndarray) -> None:
-        with self._writing():
-            self._add(ids, vectors)
+    def _groups(self, parts: np.ndarray | None, rows: int) -> list[tuple[str | None, np.ndarray]]:
+        """``(partition name, row indices)`` per partition present, in partition order (``None``: unpartitioned)."""
+        if parts is None:
+            return [(None, np.arange(rows))]
+        return [(_partition_name(int(p)), np.flatnonzero(parts == p)) for p in np.unique(parts)]
 
-    def _add(self, ids: list[str], vectors: np.ndarray) -> None:
+    def add(self, ids: list[str], vectors: np.ndarray, partitions: np.ndarray | None = None) -> None:
+        parts = check_partitions(partitions, len(ids), self.partitions)
+        with self._writing():
+            self._add(ids, vectors, parts)
+
+    def _add(self, ids: list[str], vectors: np.ndarray, parts: np.ndarray | None) -> None:
         present = [i for i, hit in zip(ids, self._contains(ids)) if hit]
         if present:
             raise DuplicateIdError(f"{len(present)} ids are already enrolled (first: {present[:3]}); nothing was added")
-        done = 0
+        inserted: list[str] = []
         try:
-            for start in range(0, len(ids), _REQUEST_ROWS):
-                rows = [{"id": i, "vector": v} for i, v in zip(ids[start:start + _REQUEST_ROWS], vectors[start:start + _REQUEST_ROWS])]
-                self.client.insert(self.collection, rows)
-                done += len(rows)
+            for partition, rows in self._groups(parts, len(ids)):
+                for start in range(0, len(rows), _REQUEST_ROWS):
+                    chunk = rows[start:start + _REQUEST_ROWS]
+                    batch = [{"id": ids[r], "vector": vectors[r]} for r in chunk]
+                    self.client.insert(self.collection, batch, partition_name=partition)
+                    inserted.extend(ids[r] for r in chunk)
         except Exception:
-            if done:  # all or nothing: take back the requests that went in
-                self.client.delete(self.collection, ids=ids[:done])
+            for start in range(0, len(inserted), _REQUEST_ROWS):  # all or nothing: take back the requests that went in
+                self.client.delete(self.collection, ids=inserted[start:start + _REQUEST_ROWS])
             raise
         self.client.flush(self.collection)
 
@@ -213,21 +251,26 @@ class MilvusStore(VectorStore):
         with self._reading():
             return int(self.client.query(self.collection, filter="", output_fields=["count(*)"], consistency_level="Strong")[0]["count(*)"])
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, partitions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        parts = check_partitions(partitions, len(queries), self.partitions)
         params = {"metric_type": "IP", "params": {"ef": max(int(self.options["ef_search"]), k)}
                   if self.options["index"] == "hnsw" else {}}
-        with self._reading():
-            hits = self.client.search(self.collection, data=queries, limit=k, search_params=params, output_fields=[])
         ids = np.full((len(queries), k), "", dtype=object)
         scores = np.full((len(queries), k), -np.inf, np.float32)
-        for row, found in enumerate(hits):
-            for col, hit in enumerate(found):
-                ids[row, col], scores[row, col] = hit["id"], hit["distance"]
+        with self._reading():
+            for partition, rows in self._groups(parts, len(queries)):
+                hits = self.client.search(self.collection, data=queries[rows], limit=k,
+                                          search_params=params, output_fields=[],
+                                          partition_names=None if partition is None else [partition])
+                for row, found in zip(rows, hits):
+                    for col, hit in enumerate(found):
+                        ids[row, col], scores[row, col] = hit["id"], hit["distance"]
         return ids.astype(str), scores
 
     def info(self) -> dict:
         out = {"index": self.options["index"], "collection": self.collection,
-               "uri": self.uri if self.options["uri"] is None else self.options["uri"].split("@")[-1]}
+               "uri": self.uri if self.options["uri"] is None else self.options["uri"].split("@")[-1],
+               "partitions": self.partitions}
         lite = Path(self.uri)
         if self.options["uri"] is None and lite.exists():
             files = [lite] if lite.is_file() else [p for p in lite.rglob("*") if p.is_file()]

@@ -89,6 +89,8 @@ def check_partitions(value, required_rows: int | None = None, count: int = 1, wh
     if value is None:
         raise InvalidInputError(f"this store keeps {count} partitions: pass {what}= (one per row)")
     arr = np.asarray(value)
+    if arr.size == 0 and required_rows == 0:
+        return np.zeros(0, np.int64)
     if arr.dtype.kind not in "iu" or arr.shape != (required_rows,):
         raise InvalidInputError(f"{what} must be {required_rows} integers (one per row), got {arr.dtype} {arr.shape}")
     if arr.size and (arr.min() < 0 or arr.max() >= count):
