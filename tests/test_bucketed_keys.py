@@ -161,3 +161,25 @@ def test_bucketed_gallery_ranks_exactly_as_the_plain_keyed_one(tmp_path, bucket_
     with Gallery.open(tmp_path / "b", key=bucket_key) as g:
         assert len(g) == len(ids) - 8
         assert g.search(probes[20:40], k=1).ids[:, 0].tolist() == hits.ids[20:40, 0].tolist()
+
+
+def test_benchmark_method_advface_bucketed(people):
+    """The harness's ``advface-bucketed``: scores of the claimed user's bucket equal AdvFace's, the key thief's
+    ``undo_key`` gives the AdvFace templates back, partitions are the key's buckets, and it rebuilds from its dict."""
+    from advface_sdk.evaluation.methods import create_method
+
+    _, z, probes = people
+    users = np.arange(len(z)) % 40
+    m = create_method("advface-bucketed", buckets=8).fit(z)
+    plain = create_method("advface").fit(z)
+    stored = m.protect_gallery(z, users)
+    assert np.abs(m.match(m.transform_probe(probes, users), stored)
+                  - plain.match(plain.transform_probe(probes, users), plain.protect_gallery(z, users))).max() < 1e-5
+    np.testing.assert_allclose(m.undo_key(stored, users), plain.protect_gallery(z, users), atol=1e-5)
+    parts = m.partitions(users)
+    assert set(parts.tolist()) <= set(range(8)) and len(set(parts.tolist())) > 4
+    assert np.array_equal(parts, m.key.bucket([f"user-{u}" for u in users]))
+    again = create_method(**{**m.to_dict(), "seed": m.seed})
+    assert again.key.key_id == m.key.key_id and again.buckets == 8
+    other = create_method(**{**m.to_dict(), "seed": m.seed + 1})  # the attacker's own key: other buckets and rotations
+    assert other.key.key_id != m.key.key_id

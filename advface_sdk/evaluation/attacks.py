@@ -192,8 +192,15 @@ def reidentification(scores: np.ndarray, stolen_labels: np.ndarray, candidate_la
 # ---------------------------------------------------------------------- attacks without the key
 
 def procrustes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Orthogonal (or semi-orthogonal, for other widths) ``W`` minimising ``‖a W − b‖``."""
-    u, _, vt = np.linalg.svd(a.T @ b, full_matrices=False)
+    """Orthogonal (or semi-orthogonal, for other widths) ``W`` minimising ``‖a W − b‖``. LAPACK's divide-and-conquer
+    SVD can fail to converge on the near-rank-1 products of a handful of pairs; the slower QR-iteration driver then
+    answers."""
+    try:
+        u, _, vt = np.linalg.svd(a.T @ b, full_matrices=False)
+    except np.linalg.LinAlgError:
+        import scipy.linalg
+
+        u, _, vt = scipy.linalg.svd(a.T @ b, full_matrices=False, lapack_driver="gesvd")
     return u @ vt
 
 

@@ -33,6 +33,9 @@ DEFAULT_METHODS = ("none", "gaussian", "polyprotect", "biohashing", "mlphash", "
                    "advface-pgd")
 #: known-plaintext budgets of the threat matrix: (clean, stored) pairs of faces the thief enrolled himself
 KNOWN_PAIRS = (100, 1000)
+#: methods whose templates sit under a deployment key that the (b) thief undoes (``undo_key``)
+KEYED = ("advface-key", "advface-bucketed")
+ADVFACE = ("advface", *KEYED, "advface-salted")
 ROC_FARS = np.logspace(-4, 0, 41)
 
 
@@ -161,15 +164,15 @@ class Benchmark:
 
     def _methods(self) -> dict[str, ProtectionMethod]:
         art = None
-        if {"advface", "advface-key", "advface-salted", "advface-pgd", "gaussian"} & set(self.cfg.methods):
-            needs = {"advface", "advface-key", "advface-salted", "advface-pgd"} & set(self.cfg.methods)
+        if {*ADVFACE, "advface-pgd", "gaussian"} & set(self.cfg.methods):
+            needs = {*ADVFACE, "advface-pgd"} & set(self.cfg.methods)
             art = self._artifact() if needs or self.cfg.artifact or self._has_default() else None
         budget = float(art.config["budget"]) if art is not None else 0.5
         out = {}
         for name in self.cfg.methods:
             if name == "gaussian":
                 m = create_method(name, budget=budget, seed=self.cfg.seed)
-            elif name in ("advface", "advface-key", "advface-salted"):
+            elif name in ADVFACE:
                 m = create_method(name, artifact=str(art.directory), seed=self.cfg.seed)
             elif name == "advface-pgd":
                 shadow = self._shadow(art)
@@ -323,8 +326,8 @@ class Benchmark:
                 cand = victims.probe  # clean embeddings of *other* images of every victim
                 sm = score_matrix(method, stolen, labels[vic.enrolled], ev.emb[cand])
                 row["attack"]["embedding"] = reidentification(sm, labels[vic.enrolled], labels[cand])
-                if name == "advface-key":
-                    self._key_stolen(method, stolen, vic, base_dec, adaptive_decoders, row, priors, keep)
+                if name in KEYED:
+                    self._key_stolen(method, stolen, labels[vic.enrolled], vic, base_dec, adaptive_decoders, row, priors, keep)
                 row["threats"] = self._threats(method, stolen, vic, train, train_users, base_dec, dim)
             rows[name] = row
 
@@ -359,7 +362,7 @@ class Benchmark:
 
     def _attacker_templates(self, name, method, train, train_users) -> np.ndarray:
         """The method's templates of the attacker's own faces (advface-key/-salted: under a key and salts of his own)."""
-        if name in ("advface-key", "advface-salted"):
+        if name in (*KEYED, "advface-salted"):
             method = self._attacker_method(method)
         return decoder_inputs(method.protect_gallery(train.embeddings, train_users))
 
@@ -378,7 +381,7 @@ class Benchmark:
                                        self.cfg.attacker.val_fraction, self.cfg.seed)
             priors[name] = fp
             rec = fp.reconstruct(decoder_inputs(stolen))
-            tag = f"{name} (face prior)" if name in ("none", "advface", "advface-key") else None
+            tag = f"{name} (face prior)" if name in ("none", "advface", *KEYED) else None
             return {**self._score(rec, vic, keep if tag else 0, tag), "attacker": fp.info}
 
     def _adaptive(self, name, method, stolen, vic, train, train_users, rec_torch, base_dec, decoders, keep, notes,
@@ -393,26 +396,26 @@ class Benchmark:
                 return None
             notes.append("adaptive: the advface-generator adaptive attacker (PGD on every attacker face is too slow to train on)")
             return self._success(decoders["advface"], stolen, vic, keep, f"{name} (adaptive)")
-        if name == "advface-key":  # key secret: the attacker protects his faces with a key of his own
+        if name in KEYED:  # key secret: the attacker protects his faces with a key of his own
             notes.append("adaptive: trained on the attacker's faces protected with his own deployment key (the key is secret)")
         inputs = self._attacker_templates(name, method, train, train_users)
         dec, info = train_attacker(train, rec_torch, cfg.attacker, adaptive=True, inputs=inputs, init=base_dec,
                                    cache_dir=self.cache, device=cfg.device, progress=cfg.progress, validator=validator)
         decoders[name] = dec
-        tag = f"{name} (adaptive)" if name in ("advface", "advface-key") else None
+        tag = f"{name} (adaptive)" if name in ("advface", *KEYED) else None
         return {**self._success(dec, stolen, vic, keep if tag else 0, tag), "train": info}
 
-    def _key_stolen(self, method, stolen, vic, base_dec, decoders, row, priors=None, keep=0) -> None:
-        """(b) Key stolen: the thief undoes the rotation and attacks plain AdvFace templates."""
-        plain = stolen.astype(np.float64) @ method.key.rotation(stolen.shape[1])  # rows: Rᵀ·t
+    def _key_stolen(self, method, stolen, users, vic, base_dec, decoders, row, priors=None, keep=0) -> None:
+        """(b) Key stolen: the thief undoes the key's rotation(s) and attacks plain AdvFace templates."""
+        plain = method.undo_key(stolen, users)
         row["attack"]["non_adaptive_key_stolen"] = self._success(base_dec, plain, vic)
-        row["attack"]["adaptive_key_stolen"] = (self._success(decoders["advface"], plain, vic, keep, "advface-key (b) adaptive")
+        row["attack"]["adaptive_key_stolen"] = (self._success(decoders["advface"], plain, vic, keep, f"{method.name} (b) adaptive")
                                                 if "advface" in decoders else None)
         if "advface" not in decoders:
             row["notes"].append("adaptive with the key stolen: n/a (needs the advface adaptive attacker; run advface too)")
         if priors and "advface" in priors:
             rec = priors["advface"].reconstruct(decoder_inputs(plain))
-            row["attack"]["face_prior_key_stolen"] = self._score(rec, vic, keep, "advface-key (b) face prior")
+            row["attack"]["face_prior_key_stolen"] = self._score(rec, vic, keep, f"{method.name} (b) face prior")
 
     def _threats(self, method, stolen, vic, train, train_users, base_dec, dim) -> dict:
         """Attacks without the key (none needs it for unkeyed methods): direct re-identification, (c) alignment
@@ -427,12 +430,29 @@ class Benchmark:
         out = {"reid_key_secret": rank1(s, cand) if s.shape[1] == dim else None,
                "alignment": self._alignment(method, s, cand, self.ev.dataset.labels[vic.probe], decoded)}
         rng = np.random.default_rng(self.cfg.seed)
+        # the thief sees which store partition (a bucketed key's bucket) each template sits in: one map per partition
+        part_of = getattr(method, "partitions", lambda users: np.zeros(len(users), np.int64))
+        stolen_parts = part_of(self.ev.dataset.labels[vic.enrolled])
         for n in KNOWN_PAIRS:
             pick = rng.choice(len(train), min(n, len(train)), replace=False)
             pairs = decoder_inputs(method.protect_gallery(train.embeddings[pick], train_users[pick])).astype(np.float64)
+            pair_parts = part_of(train_users[pick])
             best = None
-            for name, m in known_plaintext_maps(train.embeddings[pick], pairs).items():
-                mapped = ((s / np.linalg.norm(s, axis=1, keepdims=True)) if name == "procrustes" else s) @ m
+            for name in ("least squares", "procrustes"):
+                mapped = None
+                for k in np.unique(stolen_parts):
+                    mine, rows = pair_parts == k, stolen_parts == k
+                    maps = known_plaintext_maps(train.embeddings[pick][mine], pairs[mine]) if mine.any() else {}
+                    if name not in maps:  # no pair in this partition (or no Procrustes for these widths): unmapped
+                        continue
+                    if mapped is None:
+                        mapped = np.zeros((len(s), maps[name].shape[1]))
+                        if mapped.shape[1] == s.shape[1]:
+                            mapped[:] = s
+                    mapped[rows] = ((s[rows] / np.linalg.norm(s[rows], axis=1, keepdims=True)) if name == "procrustes"
+                                    else s[rows]) @ maps[name]
+                if mapped is None:
+                    continue
                 r1 = rank1(mapped, cand)
                 if best is None or r1 > best[0]:
                     best = (r1, name, mapped)

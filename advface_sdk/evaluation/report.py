@@ -19,6 +19,8 @@ def _label(name: str, row: dict) -> str:
         return f"gaussian (b={p['budget']:g})"
     if name in ("advface", "advface-key"):
         return f"{name} ({Path(p['artifact']).name})"
+    if name == "advface-bucketed":
+        return f"{name} ({Path(p['artifact']).name}, K={p['buckets']})"
     if name == "advface-pgd":
         return f"advface-pgd (b={p['budget']:g}, {p['steps']} steps)"
     return name

@@ -33,6 +33,21 @@ def test_protect_keyed_onnxruntime(measure, artifact, embeddings, batch):
             batch=batch, threads=1)
 
 
+@pytest.mark.parametrize("buckets", [64])
+@pytest.mark.parametrize("batch", [1024])
+def test_protect_bucketed_onnxruntime(measure, artifact, embeddings, batch, buckets):
+    """Bucketed keyed protect() (1:N mode: each row's id hashed to its bucket, that bucket's rotation) on one core,
+    every row under its own id; side by side with the plain key's row above."""
+    from advface_sdk.keys import DeploymentKey
+
+    key = DeploymentKey.generate(artifact.protector_id, buckets)
+    protector = Protector(artifact, backend="onnxruntime", threads=1, key=key)
+    x = embeddings(batch)
+    ids = [f"user-{i:09d}" for i in range(batch)]
+    measure(lambda: protector.protect(x, users=ids), kind="protect",
+            backend=f"onnxruntime cpu, 1 thread(s), bucketed key (K={buckets})", batch=batch, threads=1)
+
+
 @pytest.mark.parametrize("salt", ["new", "same"])
 @pytest.mark.parametrize("name", ["fr128", "fr512"])
 def test_protect_salted_onnxruntime(measure, name, salt):

@@ -81,6 +81,55 @@ class AdvFaceKeyed(AdvFace):
     def _probe(self, z: np.ndarray, user_ids: np.ndarray) -> np.ndarray:
         return self.protector.prepare_probe(z.astype(np.float32))
 
+    def undo_key(self, templates: np.ndarray, user_ids: np.ndarray) -> np.ndarray:
+        """(b) What a thief holding the key gets back from stored templates: the AdvFace templates (rows ``Rᵀ·t``)."""
+        return templates.astype(np.float64) @ self.key.rotation(templates.shape[1])
+
+    def partitions(self, user_ids: np.ndarray) -> np.ndarray:
+        """The store partition each user's template sits in, visible to a thief (one for a plain key)."""
+        return np.zeros(len(user_ids), np.int64)
+
+
+@register_method
+class AdvFaceBucketed(AdvFaceKeyed):
+    """AdvFace + a bucketed deployment key (the 1:N keyed mode): user ``u``'s template is ``R_b·advface(z)`` with
+    ``b`` = HMAC(key, ``"user-<u>"``) mod ``buckets``; a probe takes the claimed user's bucket (a 1:N search prepares
+    every bucket and merges the per-bucket lists, with the same scores). The thief sees each template's bucket."""
+
+    name = "advface-bucketed"
+
+    def __init__(self, artifact: str = "fr128", backend: str = "onnxruntime", seed: int = 0, dim: int | None = None,
+                 buckets: int = 64) -> None:
+        super().__init__(artifact, backend, seed, dim)
+        from ...keys import DeploymentKey
+        from ...protector import Protector
+
+        self.buckets = int(buckets)
+        self.key = DeploymentKey(self.key.secret, self.key.protector_id, self.buckets)
+        self.protector = Protector(self.protector.artifact, backend=backend, key=self.key)
+
+    def _params(self) -> dict:
+        return {**super()._params(), "buckets": self.buckets}
+
+    @staticmethod
+    def _ids(user_ids: np.ndarray) -> list[str]:
+        return [f"user-{int(u)}" for u in user_ids]
+
+    def _protect(self, z: np.ndarray, user_ids: np.ndarray) -> np.ndarray:
+        return self.protector.protect(z.astype(np.float32), users=self._ids(user_ids))
+
+    def _probe(self, z: np.ndarray, user_ids: np.ndarray) -> np.ndarray:
+        return self.protector.prepare_probe(z.astype(np.float32), users=self._ids(user_ids))
+
+    def partitions(self, user_ids: np.ndarray) -> np.ndarray:
+        return self.key.bucket(self._ids(user_ids))
+
+    def undo_key(self, templates: np.ndarray, user_ids: np.ndarray) -> np.ndarray:
+        out, b = templates.astype(np.float64), self.partitions(user_ids)
+        for k in np.unique(b):
+            out[b == k] = out[b == k] @ self.key.bucket_rotation(int(k), templates.shape[1]).astype(np.float64)
+        return out
+
 
 @register_method
 class AdvFaceSalted(AdvFaceKeyed):
