@@ -197,7 +197,8 @@ class Protector:
             x = flat[start:start + step]
             self._check_values(x, start)
             unit, norm = self._unit(x)
-            out[start:start + step] = self._rescale(unit @ self._buckets_t, norm, x.dtype, start)
+            every = np.matmul(unit, self._buckets_t).transpose(1, 0, 2).reshape(len(x), k * self.dim)  # (K, n, d) → (n, K·d)
+            out[start:start + step] = self._rescale(every, norm, x.dtype, start)
         return out.reshape(embeddings.shape[:-1] + (k, self.dim))
 
     def _plan(self, salts, users, rows: int | None = None, probe: bool = False) -> RotationPlan | None:
@@ -246,9 +247,7 @@ class Protector:
         if self.buckets == 1:
             return [self._rot_t], None
         distinct, index = np.unique(buckets, return_inverse=True)
-        d = self.dim
-        mats = [np.ascontiguousarray(self._buckets_t[:, b * d:(b + 1) * d]) for b in distinct.tolist()]
-        return mats, None if single else index.astype(np.intp)
+        return [self._buckets_t[b] for b in distinct.tolist()], None if single else index.astype(np.intp)
 
     def _map_numpy(self, embeddings, rows_fn, salts=None, users=None):
         if not isinstance(embeddings, np.ndarray):
