@@ -262,7 +262,7 @@ def merge_buckets(whole: np.ndarray, buckets: np.ndarray, reference: np.ndarray)
     out = np.empty_like(whole)
     for k in np.unique(buckets):
         rows = np.flatnonzero(buckets == k)
-        out[rows] = align_without_pairs(whole[rows], reference, top=min(64, len(rows) - 1))
+        out[rows] = align_without_pairs(whole[rows], reference)
     return out
 
 

@@ -214,9 +214,11 @@ def align_without_pairs(templates: np.ndarray, clean: np.ndarray, top: int = 64,
 
     As in unsupervised word translation: initial matches from each point's sorted similarity profile
     within its own set (invariant to any rotation of that set), then orthogonal Procrustes refined on
-    mutual nearest neighbours. Returns the templates mapped (unit rows, the width of ``clean``).
+    mutual nearest neighbours. Returns the templates mapped (unit rows, the width of ``clean``). Profiles hold the
+    ``top`` largest similarities, fewer where either set is smaller.
     """
     x, y = l2_normalize(templates - templates.mean(0)), l2_normalize(clean - clean.mean(0))
+    top = max(1, min(top, len(x) - 1, len(y) - 1))
 
     def profile(z):
         s = np.sort(z @ z.T, axis=1)[:, ::-1][:, 1:top + 1]
