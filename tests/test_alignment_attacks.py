@@ -106,3 +106,16 @@ def test_a_store_with_several_templates_per_person_gives_decoy_padding_away(benc
     truth = scheme.rot[:, :d]
     assert bench.overlap(random_rotation(rng, 2 * d)[:, :d], truth) < 0.7  # a guess: ~0.62 for 16 of 32 dimensions
     assert bench.overlap(bench.paired_scatter_subspace(padded, d), truth) > 0.8  # the weakest identity directions stay hidden
+
+
+def test_profile_aligner_takes_sets_of_any_sizes(people):
+    """A small reference set (a bucket of a few dozen templates) shortens the profiles instead of failing, and
+    a rotated copy of the same set is still aligned back onto it."""
+    from advface_sdk.evaluation.attacks import align_without_pairs
+
+    rng, enrolled, _ = people
+    rotated = enrolled @ random_rotation(rng, enrolled.shape[1]).T
+    assert align_without_pairs(rotated, enrolled[:20]).shape == enrolled.shape
+    mapped = align_without_pairs(rotated, enrolled)
+    centred = l2_normalize(enrolled - enrolled.mean(0))
+    assert np.mean((mapped @ centred.T).argmax(1) == np.arange(len(enrolled))) > 0.9
