@@ -12,11 +12,15 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 INPUT, OUTPUT = "embeddings", "protected"
+#: second input of a bucketed keyed graph: each row's bucket (``DeploymentKey.bucket(id)``, computed by the caller)
+BUCKETS = "buckets"
 
 
 def generator_to_onnx(state: dict[str, np.ndarray], config: dict, precision: str = "fp32",
                       rotation: np.ndarray | None = None) -> onnx.ModelProto:
-    """The protection graph; ``rotation`` (a deployment key's ``R``) makes it the keyed graph ``R·(ẑ + δ)·‖z‖``."""
+    """The protection graph; ``rotation`` (a deployment key's ``R``) makes it the keyed graph ``R·(ẑ + δ)·‖z‖``.
+    A stack of ``K`` rotations ``(K, d, d)`` (a bucketed key's ``R_b``) makes it ``R_b·(ẑ + δ)·‖z‖`` with a second
+    input, :data:`BUCKETS` (int64, one bucket per row)."""
     if precision not in ("fp32", "fp16"):
         raise ValueError(f"precision must be fp32 or fp16, got {precision}")
     ft = np.float16 if precision == "fp16" else np.float32
@@ -61,16 +65,26 @@ def generator_to_onnx(state: dict[str, np.ndarray], config: dict, precision: str
               helper.make_node("Div", [const("budget", config["budget"]), "rnorm"], ["rscale"]),
               helper.make_node("Mul", [h, "rscale"], ["delta"]),
               helper.make_node("Add", ["unit", "delta"], ["pu"])]
-    if rotation is not None:
+    bucketed = rotation is not None and np.ndim(rotation) == 3
+    if bucketed:  # row i times R_{b_i}ᵀ: gather each row's matrix, one batched (1 × d)(d × d) product per row
+        inits.append(numpy_helper.from_array(np.asarray([1], np.int64), "axis_row"))
+        nodes += [helper.make_node("Gather", [const("rotations_t", np.asarray(rotation).transpose(0, 2, 1)), BUCKETS],
+                                   ["rot_rows"], axis=0),
+                  helper.make_node("Unsqueeze", ["pu", "axis_row"], ["pu_row"]),
+                  helper.make_node("MatMul", ["pu_row", "rot_rows"], ["pr_row"]),
+                  helper.make_node("Squeeze", ["pr_row", "axis_row"], ["pr"])]
+    elif rotation is not None:
         nodes.append(helper.make_node("MatMul", ["pu", const("rotation_t", np.asarray(rotation).T)], ["pr"]))
     nodes.append(helper.make_node("Mul", ["pr" if rotation is not None else "pu", "znorm"],
                                   ["out" if precision == "fp16" else OUTPUT]))
     if precision == "fp16":
         nodes.append(helper.make_node("Cast", ["out"], [OUTPUT], to=TensorProto.FLOAT))
     dim = config["dim"]
+    inputs = [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", dim])]
+    if bucketed:
+        inputs.append(helper.make_tensor_value_info(BUCKETS, TensorProto.INT64, ["batch"]))
     graph = helper.make_graph(
-        nodes, "advface_protect",
-        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", dim])],
+        nodes, "advface_protect", inputs,
         [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", dim])],
         inits,
     )
@@ -81,13 +95,26 @@ def generator_to_onnx(state: dict[str, np.ndarray], config: dict, precision: str
 
 
 def probe_to_onnx(rotation: np.ndarray) -> onnx.ModelProto:
-    """The probe graph of a keyed protector: ``z ↦ R·z`` (float32, dynamic batch)."""
-    dim = int(rotation.shape[0])
+    """The probe graph of a keyed protector: ``z ↦ R·z`` (float32, dynamic batch). A stack of ``K`` rotations
+    ``(K, d, d)`` (a bucketed key) prepares each probe for every bucket: ``(batch, K, d)``, row ``b`` = ``R_b·z``."""
+    rotation = np.asarray(rotation, np.float32)
+    dim = int(rotation.shape[-1])
+    if rotation.ndim == 3:  # (d, K·d): columns b·d:(b+1)·d are R_bᵀ; one product, then (batch, K, d)
+        k = int(rotation.shape[0])
+        side_by_side = rotation.transpose(2, 0, 1).reshape(dim, k * dim)
+        nodes = [helper.make_node("MatMul", [INPUT, "rotations_t"], ["flat"]),
+                 helper.make_node("Reshape", ["flat", "shape"], [OUTPUT])]
+        inits = [numpy_helper.from_array(np.ascontiguousarray(side_by_side), "rotations_t"),
+                 numpy_helper.from_array(np.asarray([-1, k, dim], np.int64), "shape")]
+        out_shape = ["batch", k, dim]
+    else:
+        nodes = [helper.make_node("MatMul", [INPUT, "rotation_t"], [OUTPUT])]
+        inits = [numpy_helper.from_array(rotation.T.copy(), "rotation_t")]
+        out_shape = ["batch", dim]
     graph = helper.make_graph(
-        [helper.make_node("MatMul", [INPUT, "rotation_t"], [OUTPUT])], "advface_prepare_probe",
+        nodes, "advface_prepare_probe",
         [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", dim])],
-        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", dim])],
-        [numpy_helper.from_array(np.asarray(rotation, np.float32).T.copy(), "rotation_t")],
+        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, out_shape)], inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="advface_sdk")
     model.ir_version = 8

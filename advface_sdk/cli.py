@@ -341,9 +341,13 @@ def salt() -> None:
 @friendly_errors
 def export_onnx(artifact: str, out: Path, precision: str, deployment_key, probe: bool) -> None:
     """Write the protection graph of ARTIFACT as ONNX (dynamic batch; float32 I/O); keyed with --deployment-key
-    (the graph then holds the key's rotation: protect the file like the key). Per-user salts are per request and stay
-    outside the graph: multiply the unkeyed graph's output by DeploymentKey.salted_rotation(salt, dim).T."""
+    (the graph then holds the key's rotation: protect the file like the key). A bucketed key's graph takes a second
+    input, `buckets` (int64 per row, DeploymentKey.bucket(ids)); its --probe graph prepares every bucket (batch, K, D).
+    Per-user salts are per request and stay outside the graph: multiply the unkeyed graph's output by
+    DeploymentKey.salted_rotation(salt, dim).T."""
     import os
+
+    import numpy as np
 
     from facecore.errors import InvalidInputError
 
@@ -358,11 +362,8 @@ def export_onnx(artifact: str, out: Path, precision: str, deployment_key, probe:
     if deployment_key is not None:
         dkey = DeploymentKey.load(deployment_key)
         dkey.check_protector(art.protector_id, f" ({art.directory.name})")
-        if dkey.buckets > 1:
-            raise InvalidInputError(f"deployment key {dkey.key_id} has {dkey.buckets} buckets, a rotation per stored id: "
-                                    "export the unkeyed graph and multiply its output by DeploymentKey.bucket_rotation("
-                                    "key.bucket(id), dim).T (probes: by each bucket's rotation)")
-        rotation = dkey.rotation(art.dim)
+        rotation = (np.stack([dkey.bucket_rotation(b, art.dim) for b in range(dkey.buckets)]) if dkey.buckets > 1
+                    else dkey.rotation(art.dim))
     elif probe:
         raise InvalidInputError("--probe needs --deployment-key (without a key, probes are used as they are)")
     model = probe_to_onnx(rotation) if probe else generator_to_onnx(art.state, art.config, precision, rotation)
@@ -381,6 +382,8 @@ def export_onnx(artifact: str, out: Path, precision: str, deployment_key, probe:
         tmp.unlink(missing_ok=True)
     what = "probe" if probe else precision
     keyed = f" keyed with deployment key {dkey.key_id} (file mode 0600)" if rotation is not None else ""
+    if rotation is not None and dkey.buckets > 1:
+        keyed += f"; {dkey.buckets} buckets: " + ("output (batch, K, D)" if probe else "second input 'buckets' = key.bucket(ids)")
     click.echo(f"wrote {what} ONNX for {art.dim}-d embeddings{keyed} to {out}")
 
 
