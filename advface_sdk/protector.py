@@ -197,9 +197,13 @@ class Protector:
             x = flat[start:start + step]
             self._check_values(x, start)
             unit, norm = self._unit(x)
-            every = np.matmul(unit, self._buckets_t).transpose(1, 0, 2).reshape(len(x), k * self.dim)  # (K, n, d) → (n, K·d)
+            every = self._every_bucket(unit).reshape(len(x), k * self.dim)
             out[start:start + step] = self._rescale(every, norm, x.dtype, start)
         return out.reshape(embeddings.shape[:-1] + (k, self.dim))
+
+    def _every_bucket(self, unit: np.ndarray) -> np.ndarray:
+        """Unit float32 rows ``(n, d)`` prepared for every bucket: ``(n, K, d)``, still unit (rotations keep norms)."""
+        return (unit @ self._buckets_t).reshape(len(unit), self.buckets, self.dim)
 
     def _plan(self, salts, users, rows: int | None = None, probe: bool = False) -> RotationPlan | None:
         """Checked ``salts`` or ``users`` for ``rows`` rows (``None``: a single salt or id only); ``None``: the key's
@@ -247,7 +251,8 @@ class Protector:
         if self.buckets == 1:
             return [self._rot_t], None
         distinct, index = np.unique(buckets, return_inverse=True)
-        return [self._buckets_t[b] for b in distinct.tolist()], None if single else index.astype(np.intp)
+        d = self.dim
+        return [self._buckets_t[:, b * d:(b + 1) * d] for b in distinct.tolist()], None if single else index.astype(np.intp)
 
     def _map_numpy(self, embeddings, rows_fn, salts=None, users=None):
         if not isinstance(embeddings, np.ndarray):

@@ -36,7 +36,7 @@ import numpy as np
 from facecore.artifacts import sha256_file
 from facecore.errors import ArtifactError, DuplicateIdError, IncompatibleError, InvalidInputError
 
-from .stores import VectorStore, check_partitions, partition_count
+from .stores import VectorStore, check_partitions, merge_top_k, partition_count
 
 STATE = "state.json"
 INDEXES = ("flat", "hnsw", "ivf")
@@ -386,7 +386,21 @@ class FaissStore(VectorStore):
         return len(self._keys)
 
     def search(self, queries: np.ndarray, k: int, partitions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        parts = check_partitions(partitions, len(queries), self._parts)
+        scores, keys = self._search_keys(queries, k, check_partitions(partitions, len(queries), self._parts))
+        return self._id_table[keys], scores
+
+    def search_every_partition(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """As the base method, merging on row keys: only the ``N × k`` winners are turned into string ids."""
+        n, parts, _ = queries.shape
+        if parts != self._parts:
+            raise InvalidInputError(f"queries hold {parts} rows per probe, the store keeps {self._parts} partitions")
+        self._load_state()
+        found = [self._partition_top_k(queries[:, p], p, k) for p in range(parts)]
+        keys, scores = merge_top_k(np.hstack([f[1] for f in found]), np.hstack([f[0] for f in found]), k)
+        return self._id_table[keys], scores
+
+    def _search_keys(self, queries: np.ndarray, k: int, parts: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, row keys)`` of the top-k, ``-inf`` / ``-1`` where fewer exist."""
         self._load_state()
         if self._params is None:
             ivf = isinstance(self._index, faiss.IndexIVF)
@@ -402,16 +416,43 @@ class FaissStore(VectorStore):
         else:
             scores, keys = self._search_partitions(np.ascontiguousarray(queries, np.float32), k, parts)
         scores[keys < 0] = -np.inf
-        return self._id_table[keys], scores
+        return scores, keys
 
     def _search_partitions(self, queries: np.ndarray, k: int, parts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Each query scanned against its partition's inverted list only. FAISS's Python ``search_preassigned``
-        takes no search parameters (the selector that hides removed rows), so this calls the C++ one."""
-        n = len(queries)
-        scores, keys = np.empty((n, k), np.float32), np.empty((n, k), np.int64)
-        assign, coarse = np.ascontiguousarray(parts[:, None]), np.zeros((n, 1), np.float32)
-        self._index.search_preassigned_c(n, faiss.swig_ptr(queries), k, faiss.swig_ptr(assign), faiss.swig_ptr(coarse),
-                                         faiss.swig_ptr(scores), faiss.swig_ptr(keys), False, self._params)
+        """Each query scored against its own partition (:meth:`_partition_top_k`), queries grouped by partition."""
+        scores, keys = np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
+        order = np.argsort(parts, kind="stable")
+        bounds = np.searchsorted(parts[order], np.arange(self._parts + 1))
+        for p in range(self._parts):
+            rows = order[bounds[p]:bounds[p + 1]]
+            if len(rows):
+                scores[rows], keys[rows] = self._partition_top_k(queries[rows], p, k)
+        return scores, keys
+
+    def _partition_top_k(self, queries: np.ndarray, p: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, row keys)`` of the k best live rows of partition ``p`` for each query (``-inf`` / ``-1`` where
+        fewer exist): one matrix product over the partition's inverted list, removed rows masked. Why not FAISS's
+        ``search_preassigned``: it scans a list vector by vector (2.3× slower here on a 100 k gallery with 64
+        partitions) and its Python form takes no selector for the removed rows. The caller has loaded the state."""
+        scores, keys = np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
+        lists = self._index.invlists
+        size = lists.list_size(p)
+        if not size:
+            return scores, keys
+        ids = faiss.rev_swig_ptr(lists.get_ids(p), size)
+        vectors = faiss.rev_swig_ptr(lists.get_codes(p), size * self.dim * 4).view(np.float32).reshape(size, self.dim)
+        dead = np.isin(ids, np.asarray(self._removed, np.int64)) if self._removed else None
+        take, step = min(k, size), max(1, (1 << 24) // size)  # at most 64 MB of scores at once
+        for start in range(0, len(queries), step):
+            s = queries[start:start + step] @ vectors.T
+            if dead is not None:
+                s[:, dead] = -np.inf
+            top = np.argpartition(-s, take - 1, axis=1)[:, :take] if size > take else np.tile(np.arange(size), (len(s), 1))
+            best = np.take_along_axis(s, top, axis=1)
+            order = np.argsort(-best, axis=1, kind="stable")
+            scores[start:start + step, :take] = np.take_along_axis(best, order, axis=1)
+            keys[start:start + step, :take] = ids[np.take_along_axis(top, order, axis=1)]
+        keys[scores == -np.inf] = -1
         return scores, keys
 
     def info(self) -> dict:

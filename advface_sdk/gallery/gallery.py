@@ -308,13 +308,8 @@ class Gallery:
         ids, scores = np.empty((len(x), k), object), np.empty((len(x), k), np.float32)
         step = max(1, self.BUCKETED_QUERY_ROWS // buckets)
         for start in range(0, len(x), step):
-            chunk = x[start:start + step]
-            queries = l2_normalize(self.protector.prepare_probe(chunk).reshape(-1, self.dim)).astype(np.float32, copy=False)
-            found, score = self.store.search(queries, k, np.tile(np.arange(buckets), len(chunk)))
-            found, score = found.reshape(len(chunk), buckets * k), score.reshape(len(chunk), buckets * k)
-            best = np.argsort(-score, axis=1, kind="stable")[:, :k]
-            ids[start:start + step] = np.take_along_axis(found, best, axis=1)
-            scores[start:start + step] = np.take_along_axis(score, best, axis=1)
+            queries = self.protector._every_bucket(l2_normalize(x[start:start + step]).astype(np.float32, copy=False))
+            ids[start:start + step], scores[start:start + step] = self.store.search_every_partition(queries, k)
         return SearchResult(ids.astype(str), scores)
 
     def remove(self, ids) -> int:

@@ -62,6 +62,13 @@ class VectorStore(ABC):
     def refresh(self) -> None:
         """See changes committed by other processes (no-op where the store is always current)."""
 
+    def search_every_partition(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``queries`` of shape ``(N, P, D)``: query ``[i, p]`` searched in partition ``p``, the ``P`` top-k lists of
+        each ``i`` merged; ``(ids, scores)`` of shape ``(N, k)``, best first (a bucketed gallery's 1:N search)."""
+        n, parts, dim = queries.shape
+        ids, scores = self.search(queries.reshape(n * parts, dim), k, np.tile(np.arange(parts), n))
+        return merge_top_k(ids.reshape(n, parts * k), scores.reshape(n, parts * k), k)
+
     @property
     def partitions(self) -> int:
         """How many partitions the store keeps (1: none)."""
@@ -96,6 +103,15 @@ def check_partitions(value, required_rows: int | None = None, count: int = 1, wh
     if arr.size and (arr.min() < 0 or arr.max() >= count):
         raise InvalidInputError(f"{what} must lie in [0, {count}), got values in [{arr.min()}, {arr.max()}]")
     return arr.astype(np.int64, copy=False)
+
+
+def merge_top_k(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of each row's candidates (``ids`` and ``scores`` of shape ``(N, M)``), best first."""
+    if scores.shape[1] > k:  # a partial selection of the k best, then only those sorted
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        ids, scores = np.take_along_axis(ids, part, axis=1), np.take_along_axis(scores, part, axis=1)
+    best = np.argsort(-scores, axis=1, kind="stable")
+    return np.take_along_axis(ids, best, axis=1), np.take_along_axis(scores, best, axis=1)
 
 
 def partition_count(options: dict) -> int:
