@@ -197,6 +197,12 @@ def test_benchmark_method_advface_bucketed(people):
     parts = m.partitions(users)
     assert set(parts.tolist()) <= set(range(8)) and len(set(parts.tolist())) > 4
     assert np.array_equal(parts, m.key.bucket([f"user-{u}" for u in users]))
+    # the embedding attack with the key (each template against every candidate prepared for its bucket) = AdvFace's
+    from advface_sdk.evaluation.attacks import score_matrix
+
+    assert m.keyed and np.allclose(score_matrix(m, stored[:10], users[:10], probes[:30]),
+                                   score_matrix(plain, plain.protect_gallery(z[:10], users[:10]), users[:10], probes[:30]),
+                                   atol=1e-5)
     again = create_method(**{**m.to_dict(), "seed": m.seed})
     assert again.key.key_id == m.key.key_id and again.buckets == 8
     other = create_method(**{**m.to_dict(), "seed": m.seed + 1})  # the attacker's own key: other buckets and rotations

@@ -97,6 +97,7 @@ class AdvFaceBucketed(AdvFaceKeyed):
     every bucket and merges the per-bucket lists, with the same scores). The thief sees each template's bucket."""
 
     name = "advface-bucketed"
+    keyed = True  # the probe's transform depends on the user (his bucket)
 
     def __init__(self, artifact: str = "fr128", backend: str = "onnxruntime", seed: int = 0, dim: int | None = None,
                  buckets: int = 64) -> None:
