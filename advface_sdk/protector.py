@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,10 @@ _FLOATS = ("float16", "float32", "float64")
 _NP_FLOATS = {np.dtype(name): name for name in _FLOATS}  # dtype.name costs ~2 µs a call; a dict lookup ~0.1 µs
 #: largest batch protected at once on the host: extra memory is bounded by this many rows whatever the input size
 DEFAULT_BATCH = 65536
-#: the rotations of a call (per-user salts or a bucketed key's buckets): the distinct matrices, transposed
-#: (rows are multiplied by them), and per row the index of its matrix (``None``: the first for all rows)
-RotationPlan = tuple[list[np.ndarray], "np.ndarray | None"]
+#: the rotations of a call (per-user salts or a bucketed key's buckets): ``matrix(k)``, the k-th distinct matrix,
+#: transposed (rows are multiplied by it; made on demand, so a call with many users holds few at once), and per
+#: row the index of its matrix (``None``: the first for all rows)
+RotationPlan = tuple[Callable[[int], np.ndarray], "np.ndarray | None"]
 
 
 def _is_torch(x) -> bool:
@@ -221,8 +223,10 @@ class Protector:
         if self.key is None:
             raise DeploymentKeyError("salts need a deployment key: make the protector with key=KEYFILE "
                                      "(advface-cli keygen), e.g. Protector(model, key='deploy.key')")
+        secret, dim = self.key.secret, self.dim
         if isinstance(salts, (bytes, bytearray, memoryview, str)):
-            return [_salted_rotation_t32(self.key.secret, as_salt(salts), self.dim)], None
+            salt = as_salt(salts)
+            return lambda k: _salted_rotation_t32(secret, salt, dim), None
         if rows is None:
             raise InvalidInputError(f"pass a single salt (16 bytes or 32 hex digits), got {type(salts).__name__}")
         try:
@@ -234,8 +238,7 @@ class Protector:
                                     "or a single salt for all rows")
         distinct = list(dict.fromkeys(parsed))
         index = {s: i for i, s in enumerate(distinct)}
-        return ([_salted_rotation_t32(self.key.secret, s, self.dim) for s in distinct],
-                np.fromiter((index[s] for s in parsed), np.intp, rows))
+        return (lambda k: _salted_rotation_t32(secret, distinct[k], dim)), np.fromiter((index[s] for s in parsed), np.intp, rows)
 
     def _bucket_plan(self, users, rows: int | None) -> RotationPlan:
         if self.key is None:
@@ -249,10 +252,14 @@ class Protector:
             raise InvalidInputError(f"got {len(buckets)} user ids for {rows} embeddings: pass one id per row, "
                                     "or a single id for all rows")
         if self.buckets == 1:
-            return [self._rot_t], None
+            return lambda k: self._rot_t, None
         distinct, index = np.unique(buckets, return_inverse=True)
-        d = self.dim
-        return [self._buckets_t[:, b * d:(b + 1) * d] for b in distinct.tolist()], None if single else index.astype(np.intp)
+        d, stack = self.dim, self._buckets_t
+
+        def matrix(k: int) -> np.ndarray:  # a column block of the side-by-side stack: a view, no copy
+            return stack[:, int(distinct[k]) * d:(int(distinct[k]) + 1) * d]
+
+        return matrix, None if single else index.astype(np.intp)
 
     def _map_numpy(self, embeddings, rows_fn, salts=None, users=None):
         if not isinstance(embeddings, np.ndarray):
@@ -275,10 +282,10 @@ class Protector:
         else:
             def to_y(a: np.ndarray):
                 return a
-        mats, index = plan
+        matrix, index = plan
 
         def rot(k: int):
-            return to_y(mats[k])
+            return to_y(matrix(k))
 
         if index is None:
             return y @ rot(0)
