@@ -324,7 +324,7 @@ def to_markdown(result: dict, name: str = NAME) -> str:
         "AdvFace = templates of the shipped fr128 protector, searched with clean probes; keyed = AdvFace under "
         f"{p.get('key', 'a deployment key')}, probes prepared with the key; bucketed = AdvFace under "
         f"{p.get('bucket_key', 'a bucketed key')}, each probe prepared for every bucket, each bucket searched in its partition. IVF: {p.get('ivf', '')}. HNSW: {p.get('hnsw', '')}. "
-        "One CPU thread (OMP_NUM_THREADS=1, nice 19) on a 2-core machine shared with other jobs: throughput and latency are "
+        "One CPU thread (OMP_NUM_THREADS=1) on a 2-core machine shared with other jobs: throughput and latency are "
         "given per CPU-second of the search process and its children (the Milvus Lite server; the one-core figure) and, in brackets, in wall time, which counts "
         "the time other processes held the CPU; batch 1 latency over 200 probes, throughput over all probes in batches of "
         "1,024; bytes/template = index file (FAISS) or Milvus Lite data on disk over templates; build = protect + commit "
