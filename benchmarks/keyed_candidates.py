@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from advface_sdk.evaluation.attacks import align_without_pairs, known_plaintext_maps, match_without_pairs, matched_rank1, rank1
+from advface_sdk.evaluation.attacks import (align_without_pairs, known_plaintext_attack, match_without_pairs,
+                                            matched_rank1, rank1)
 from advface_sdk.keys import DeploymentKey, random_rotation
 from facecore.embeddings import l2_normalize
 from facecore.metrics import kfold_accuracy
@@ -90,28 +91,6 @@ def candidates(dim: int, seed: int = 7, buckets: tuple[int, ...] = (16, 64)) -> 
         secret = hashlib.sha256(f"keyed candidates seed {seed} buckets {k}".encode()).digest()
         out[f"bucketed rotation K={k}"] = BucketedRotation(DeploymentKey(secret, "keyed-candidates", k), dim)
     return out
-
-
-def known_plaintext(pairs_z: np.ndarray, pairs_t: np.ndarray, stolen: np.ndarray, cand: np.ndarray) -> float:
-    """Best rank-1 over the linear maps fitted on the thief's own pairs."""
-    return max(rank1((l2_normalize(stolen) if name == "procrustes" else stolen) @ m, cand)
-               for name, m in known_plaintext_maps(pairs_z, pairs_t).items())
-
-
-def known_plaintext_per_bucket(pairs_z: np.ndarray, pairs_t: np.ndarray, pairs_b: np.ndarray, stolen: np.ndarray,
-                               stolen_b: np.ndarray, cand: np.ndarray) -> float:
-    """Against buckets: one map per bucket fitted on the thief's pairs in that bucket, applied to the stolen templates
-    of that bucket (buckets where he has no pair stay unmapped); the better of the two kinds of map, as above."""
-    best = 0.0
-    for kind in ("least squares", "procrustes"):
-        mapped = stolen.copy()
-        for b in np.unique(stolen_b):
-            mine, rows = pairs_b == b, stolen_b == b
-            if mine.any():
-                maps = known_plaintext_maps(pairs_z[mine], pairs_t[mine])
-                mapped[rows] = (l2_normalize(stolen[rows]) if kind == "procrustes" else stolen[rows]) @ maps[kind]
-        best = max(best, rank1(mapped, cand))
-    return best
 
 
 def main() -> None:
@@ -170,10 +149,8 @@ def main() -> None:
                 row["alignment_no_pairs"] = max(row["alignment_by_attacker"].values())
             for n in args.pairs:
                 pick = rng.choice(attacker_rows, n, replace=False)
-                row[f"known_plaintext_{n}"] = (
-                    known_plaintext_per_bucket(z[pick], phi(gz[pick], pick), phi.buckets(pick), stolen,
-                                               phi.buckets(d["v_enrolled"]), cand) if bucketed else
-                    known_plaintext(z[pick], phi(gz[pick], pick), stolen, cand))
+                parts = (phi.buckets(pick), phi.buckets(d["v_enrolled"])) if bucketed else (None, None)
+                row[f"known_plaintext_{n}"] = known_plaintext_attack(z[pick], phi(gz[pick], pick), stolen, cand, *parts)[0]
             base = base if base is not None else row["accuracy"]
             row["delta_vs_advface"] = round(row["accuracy"] - base, 2)
             results.setdefault(rec, {})[name] = row

@@ -119,3 +119,25 @@ def test_profile_aligner_takes_sets_of_any_sizes(people):
     mapped = align_without_pairs(rotated, enrolled)
     centred = l2_normalize(enrolled - enrolled.mean(0))
     assert np.mean((mapped @ centred.T).argmax(1) == np.arange(len(enrolled))) > 0.9
+
+
+def test_known_plaintext_needs_pairs_in_every_partition(people):
+    """(d) One rotation per partition: a single map over all pairs fails, one map per partition (pairs in each)
+    re-identifies, and partitions without pairs stay unmapped."""
+    from advface_sdk.evaluation.attacks import known_plaintext_attack
+
+    rng, enrolled, probes = people
+    d, k = enrolled.shape[1], 8
+    rots = np.stack([random_rotation(rng, d) for _ in range(k)])
+    parts = np.arange(len(enrolled)) % k
+    stored = np.einsum("nij,nj->ni", rots[parts], enrolled)
+    own = l2_normalize(rng.standard_normal((k * 40, d)))  # the thief's own faces: 40 pairs per partition
+    own_parts = np.arange(len(own)) % k
+    own_stored = np.einsum("nij,nj->ni", rots[own_parts], own)
+    mixed = known_plaintext_attack(own, own_stored, stored, probes)
+    split = known_plaintext_attack(own, own_stored, stored, probes, own_parts, parts)
+    assert mixed[0] < 0.5 < 0.9 < split[0] and split[1] in ("least squares", "procrustes")
+    first = own_parts == 0
+    only_first = known_plaintext_attack(own[first], own_stored[first], stored, probes, own_parts[first], parts)
+    hit = (l2_normalize(only_first[2]) @ l2_normalize(probes).T).argmax(1) == np.arange(len(probes))
+    assert hit[parts == 0].mean() > 0.9 and hit[parts != 0].mean() < 0.3

@@ -296,3 +296,32 @@ def known_plaintext_maps(pairs_clean: np.ndarray, pairs_stored: np.ndarray) -> d
     if a.shape[1] >= b.shape[1]:
         maps["procrustes"] = procrustes(l2_normalize(a), b)
     return maps
+
+
+def known_plaintext_attack(pairs_clean: np.ndarray, pairs_stored: np.ndarray, stolen: np.ndarray, candidates: np.ndarray,
+                           pair_parts: np.ndarray | None = None,
+                           stolen_parts: np.ndarray | None = None) -> tuple[float, str, np.ndarray]:
+    """(d) The better of the :func:`known_plaintext_maps` applied to the ``stolen`` templates: ``(rank-1 against
+    candidates, map name, mapped templates)``. With partitions (a bucketed key's buckets, which the store shows),
+    one map per partition fitted on the pairs in it; templates of a partition without pairs stay unmapped."""
+    pair_parts = np.zeros(len(pairs_stored), np.int64) if pair_parts is None else pair_parts
+    stolen_parts = np.zeros(len(stolen), np.int64) if stolen_parts is None else stolen_parts
+    best = None
+    for name in ("least squares", "procrustes"):
+        mapped = None
+        for k in np.unique(stolen_parts):
+            mine, rows = pair_parts == k, stolen_parts == k
+            maps = known_plaintext_maps(pairs_clean[mine], pairs_stored[mine]) if mine.any() else {}
+            if name not in maps:  # no pair in this partition (or no Procrustes for these widths)
+                continue
+            if mapped is None:
+                mapped = np.zeros((len(stolen), maps[name].shape[1]))
+                if mapped.shape[1] == stolen.shape[1]:
+                    mapped[:] = stolen
+            x = stolen[rows]
+            mapped[rows] = (l2_normalize(x) if name == "procrustes" else x) @ maps[name]
+        if mapped is not None:
+            r1 = rank1(mapped, candidates)
+            if best is None or r1 > best[0]:
+                best = (r1, name, mapped)
+    return best

@@ -22,7 +22,7 @@ from facecore.errors import ArtifactError, InvalidInputError
 from facecore.metrics import roc_curve
 from facecore.paths import cache_dir as default_cache_dir
 
-from .attacks import (AttackerConfig, align_without_pairs, decoder_inputs, known_plaintext_maps, l2_normalize,
+from .attacks import (AttackerConfig, align_without_pairs, decoder_inputs, known_plaintext_attack, l2_normalize,
                       match_without_pairs, matched_rank1, procrustes, rank1, reidentification,
                       score_matrix, train_attacker)
 from .lfw_setup import OTHER, LfwEvaluation
@@ -436,26 +436,7 @@ class Benchmark:
         for n in KNOWN_PAIRS:
             pick = rng.choice(len(train), min(n, len(train)), replace=False)
             pairs = decoder_inputs(method.protect_gallery(train.embeddings[pick], train_users[pick])).astype(np.float64)
-            pair_parts = part_of(train_users[pick])
-            best = None
-            for name in ("least squares", "procrustes"):
-                mapped = None
-                for k in np.unique(stolen_parts):
-                    mine, rows = pair_parts == k, stolen_parts == k
-                    maps = known_plaintext_maps(train.embeddings[pick][mine], pairs[mine]) if mine.any() else {}
-                    if name not in maps:  # no pair in this partition (or no Procrustes for these widths): unmapped
-                        continue
-                    if mapped is None:
-                        mapped = np.zeros((len(s), maps[name].shape[1]))
-                        if mapped.shape[1] == s.shape[1]:
-                            mapped[:] = s
-                    mapped[rows] = ((s[rows] / np.linalg.norm(s[rows], axis=1, keepdims=True)) if name == "procrustes"
-                                    else s[rows]) @ maps[name]
-                if mapped is None:
-                    continue
-                r1 = rank1(mapped, cand)
-                if best is None or r1 > best[0]:
-                    best = (r1, name, mapped)
+            best = known_plaintext_attack(train.embeddings[pick], pairs, s, cand, part_of(train_users[pick]), stolen_parts)
             out[f"known_plaintext_{n}"] = {"pairs": int(len(pick)), "rank1": best[0], "map": best[1],
                                            "type2": decoded(best[2] / np.linalg.norm(best[2], axis=1, keepdims=True))}
         return out

@@ -15,8 +15,8 @@ Writers serialise on an ``flock``; readers never lock and see whole commits only
 
 Partitions (``partitions=P``, a bucketed key's buckets): each segment also stores the partition of each
 row, and the index is an IVF-Flat whose ``P`` inverted lists *are* the partitions: rows are added to
-their partition's list and each query scans its partition's list only (FAISS's preassigned add and
-search, no coarse quantizer involved), so the search is exact within the partition and a query costs
+their partition's list by FAISS's preassigned add (no coarse quantizer involved), and each query is
+scored against its partition's list only, so the search is exact within the partition and a query costs
 one partition's rows. Approximate indexes (``hnsw``, ``ivf``) inside partitions are not offered here;
 the Milvus store keeps HNSW per partition.
 """
@@ -402,19 +402,18 @@ class FaissStore(VectorStore):
     def _search_keys(self, queries: np.ndarray, k: int, parts: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, row keys)`` of the top-k, ``-inf`` / ``-1`` where fewer exist."""
         self._load_state()
+        if parts is not None:
+            return self._search_partitions(np.ascontiguousarray(queries, np.float32), k, parts)
         if self._params is None:
             ivf = isinstance(self._index, faiss.IndexIVF)
             cls = (faiss.SearchParametersHNSW if self.options["index"] == "hnsw" else
                    faiss.SearchParametersIVF if ivf else faiss.SearchParameters)
             self._params = cls(sel=self._selector) if self._selector is not None else cls()
-            if ivf:  # a partitioned index scans exactly one list: the query's partition
-                self._params.nprobe = 1 if parts is not None else min(int(self.options["nprobe"]), self._index.nlist)
+            if ivf:
+                self._params.nprobe = min(int(self.options["nprobe"]), self._index.nlist)
         if self.options["index"] == "hnsw":
             self._params.efSearch = max(int(self.options["ef_search"]), k)
-        if parts is None:
-            scores, keys = self._index.search(queries, k, params=self._params)
-        else:
-            scores, keys = self._search_partitions(np.ascontiguousarray(queries, np.float32), k, parts)
+        scores, keys = self._index.search(queries, k, params=self._params)
         scores[keys < 0] = -np.inf
         return scores, keys
 
