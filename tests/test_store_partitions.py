@@ -179,3 +179,45 @@ def test_milvus_add_failing_in_a_later_partition_takes_back_the_earlier_ones(tmp
         with pytest.raises(MilvusException):
             store.add(["a", "b", "c", too_long], _unit(4, 0), partitions=np.array([0, 1, 2, 2]))
         assert len(store) == 0 and not store.contains(["a", "b", "c"]).any()
+
+
+def _every_partition_truth(x: np.ndarray, parts: np.ndarray, queries: np.ndarray, live: np.ndarray) -> list[list[int]]:
+    """Row indices of the exact top-K of ``queries[i, parts[row]] · x[row]`` over the live rows, best first."""
+    scores = np.einsum("nrd,rd->nr", queries[:, parts], x)
+    scores[:, ~live] = -np.inf
+    return [[int(r) for r in np.argsort(-s, kind="stable")[:K] if s[r] > -np.inf] for s in scores]
+
+
+@pytest.mark.parametrize("stacked_scores", [None, 0], ids=["default", "faiss-unstacked"])
+def test_search_every_partition_merges_exactly_and_follows_changes(tmp_path, kind, stacked_scores, monkeypatch):
+    """Query ``[i, p]`` is searched in partition ``p`` and the P lists merged: equal to brute force, before and after
+    a remove and an add in this process (FAISS keeps a stacked copy of the partitions, or searches them one by one)."""
+    if stacked_scores is not None:
+        if STORES[kind][0] != "faiss":
+            pytest.skip("only the FAISS store keeps a stacked copy")
+        import advface_sdk.gallery.faiss_store as faiss_store
+        monkeypatch.setattr(faiss_store, "STACKED_SCORES", stacked_scores)
+    ids, x, parts = _templates(n=120, small=2)
+    queries = np.random.default_rng(5).standard_normal((7, P, DIM)).astype(np.float32)
+    exact = STORES[kind][1].get("index") == "flat"
+    live = np.ones(len(ids), bool)
+    with closing(_create(tmp_path / "s", kind)) as store:
+        store.add(ids, x, partitions=parts)
+        for step in ("added", "removed", "re-added"):
+            if step == "removed":
+                gone = [ids[i] for i in range(0, len(ids), 3)]
+                store.remove(gone)
+                live[::3] = False
+            elif step == "re-added":
+                store.add([ids[0]], x[:1], partitions=parts[:1])
+                live[0] = True
+            got_ids, got_scores = store.search_every_partition(queries, K)
+            assert got_ids.shape == got_scores.shape == (7, K)
+            for i, want in enumerate(_every_partition_truth(x, parts, queries, live)):
+                assert np.all(np.diff(got_scores[i]) <= 1e-6), step
+                assert not {ids[r] for r in np.flatnonzero(~live)} & set(got_ids[i]), f"removed row found ({step})"
+                if exact:
+                    assert got_ids[i].tolist() == [ids[r] for r in want], step
+                    np.testing.assert_allclose(got_scores[i], [queries[i, parts[r]] @ x[r] for r in want], atol=1e-5)
+        with pytest.raises(InvalidInputError, match="partitions"):
+            store.search_every_partition(queries[:, :P - 1], K)

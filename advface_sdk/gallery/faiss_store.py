@@ -17,7 +17,10 @@ Partitions (``partitions=P``, a bucketed key's buckets): each segment also store
 row, and the index is an IVF-Flat whose ``P`` inverted lists *are* the partitions: rows are added to
 their partition's list by FAISS's preassigned add (no coarse quantizer involved), and each query is
 scored against its partition's list only, so the search is exact within the partition and a query costs
-one partition's rows. Approximate indexes (``hnsw``, ``ivf``) inside partitions are not offered here;
+one partition's rows. A probe searched in every partition (``search_every_partition``, a bucketed
+gallery's 1:N search) is one batched product over a zero-padded copy of the partitions for a few probes
+on a store of up to ~130 k templates (the copy is kept in memory; batch-1 latency), else one product
+per partition. Approximate indexes (``hnsw``, ``ivf``) inside partitions are not offered here;
 the Milvus store keeps HNSW per partition.
 """
 
@@ -36,7 +39,7 @@ import numpy as np
 from facecore.artifacts import sha256_file
 from facecore.errors import ArtifactError, DuplicateIdError, IncompatibleError, InvalidInputError
 
-from .stores import VectorStore, check_partitions, merge_top_k, partition_count
+from .stores import VectorStore, check_every_partition, check_partitions, merge_top_k, partition_count
 
 STATE = "state.json"
 INDEXES = ("flat", "hnsw", "ivf")
@@ -46,6 +49,8 @@ DEFAULTS = {"index": "flat", "hnsw_m": 32, "ef_construction": 80, "ef_search": 1
 IVF_NITER, IVF_POINTS_PER_LIST = 10, 64
 #: ``info()`` advises ``rebuild`` once an IVF gallery holds this many times the rows it was trained on
 RETRAIN_GROWTH = 4
+#: most scores (queries × padded rows) of one stacked every-partition product (512 KB of float32, cache-sized)
+STACKED_SCORES = 1 << 17
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -112,6 +117,7 @@ class FaissStore(VectorStore):
         self._params = None
         self._selector = None
         self._trained = None  # file name of the trained IVF index the in-memory index grew from
+        self._stack = None  # (stamp, list sizes, (vectors (P, S, D), row keys (P * S,)) or None): search_every_partition
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -390,14 +396,60 @@ class FaissStore(VectorStore):
         return self._id_table[keys], scores
 
     def search_every_partition(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """As the base method, merging on row keys: only the ``N × k`` winners are turned into string ids."""
-        n, parts, _ = queries.shape
-        if parts != self._parts:
-            raise InvalidInputError(f"queries hold {parts} rows per probe, the store keeps {self._parts} partitions")
+        """As the base method; only the ``N × k`` winners become string ids. Small calls on small stores are one
+        batched product over a padded copy of every partition (:meth:`_stacked`), the rest one product per partition."""
+        n, parts, _ = check_every_partition(queries, self._parts)
         self._load_state()
-        found = [self._partition_top_k(queries[:, p], p, k) for p in range(parts)]
-        keys, scores = merge_top_k(np.hstack([f[1] for f in found]), np.hstack([f[0] for f in found]), k)
+        queries = np.ascontiguousarray(queries, np.float32)
+        stack = self._stacked(n)
+        if stack is None:
+            found = [self._partition_top_k(queries[:, p], p, k) for p in range(parts)]
+            keys, scores = merge_top_k(np.hstack([f[1] for f in found]), np.hstack([f[0] for f in found]), k)
+            return self._id_table[keys], scores
+        vectors, row_keys = stack
+        width = row_keys.size
+        s = np.matmul(vectors, np.ascontiguousarray(queries.transpose(1, 2, 0))).reshape(width, n)  # (P * S, n)
+        s[row_keys < 0] = -np.inf
+        s = np.ascontiguousarray(s.T)
+        take = min(k, width)
+        top = np.argpartition(-s, take - 1, axis=1)[:, :take] if width > take else np.tile(np.arange(width), (n, 1))
+        best = np.take_along_axis(s, top, axis=1)
+        order = np.argsort(-best, axis=1, kind="stable")
+        scores, keys = np.full((n, k), -np.inf, np.float32), np.full((n, k), -1, np.int64)
+        scores[:, :take] = np.take_along_axis(best, order, axis=1)
+        keys[:, :take] = row_keys[np.take_along_axis(top, order, axis=1)]
+        keys[scores == -np.inf] = -1
         return self._id_table[keys], scores
+
+    def _stacked(self, queries: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The partitions' vectors as one zero-padded ``(P, S, D)`` array and their row keys (``-1``: padding or a
+        removed row), for a call of ``queries`` probes whose ``queries × P × S`` scores stay within
+        :data:`STACKED_SCORES`; else ``None`` (one product per partition, whose scores stay in cache, is faster).
+        Why a copy: FAISS keeps each inverted list in its own buffer, and a product per partition costs ~25 µs of
+        call overhead, 1.6 ms per probe with 64 partitions, which one product over the stack avoids (batch 1:
+        ~10× faster on 11 k templates). Rebuilt when the store has changed; at most ``STACKED_SCORES × D`` floats."""
+        if self._stack is None or self._stack[0] != self._stamp:
+            lists = self._index.invlists
+            sizes = [lists.list_size(p) for p in range(self._parts)]
+            self._stack = (self._stamp, sizes, None)
+        stamp, sizes, built = self._stack
+        width = max(sizes, default=0)
+        if not width or queries * self._parts * width > STACKED_SCORES:
+            return None
+        if built is None:
+            lists = self._index.invlists
+            vectors = np.zeros((self._parts, width, self.dim), np.float32)
+            keys = np.full((self._parts, width), -1, np.int64)
+            for p, size in enumerate(sizes):
+                if size:
+                    keys[p, :size] = faiss.rev_swig_ptr(lists.get_ids(p), size)
+                    codes = faiss.rev_swig_ptr(lists.get_codes(p), size * self.dim * 4)
+                    vectors[p, :size] = codes.view(np.float32).reshape(size, self.dim)
+            if self._removed:
+                keys[np.isin(keys, np.asarray(self._removed, np.int64))] = -1
+            built = (vectors, keys.reshape(-1))
+            self._stack = (stamp, sizes, built)
+        return built
 
     def _search_keys(self, queries: np.ndarray, k: int, parts: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, row keys)`` of the top-k, ``-inf`` / ``-1`` where fewer exist."""

@@ -65,7 +65,7 @@ class VectorStore(ABC):
     def search_every_partition(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``queries`` of shape ``(N, P, D)``: query ``[i, p]`` searched in partition ``p``, the ``P`` top-k lists of
         each ``i`` merged; ``(ids, scores)`` of shape ``(N, k)``, best first (a bucketed gallery's 1:N search)."""
-        n, parts, dim = queries.shape
+        n, parts, dim = check_every_partition(queries, self.partitions)
         ids, scores = self.search(queries.reshape(n * parts, dim), k, np.tile(np.arange(parts), n))
         return merge_top_k(ids.reshape(n, parts * k), scores.reshape(n, parts * k), k)
 
@@ -84,6 +84,15 @@ class VectorStore(ABC):
 
 #: most partitions a store keeps (a bucketed key's buckets; each keeps its own rotation in memory)
 MAX_PARTITIONS = 256
+
+
+def check_every_partition(queries: np.ndarray, count: int) -> tuple[int, int, int]:
+    """The shape ``(N, P, D)`` of every-partition queries, :class:`InvalidInputError` unless ``P`` is the store's
+    partition count ``count``."""
+    if queries.ndim != 3 or queries.shape[1] != count:
+        raise InvalidInputError(f"every-partition queries must have shape (N, {count}, D) for a store of {count} "
+                                f"partitions, got {tuple(queries.shape)}")
+    return queries.shape
 
 
 def check_partitions(value, required_rows: int | None = None, count: int = 1, what: str = "partitions") -> np.ndarray | None:
