@@ -41,7 +41,11 @@ Attackers, each reported (the strongest is what counts):
   plain AdvFace templates of faces of his own, identity-disjoint from the store, with the
   unsupervised-translation aligner (similarity profiles, then Procrustes on mutual nearest neighbours), then
   re-identifies the victims directly or by GW; against buckets also GW of each bucket's templates into all
-  the photos (unequal sizes), one photo per template over all buckets.
+  the photos (unequal sizes), one photo per template over all buckets;
+* own images by exact cosines (buckets; ``--store all+thief``, where the store holds the thief's images): a
+  key of one rotation per bucket keeps every cosine inside a bucket, so the thief finds the templates of
+  the very images he holds by those exact cosines, without their ids (``find_own_templates``), and uses
+  them as known plaintext pairs, one map per bucket (``known_plaintext_attack``).
 
 Victims: 346 people of LFW folds 9–10 (chance rank-1 1/346); LFW accuracy on View-2 folds 6–10. One key
 links few enough victims that chance moves it by a victim or two, so each rank-1 is the mean over
@@ -66,6 +70,8 @@ import torch
 from advface_sdk.evaluation.attacks import (
     align_without_pairs,
     annealed_gw,
+    find_own_templates,
+    known_plaintext_attack,
     match_without_pairs,
     matched_rank1,
     rank1,
@@ -276,9 +282,10 @@ def gw_rank1(stolen: np.ndarray, view: np.ndarray) -> float:
 
 
 def attack(scheme: Scheme, thief: Scheme, g: np.ndarray, z: np.ndarray, lab: np.ndarray, db: np.ndarray,
-           enrolled: np.ndarray, probes: np.ndarray, reference: np.ndarray) -> dict:
+           enrolled: np.ndarray, probes: np.ndarray, reference: np.ndarray, own_clean: np.ndarray) -> dict:
     """Every pair-free attacker on ``scheme``; ``thief`` is the same scheme under the thief's own key;
-    ``reference``: plain AdvFace templates of faces the thief owns (his public SDK, no key)."""
+    ``reference``: plain AdvFace templates of faces the thief owns (his public SDK, no key), ``own_clean``
+    their clean embeddings."""
     stolen = scheme.store(g[enrolled], z[enrolled], lab[enrolled])
     cand, dim = z[probes], z.shape[1]
     own = thief.store(g[probes], z[probes], lab[probes])  # the victims' photos through the public SDK, the thief's own key
@@ -298,6 +305,13 @@ def attack(scheme: Scheme, thief: Scheme, g: np.ndarray, z: np.ndarray, lab: np.
         if scheme.buckets:
             first = whole[wb == wb[0]]
             out["buckets aligned to one bucket + GW"] = gw_rank1(merge_buckets(whole, wb, first)[at], mine)
+            # his own images, where the store holds them, found by their exact cosines (a float32 store), then (d)
+            found = find_own_templates(whole.astype(np.float32), reference, wb)
+            hit = found >= 0
+            out["own images found by exact cosines (share of his images)"] = float(hit.sum() / len(reference))
+            out["own images found by exact cosines + known plaintext"] = (
+                known_plaintext_attack(own_clean[found[hit]], whole[hit], stolen, cand, wb[hit], wb[at])[0]
+                if hit.any() else None)
     if scheme.decoy:
         whole = scheme.store(g[db], z[db], lab[db])  # the whole stolen database, for finding the template half
         mine = l2_normalize(g[probes])
@@ -410,12 +424,12 @@ def main() -> None:
                 scheme, thief = Scheme(name, dim, 1 + 10 * k, g[public], **kw), Scheme(name, dim, 2 + 10 * k, g[public], **kw)
                 acc.append(kfold_accuracy(np.sum(l2_normalize(scheme.store(g[left], z[left], lab[left]))
                                                  * l2_normalize(scheme.probe(z[right], lab[left])), 1), issame, folds).accuracy)
-                runs.append(attack(scheme, thief, g, z, lab, db, vic.enrolled, vic.probe, l2_normalize(g[public])))
+                runs.append(attack(scheme, thief, g, z, lab, db, vic.enrolled, vic.probe, l2_normalize(g[public]), z[public]))
             row = {"accuracy": round(100 * float(np.mean(acc)), 2),
                    "template_values": int(scheme.store(g[:1], z[:1], lab[:1]).shape[1]),
                    "keys": args.keys, "per_key": runs,
                    **{a: (None if runs[0][a] is None else float(np.mean([r[a] for r in runs]))) for a in runs[0]}}
-            row["strongest"] = max(row[a] for a in runs[0] if "overlap" not in a and row[a] is not None)
+            row["strongest"] = max(row[a] for a in runs[0] if "overlap" not in a and "share" not in a and row[a] is not None)
             if kw.get("decoy") and args.sweep:
                 row["store sweep"] = store_sweep(Scheme(name, dim, 1, g[public], **kw), g, z, lab, db, vic.enrolled,
                                                  vic.probe, list(args.sweep))
@@ -428,7 +442,8 @@ def main() -> None:
     cols = ["direct", "profile + Procrustes", "GW vs clean photos", "GW vs photos under the SDK", "PCA subspace + GW",
             "norm-split subspace + GW", "paired-scatter subspace + GW", "user-id scatter subspace + GW",
             "per-bucket GW vs photos under the SDK", "store aligned to own templates, direct",
-            "store aligned to own templates + GW", "buckets aligned to one bucket + GW"]
+            "store aligned to own templates + GW", "buckets aligned to one bucket + GW",
+            "own images found by exact cosines (share of his images)", "own images found by exact cosines + known plaintext"]
     cols = [c for c in cols if any(isinstance(r, dict) and r.get(c) is not None for res in results.values() for r in res.values())]
     pct = lambda v: "n/a" if v is None else f"{100 * v:.1f} %"  # noqa: E731
     lines = ["# (c) Pair-free attackers against keyed AdvFace templates", "",

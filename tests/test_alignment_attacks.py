@@ -141,3 +141,26 @@ def test_known_plaintext_needs_pairs_in_every_partition(people):
     only_first = known_plaintext_attack(own[first], own_stored[first], stored, probes, own_parts[first], parts)
     hit = (l2_normalize(only_first[2]) @ l2_normalize(probes).T).argmax(1) == np.arange(len(probes))
     assert hit[parts == 0].mean() > 0.9 and hit[parts != 0].mean() < 0.3
+
+
+def test_the_thief_finds_templates_of_his_own_images_by_their_exact_cosines(people):
+    """One rotation per partition keeps the cosines inside a partition: a thief holding the very images enrolled
+    for some templates finds exactly those (float32 store, no ids), none of the others; his images' noisy copies
+    (another photo, as in (c)) are not found; a partition of four templates gives too few votes."""
+    from advface_sdk.evaluation.attacks import find_own_templates
+
+    rng, enrolled, probes = people
+    d, k = enrolled.shape[1], 4
+    own = l2_normalize(rng.standard_normal((200, d)) + 0.5)  # his images' templates (the public SDK)
+    rots = np.stack([random_rotation(rng, d) for _ in range(k)])
+    held = rng.permutation(200)[:120]  # the store holds 120 of his images among the 80 victims
+    whole = np.vstack([own[held], enrolled])
+    parts = rng.integers(0, k, len(whole))
+    stored = np.einsum("nij,nj->ni", rots[parts], whole).astype(np.float32)
+    found = find_own_templates(stored, own, parts)
+    assert found[:120].tolist() == held.tolist() and np.all(found[120:] == -1)
+    noisy = l2_normalize(own + 0.05 * rng.standard_normal(own.shape))  # other photos of the same people
+    assert np.all(find_own_templates(stored, noisy, parts) == -1)
+    few = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1])
+    small = find_own_templates(np.einsum("nij,nj->ni", rots[few], own[:9]), own, few)
+    assert np.all(small[:4] == -1) and small[4:].tolist() == [4, 5, 6, 7, 8]

@@ -11,6 +11,9 @@
 * **Pair-free linking (c)**: the stolen set is matched to clean photos of the victims without any known
   pair — by similarity profiles and Procrustes (:func:`align_without_pairs`), and by the sets' similarity
   structures (:func:`match_without_pairs`, Gromov–Wasserstein), which no isometric key hides.
+* **Known plaintext (d)**: linear maps fitted on pairs the thief enrolled himself
+  (:func:`known_plaintext_attack`); a thief who holds the very images enrolled finds their templates by
+  their exact cosines, without ids (:func:`find_own_templates`).
 """
 
 from __future__ import annotations
@@ -286,6 +289,47 @@ def match_without_pairs(templates: np.ndarray, candidates: np.ndarray, epsilons:
 def matched_rank1(match: np.ndarray) -> float:
     """Share of stolen templates ``i`` that a pair-free matching sends to candidate ``i`` (the same person)."""
     return float(np.mean(np.asarray(match) == np.arange(len(match))))
+
+
+def find_own_templates(stored: np.ndarray, own: np.ndarray, parts: np.ndarray | None = None,
+                       tol: float = 1e-6) -> np.ndarray:
+    """The thief who holds the very images enrolled for some stored templates finds those templates without
+    their ids: an isometric key (one secret rotation per partition) keeps every cosine between two templates
+    of a partition, and the public SDK gives him those cosines exactly from his images. ``own``: his
+    deterministic templates of his images (plain AdvFace, no key). Each pair of stored templates votes for the
+    pairs of his templates whose cosine equals theirs within ``tol`` (a float32 store keeps cosines to ~1e-7);
+    a template is his image ``a`` when ``a`` wins at least 4 votes (4 more of his images in the partition) and
+    three times the runner-up. Returns, per stored template, the index into ``own`` or
+    ``-1``. Found templates are known plaintext pairs (:func:`known_plaintext_attack`). Holds every pair of
+    ``own`` in memory (``len(own)² / 2`` cosines): for thieves of up to ~10 k images."""
+    stored, own = l2_normalize(np.asarray(stored, np.float64)), l2_normalize(np.asarray(own, np.float64))
+    parts = np.zeros(len(stored), np.int64) if parts is None else np.asarray(parts)
+    n = len(own)
+    ia, ja = np.triu_indices(n, 1)
+    values = np.einsum("ij,ij->i", own[ia], own[ja])
+    order = np.argsort(values, kind="stable")
+    values, ia, ja = values[order], ia[order], ja[order]
+    found = np.full(len(stored), -1, np.int64)
+    for k in np.unique(parts):
+        rows = np.flatnonzero(parts == k)
+        if len(rows) < 5:  # too few other templates to vote
+            continue
+        x = stored[rows]
+        step = max(1, (1 << 22) // len(rows))
+        for start in range(0, len(rows), step):  # template i's votes from every pair (i, j) of its partition
+            cos = x[start:start + step] @ x.T
+            cos[np.arange(len(cos)), start + np.arange(len(cos))] = np.inf  # not (i, i)
+            lo, hi = np.searchsorted(values, cos - tol), np.searchsorted(values, cos + tol)
+            hits = (hi - lo).ravel()
+            votes = np.zeros((len(cos), n), np.int32)
+            if hits.sum():
+                at = np.concatenate([np.arange(u, v) for u, v in zip(lo.ravel()[hits > 0], hi.ravel()[hits > 0])])
+                t = np.repeat(np.repeat(np.arange(len(cos)), len(rows)), hits)
+                np.add.at(votes, (np.concatenate([t, t]), np.concatenate([ia[at], ja[at]])), 1)  # either orientation
+            top2 = np.sort(votes, axis=1)[:, -2:]
+            ok = (top2[:, 1] >= 4) & (top2[:, 1] >= 3 * top2[:, 0])
+            found[rows[start:start + step][ok]] = votes.argmax(1)[ok]
+    return found
 
 
 def known_plaintext_maps(pairs_clean: np.ndarray, pairs_stored: np.ndarray) -> dict[str, np.ndarray]:
