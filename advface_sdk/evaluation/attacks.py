@@ -306,7 +306,7 @@ def find_own_templates(stored: np.ndarray, own: np.ndarray, parts: np.ndarray | 
     parts = np.zeros(len(stored), np.int64) if parts is None else np.asarray(parts)
     n = len(own)
     ia, ja = np.triu_indices(n, 1)
-    values = np.einsum("ij,ij->i", own[ia], own[ja])
+    values = (own @ own.T)[ia, ja]
     order = np.argsort(values, kind="stable")
     values, ia, ja = values[order], ia[order], ja[order]
     found = np.full(len(stored), -1, np.int64)
