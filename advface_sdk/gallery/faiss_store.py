@@ -82,6 +82,23 @@ def ivf_nlist(rows: int, nlist: int | None = None) -> int:
     return max(1, min(int(rows), int(nlist) if nlist else round(4 * math.sqrt(rows))))
 
 
+def _top_k(scores: np.ndarray, row_keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of each row of ``scores`` (columns named by ``row_keys``), best first: ``(scores, keys)`` of
+    shape ``(n, k)``, ``-inf`` / ``-1`` where fewer than ``k`` columns score above ``-inf``."""
+    n, width = scores.shape
+    out, keys = np.full((n, k), -np.inf, np.float32), np.full((n, k), -1, np.int64)
+    take = min(k, width)
+    if not take:
+        return out, keys
+    top = np.argpartition(-scores, take - 1, axis=1)[:, :take] if width > take else np.tile(np.arange(width), (n, 1))
+    best = np.take_along_axis(scores, top, axis=1)
+    order = np.argsort(-best, axis=1, kind="stable")
+    out[:, :take] = np.take_along_axis(best, order, axis=1)
+    keys[:, :take] = row_keys[np.take_along_axis(top, order, axis=1)]
+    keys[out == -np.inf] = -1
+    return out, keys
+
+
 class FaissStore(VectorStore):
     """FAISS ``flat`` (exact), ``hnsw`` or ``ivf`` (approximate) inner-product index over a segment log."""
 
@@ -410,15 +427,7 @@ class FaissStore(VectorStore):
         width = row_keys.size
         s = np.matmul(vectors, np.ascontiguousarray(queries.transpose(1, 2, 0))).reshape(width, n)  # (P * S, n)
         s[row_keys < 0] = -np.inf
-        s = np.ascontiguousarray(s.T)
-        take = min(k, width)
-        top = np.argpartition(-s, take - 1, axis=1)[:, :take] if width > take else np.tile(np.arange(width), (n, 1))
-        best = np.take_along_axis(s, top, axis=1)
-        order = np.argsort(-best, axis=1, kind="stable")
-        scores, keys = np.full((n, k), -np.inf, np.float32), np.full((n, k), -1, np.int64)
-        scores[:, :take] = np.take_along_axis(best, order, axis=1)
-        keys[:, :take] = row_keys[np.take_along_axis(top, order, axis=1)]
-        keys[scores == -np.inf] = -1
+        scores, keys = _top_k(np.ascontiguousarray(s.T), row_keys, k)
         return self._id_table[keys], scores
 
     def _stacked(self, queries: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -493,17 +502,12 @@ class FaissStore(VectorStore):
         ids = faiss.rev_swig_ptr(lists.get_ids(p), size)
         vectors = faiss.rev_swig_ptr(lists.get_codes(p), size * self.dim * 4).view(np.float32).reshape(size, self.dim)
         dead = np.isin(ids, np.asarray(self._removed, np.int64)) if self._removed else None
-        take, step = min(k, size), max(1, (1 << 24) // size)  # at most 64 MB of scores at once
+        step = max(1, (1 << 24) // size)  # at most 64 MB of scores at once
         for start in range(0, len(queries), step):
             s = queries[start:start + step] @ vectors.T
             if dead is not None:
                 s[:, dead] = -np.inf
-            top = np.argpartition(-s, take - 1, axis=1)[:, :take] if size > take else np.tile(np.arange(size), (len(s), 1))
-            best = np.take_along_axis(s, top, axis=1)
-            order = np.argsort(-best, axis=1, kind="stable")
-            scores[start:start + step, :take] = np.take_along_axis(best, order, axis=1)
-            keys[start:start + step, :take] = ids[np.take_along_axis(top, order, axis=1)]
-        keys[scores == -np.inf] = -1
+            scores[start:start + step], keys[start:start + step] = _top_k(s, ids, k)
         return scores, keys
 
     def info(self) -> dict:
