@@ -116,6 +116,8 @@ def test_profile_aligner_takes_sets_of_any_sizes(people):
     rng, enrolled, _ = people
     rotated = enrolled @ random_rotation(rng, enrolled.shape[1]).T
     assert align_without_pairs(rotated, enrolled[:20]).shape == enrolled.shape
+    np.testing.assert_allclose(align_without_pairs(rotated[:1], enrolled), rotated[:1], atol=1e-12)  # a bucket of one
+    assert align_without_pairs(rotated, enrolled[:1]).shape == enrolled.shape
     mapped = align_without_pairs(rotated, enrolled)
     centred = l2_normalize(enrolled - enrolled.mean(0))
     assert np.mean((mapped @ centred.T).argmax(1) == np.arange(len(enrolled))) > 0.9

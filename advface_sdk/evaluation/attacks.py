@@ -221,7 +221,9 @@ def align_without_pairs(templates: np.ndarray, clean: np.ndarray, top: int = 64,
     ``top`` largest similarities, fewer where either set is smaller.
     """
     x, y = l2_normalize(templates - templates.mean(0)), l2_normalize(clean - clean.mean(0))
-    top = max(1, min(top, len(x) - 1, len(y) - 1))
+    top = min(top, len(x) - 1, len(y) - 1)
+    if top < 1:  # a set of one point has no similarity profile: nothing to align, the template left as stored
+        return l2_normalize(np.asarray(templates, np.float64)[:, :y.shape[1]])
 
     def profile(z):
         s = np.sort(z @ z.T, axis=1)[:, ::-1][:, 1:top + 1]
