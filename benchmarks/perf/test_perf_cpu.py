@@ -33,7 +33,7 @@ def test_protect_keyed_onnxruntime(measure, artifact, embeddings, batch):
             batch=batch, threads=1)
 
 
-@pytest.mark.parametrize("buckets", [64])
+@pytest.mark.parametrize("buckets", [64, 256])
 @pytest.mark.parametrize("batch", [1024])
 def test_protect_bucketed_onnxruntime(measure, artifact, embeddings, batch, buckets):
     """Bucketed keyed protect() (1:N mode: each row's id hashed to its bucket, that bucket's rotation) on one core,
