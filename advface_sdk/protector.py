@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import threading
@@ -25,6 +26,35 @@ DEFAULT_BATCH = 65536
 #: transposed (rows are multiplied by it; made on demand, so a call with many users holds few at once), and per
 #: row the index of its matrix (``None``: the first for all rows)
 RotationPlan = tuple[Callable[[int], np.ndarray], "np.ndarray | None"]
+
+
+#: largest fresh_noise: noise as long as the template itself leaves little of it to match
+MAX_FRESH_NOISE = 1.0
+
+
+def default_fresh_noise(dim: int) -> float:
+    """The fresh noise a bucketed gallery adds by default: ``0.15 · sqrt(dim / 128)`` (0.15 for 128-d, 0.30 for
+    512-d templates), which moves the cosine between two stored templates by ~0.02 whatever the width, at no
+    measured LFW cost (README, column (c))."""
+    return round(0.15 * float(np.sqrt(dim / 128)), 4)
+
+
+def _add_fresh_noise(y, size: float):
+    """Rows ``y`` (numpy or torch) plus Gaussian noise of relative size ``size``, each row's norm kept.
+
+    The noise comes from fresh OS entropy (``np.random.default_rng()``), never from numpy's or torch's global
+    generators, which a caller may have seeded: a thief must not be able to draw it again."""
+    n = np.random.default_rng().standard_normal(tuple(y.shape)).astype(np.float32)
+    if _is_torch(y):
+        import torch
+
+        n = torch.from_numpy(n).to(device=y.device, dtype=y.dtype)
+        length = torch.linalg.vector_norm(y, dim=1, keepdim=True)
+        out = y + size * length * n / torch.linalg.vector_norm(n, dim=1, keepdim=True)
+        return out * (length / torch.linalg.vector_norm(out, dim=1, keepdim=True))
+    length = np.linalg.norm(y, axis=1, keepdims=True)
+    out = y + size * length * n / np.linalg.norm(n, axis=1, keepdims=True)
+    return (out * (length / np.linalg.norm(out, axis=1, keepdims=True))).astype(y.dtype, copy=False)
 
 
 def _is_torch(x) -> bool:
@@ -153,20 +183,36 @@ class Protector:
             raise InvalidInputError(f"zero embeddings cannot be protected (rows {(zero[:5] + offset).tolist()}); "
                                     "check the recognizer output")
 
-    def __call__(self, embeddings, salts=None, users=None):
-        return self.protect(embeddings, salts, users)
+    def __call__(self, embeddings, salts=None, users=None, fresh_noise: float = 0.0):
+        return self.protect(embeddings, salts, users, fresh_noise)
 
-    def protect(self, embeddings, salts=None, users=None):
+    def protect(self, embeddings, salts=None, users=None, fresh_noise: float = 0.0):
         """Protected embeddings of the same kind (numpy / torch), device, shape and dtype.
 
         ``salts`` (keyed mode only): one user salt (16 bytes or 32 hex digits) for every row, or a
         sequence of one salt per row; ``None`` is the deployment-wide keyed (or plain) protection.
         ``users`` (keyed mode; required by a bucketed key): the id each row is stored under (one string
         for every row, or one per row); each row is rotated by its id's bucket rotation.
+        ``fresh_noise`` (keyed mode): relative size ``b`` of Gaussian noise drawn afresh for every row and
+        kept nowhere, added to the AdvFace template before the key (norm kept). It blurs the cosines between
+        stored templates, which a key of rotations keeps exactly, so that a thief holding the very images
+        enrolled cannot find their templates by those cosines (README, column (c)); the output is then no
+        longer a function of the input. :func:`default_fresh_noise` is what a bucketed gallery uses.
         """
+        noise = self._check_noise(fresh_noise)
         if _is_torch(embeddings):
-            return self._protect_torch(embeddings, salts, users)
-        return self._map_numpy(embeddings, self._protect_rows, salts, users)
+            return self._protect_torch(embeddings, salts, users, noise)
+        rows_fn = self._protect_rows if not noise else functools.partial(self._protect_rows, noise=noise)
+        return self._map_numpy(embeddings, rows_fn, salts, users)
+
+    def _check_noise(self, fresh_noise) -> float:
+        if isinstance(fresh_noise, bool) or not isinstance(fresh_noise, (int, float, np.integer, np.floating)) \
+                or not 0.0 <= float(fresh_noise) <= MAX_FRESH_NOISE:
+            raise InvalidInputError(f"fresh_noise is a relative noise size in [0, {MAX_FRESH_NOISE}], got {fresh_noise!r}")
+        if fresh_noise and self.key is None:
+            raise DeploymentKeyError("fresh_noise blurs the cosines a deployment key keeps: it needs a keyed protector "
+                                     "(Protector(model, key=KEYFILE)); unkeyed templates stay exactly AdvFace's")
+        return float(fresh_noise)
 
     def prepare_probe(self, embeddings, salts=None, users=None):
         """Clean probe embeddings mapped into the key's space: match them by cosine against stored templates.
@@ -311,11 +357,14 @@ class Protector:
         unit, norm = self._unit(x)
         return self._rescale(unit @ self._rot_t if plan is None else self._rotate(unit, plan, offset), norm, x.dtype, offset)
 
-    def _protect_rows(self, x: np.ndarray, offset: int = 0, plan: RotationPlan | None = None) -> np.ndarray:
+    def _protect_rows(self, x: np.ndarray, offset: int = 0, plan: RotationPlan | None = None,
+                      noise: float = 0.0) -> np.ndarray:
         """One batch: checked, run on unit vectors (no overflow), rescaled in float64, cast back; never non-finite."""
         self._check_values(x, offset)
         unit, norm = self._unit(x)
         y = self._backend(self._host_backend, self.device).run(unit)
+        if noise:
+            y = _add_fresh_noise(y, noise)
         if plan is not None:
             y = self._rotate(y, plan, offset)
         elif self._rot_t is not None:
@@ -359,7 +408,7 @@ class Protector:
                                    "templates and probes of different keys never match")
         return emb
 
-    def _protect_torch(self, t, salts=None, users=None):
+    def _protect_torch(self, t, salts=None, users=None, noise: float = 0.0):
         import torch
 
         if t.layout != torch.strided or t.device.type == "meta":
@@ -374,7 +423,7 @@ class Protector:
         backend = self._backend(name, device)
         flat = t.detach().reshape(-1, self.dim)
         if not (hasattr(backend, "run_torch") and (t.is_cuda or name == "torch")):
-            return torch.from_numpy(self.protect(flat.cpu().numpy(), salts, users)).to(t.device).reshape(t.shape)
+            return torch.from_numpy(self.protect(flat.cpu().numpy(), salts, users, noise)).to(t.device).reshape(t.shape)
         out = torch.empty_like(flat)
         for start in range(0, len(flat), self.batch_size):
             x = flat[start:start + self.batch_size].to(torch.float64)
@@ -383,6 +432,8 @@ class Protector:
             scale = x.abs().amax(dim=1, keepdim=True)
             norm = torch.sqrt(((x / scale) ** 2).sum(dim=1, keepdim=True)) * scale
             y = backend.run_torch((x / norm).to(torch.float32))
+            if noise:
+                y = _add_fresh_noise(y, noise)
             if plan is not None:
                 y = self._rotate(y, plan, start)
             elif self._rot_t is not None:
@@ -417,11 +468,12 @@ def _cached(model, backend: str, device: str, key) -> Protector:
 
 
 def protect(embeddings, model: str | Path | Protector = DEFAULT_MODEL, backend: str = "auto", device: str = "cpu",
-            key: str | Path | DeploymentKey | None = None, salts=None, users=None):
+            key: str | Path | DeploymentKey | None = None, salts=None, users=None, fresh_noise: float = 0.0):
     """Protect embeddings with a (cached, built once even under concurrent first calls) :class:`Protector`;
     ``key``: a deployment key file or :class:`~advface_sdk.keys.DeploymentKey` (keyed mode); ``salts``: per-user
-    salts; ``users``: the ids templates are stored under (bucketed keys; see :meth:`Protector.protect`)."""
-    return _cached(model, backend, device, key).protect(embeddings, salts, users)
+    salts; ``users``: the ids templates are stored under (bucketed keys); ``fresh_noise``: see
+    :meth:`Protector.protect`."""
+    return _cached(model, backend, device, key).protect(embeddings, salts, users, fresh_noise)
 
 
 def prepare_probe(embeddings, model: str | Path | Protector = DEFAULT_MODEL, key: str | Path | DeploymentKey | None = None,

@@ -21,7 +21,9 @@ once the key is undone, decodes them. Schemes, all on the shipped AdvFace genera
   templates agrees about as much as the template half does;
 * ``bucketed rotation K`` — users spread over ``K`` keyed buckets (HMAC(key, user id) mod K), one secret
   rotation per bucket; a 1:N query is prepared once per bucket and searched in that bucket's partition, so
-  accuracy is AdvFace's and cosines *across* buckets mean nothing.
+  accuracy is AdvFace's and cosines *across* buckets mean nothing;
+* ``bucketed rotation K + fresh noise b`` (``--bucket-noise``) — the same with fresh noise of relative size ``b``
+  before the bucket's rotation, as a bucketed ``Gallery`` enrols by default (``fresh_noise``).
 
 Attackers, each reported (the strongest is what counts):
 
@@ -377,6 +379,9 @@ def main() -> None:
     ap.add_argument("--blocks", nargs="+", type=int, default=(), help="Also measure this many decoy blocks (c = 1 each).")
     ap.add_argument("--buckets", nargs="+", type=int, default=(16, 64),
                     help="Bucketed rotation: users spread over this many keyed buckets, one rotation each.")
+    ap.add_argument("--bucket-noise", nargs="+", type=float, default=(),
+                    help="Also measure each bucketed rotation with fresh noise of these sizes (a bucketed Gallery's "
+                         "fresh_noise; its default is 0.15 for 128-d and 0.3 for 512-d templates).")
     ap.add_argument("--store", choices=("folds", "all", "all+thief"), default="folds",
                     help="The stolen database the store-wide attacks use: the victims' folds, every LFW image but the "
                          "thief's own faces, or every LFW image (the thief holds the very images enrolled for half "
@@ -410,6 +415,8 @@ def main() -> None:
         specs += [(f"identity decoys c={c:g}", {"decoy": c, "identity_decoy": True, "public_labels": lab[public]})
                   for c in args.decoys]
         specs += [(f"bucketed rotation K={k}", {"buckets": k}) for k in args.buckets]
+        specs += [(f"bucketed rotation K={k} + fresh noise {b:g}", {"buckets": k, "noise": b})
+                  for k in args.buckets for b in args.bucket_noise]
         specs += [(f"advface + fresh noise {b:g}", {"noise": b}) for b in args.noise]
         specs += [("keyed noise direction", {"keyed_noise": True})]
         res = {"raw accuracy": round(100 * kfold_accuracy(np.sum(l2_normalize(z[left]) * l2_normalize(z[right]), 1),

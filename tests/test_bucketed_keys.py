@@ -152,7 +152,7 @@ def test_bucketed_gallery_ranks_exactly_as_the_plain_keyed_one(tmp_path, bucket_
     """Each template sits in its id's bucket (a store partition); a search merges the K per-bucket lists, so ids
     and scores are those of the plain keyed gallery; the gallery opens only with its key."""
     ids, z, probes = people
-    with Gallery.create(tmp_path / "b", store=store, key=bucket_key) as g, \
+    with Gallery.create(tmp_path / "b", store=store, key=bucket_key, fresh_noise=0) as g, \
             Gallery.create(tmp_path / "p", store=store, key=keyfile) as p:
         g.enroll(ids, z)
         p.enroll(ids, z)
@@ -179,6 +179,85 @@ def test_bucketed_gallery_ranks_exactly_as_the_plain_keyed_one(tmp_path, bucket_
     with Gallery.open(tmp_path / "b", key=bucket_key) as g:
         assert len(g) == len(ids) - 8
         assert g.search(probes[20:40], k=1).ids[:, 0].tolist() == hits.ids[20:40, 0].tolist()
+
+
+def test_fresh_noise_blurs_the_cosines_a_bucket_keeps(plain, keyed, bucket_key, people):
+    """Without fresh noise a bucket keeps every cosine between its templates, and a thief holding the very images
+    enrolled finds their templates by those cosines; with it he finds none, while every template keeps its norm and
+    stays ~0.99 cosine from the noiseless one. Noise comes from fresh entropy: global seeds do not replay it."""
+    import torch
+
+    from advface_sdk.evaluation.attacks import find_own_templates
+
+    ids, z, _ = people
+    parts = keyed.key.bucket(ids)
+    own = plain.protect(z)  # the thief's public SDK, exactly
+    exact = keyed.protect(z, users=ids)
+    assert (find_own_templates(exact, own, parts) == np.arange(len(z))).mean() > 0.8
+    np.random.seed(0)
+    torch.manual_seed(0)
+    noisy = keyed.protect(z, users=ids, fresh_noise=0.15)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    again = keyed.protect(z, users=ids, fresh_noise=0.15)
+    assert not np.allclose(noisy, again, atol=1e-3)
+    np.testing.assert_allclose(np.linalg.norm(noisy, axis=1), np.linalg.norm(exact, axis=1), rtol=1e-5)
+    agree = np.sum(noisy * exact, 1) / np.linalg.norm(noisy, axis=1) / np.linalg.norm(exact, axis=1)
+    assert 0.97 < agree.min() and agree.mean() < 0.995
+    assert (find_own_templates(noisy, own, parts) == -1).all()
+    t = keyed.protect(torch.from_numpy(z), users=ids, fresh_noise=0.15)
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.float32 and not np.allclose(t.numpy(), exact, atol=1e-3)
+    assert np.allclose(keyed.protect(z, users=ids, fresh_noise=0), exact)
+    for bad in (-0.1, 1.5, float("nan"), True, "0.1"):
+        with pytest.raises(InvalidInputError, match="fresh_noise"):
+            keyed.protect(z, users=ids, fresh_noise=bad)
+    with pytest.raises(DeploymentKeyError, match="keyed"):
+        plain.protect(z, fresh_noise=0.1)
+
+
+@pytest.mark.parametrize("store", ["faiss", "milvus"])
+def test_bucketed_gallery_adds_fresh_noise_by_default(tmp_path, bucket_key, keyfile, people, store):
+    """A bucketed gallery records and applies default_fresh_noise; matches survive it; an edited value is refused."""
+    from advface_sdk.protector import default_fresh_noise
+    from facecore.errors import ArtifactError
+
+    ids, z, probes = people
+    assert default_fresh_noise(128) == 0.15 and default_fresh_noise(512) == 0.3
+    with Gallery.create(tmp_path / "b", store=store, key=bucket_key) as g, \
+            Gallery.create(tmp_path / "p", store=store, key=keyfile) as p:
+        assert g.fresh_noise == 0.15 and p.fresh_noise == 0.0
+        g.enroll(ids, z)
+        p.enroll(ids, z)
+        hits, ref = g.search(probes, k=1), p.search(probes, k=1)
+        assert (hits.ids[:, 0] == np.asarray(ids)).mean() >= (ref.ids[:, 0] == np.asarray(ids)).mean() - 0.02
+        assert 0.003 < np.abs(hits.scores - ref.scores).mean() < 0.05
+    with Gallery.open(tmp_path / "b", key=bucket_key) as g:
+        assert g.fresh_noise == 0.15
+    with pytest.raises(InvalidInputError, match="raw gallery"):
+        Gallery.create(tmp_path / "r", protector=None, dim=128, recognizer_fingerprint="0" * 16, fresh_noise=0.1)
+    manifest = tmp_path / "b" / "gallery.json"
+    record = json.loads(manifest.read_text())
+    for edit in (2.0, -1, "0.15", None):
+        manifest.write_text(json.dumps({**record, "fresh_noise": edit}))
+        with pytest.raises(ArtifactError, match="fresh_noise"):
+            Gallery.open(tmp_path / "b", key=bucket_key)
+
+
+def test_cli_gallery_fresh_noise(tmp_path, bucket_key):
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "e.npz", embeddings=rng.standard_normal((20, 128)).astype(np.float32),
+             ids=np.asarray([f"u{i}" for i in range(20)]))
+    run = CliRunner().invoke
+    result = run(cli, ["gallery", "enroll", str(tmp_path / "g"), str(tmp_path / "e.npz"), "-K", str(bucket_key),
+                       "--fresh-noise", "0.2"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "g" / "gallery.json").read_text())["fresh_noise"] == 0.2
+    np.savez(tmp_path / "f.npz", embeddings=rng.standard_normal((2, 128)).astype(np.float32), ids=np.asarray(["x", "y"]))
+    result = run(cli, ["gallery", "enroll", str(tmp_path / "g"), str(tmp_path / "f.npz"), "-K", str(bucket_key),
+                       "--fresh-noise", "0.3"])
+    assert result.exit_code != 0 and "fresh_noise" in result.output
+    with Gallery.open(tmp_path / "g", key=bucket_key) as g:
+        assert len(g) == 20
 
 
 def test_benchmark_method_advface_bucketed(people):

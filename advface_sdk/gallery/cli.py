@@ -83,15 +83,18 @@ _key_option = click.option("--deployment-key", "-K", "deployment_key", default=N
 @_uri_option
 @click.option("--collection", default=None, help="Milvus collection of a new gallery [default: advface_gallery].")
 @_key_option
+@click.option("--fresh-noise", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Keyed galleries: relative size of the noise drawn afresh for every template, recorded in a new gallery "
+                   "[default: 0.15*sqrt(D/128) with a bucketed key, else 0].")
 @click.option("--chunk", default=65536, show_default=True, help="Rows per commit.")
 @click.option("--skip-existing", is_flag=True, help="Skip ids already enrolled (resume an interrupted enroll).")
 @friendly_errors
 def enroll(gallery_dir: Path, emb: Path, key: str, ids_key, model, store, index, nprobe, nlist, uri, collection,
-           deployment_key, chunk: int, skip_existing: bool) -> None:
+           deployment_key, fresh_noise, chunk: int, skip_existing: bool) -> None:
     """Protect the embeddings of EMB.npz and enroll them into GALLERY (created on first use); each chunk commits atomically.
 
-    An existing gallery keeps its protector, key, store and index: -m, --store, --index, --nlist and --collection must
-    then be the recorded ones (or left out)."""
+    An existing gallery keeps its protector, key, store, index and fresh noise: -m, --store, --index, --nlist, --collection
+    and --fresh-noise must then be the recorded ones (or left out)."""
     from tqdm.auto import tqdm
 
     from .gallery import MANIFEST, Gallery
@@ -102,8 +105,8 @@ def enroll(gallery_dir: Path, emb: Path, key: str, ids_key, model, store, index,
         raise DataError(f"{emb}: {len(ids)} ids for {shape[0]} embeddings")
     if (gallery_dir / MANIFEST).exists():
         g = _open(gallery_dir, uri, deployment_key, model, nprobe=nprobe)
-        recorded = {"store": g.manifest["store"]["name"], **g.manifest["store"]["options"]}
-        given = {"store": store, "index": index, "nlist": nlist, "collection": collection}
+        recorded = {"store": g.manifest["store"]["name"], **g.manifest["store"]["options"], "fresh_noise": g.fresh_noise}
+        given = {"store": store, "index": index, "nlist": nlist, "collection": collection, "fresh_noise": fresh_noise}
         clash = {k: (v, recorded.get(k)) for k, v in given.items() if v is not None and v != recorded.get(k)}
         if clash:
             g.close()
@@ -114,7 +117,7 @@ def enroll(gallery_dir: Path, emb: Path, key: str, ids_key, model, store, index,
         options = {k: v for k, v in {"index": index, "uri": uri, "collection": collection, "nprobe": nprobe,
                                      "nlist": nlist}.items() if v is not None}
         g = Gallery.create(gallery_dir, protector=model or "fr128", store=store or "faiss", recognizer_fingerprint=fingerprint,
-                           key=deployment_key, **options)
+                           key=deployment_key, fresh_noise=fresh_noise, **options)
     added = 0
     with g, tqdm(total=shape[0], desc="enroll", unit="tmpl", file=sys.stderr, disable=None) as bar:
         for start, block in blocks:

@@ -24,7 +24,7 @@ from facecore.errors import (
 
 from ..artifact import WEIGHTS, default_artifacts
 from ..keys import DeploymentKey, as_key
-from ..protector import DEFAULT_MODEL, Protector
+from ..protector import DEFAULT_MODEL, MAX_FRESH_NOISE, Protector, default_fresh_noise
 from .milvus_store import MAX_ID_LENGTH
 from .stores import VectorStore, store_class
 
@@ -83,13 +83,15 @@ class Gallery:
     @classmethod
     def create(cls, path: str | Path, protector: str | Path | Protector | None = DEFAULT_MODEL, store: str = "faiss",
                recognizer_fingerprint: str | None = None, key: str | Path | DeploymentKey | None = None,
-               **store_options) -> "Gallery":
+               fresh_noise: float | None = None, **store_options) -> "Gallery":
         """A new, empty gallery in folder ``path``.
 
         ``protector``: artifact name / folder / :class:`Protector`, or ``None`` for a raw (unprotected)
         gallery, meant for baselines. ``recognizer_fingerprint`` defaults to the protector's. ``key``: a
         deployment key file (``advface-cli keygen``) or :class:`DeploymentKey` for a keyed gallery (or a
-        keyed :class:`Protector`). ``store_options``: e.g. ``index="hnsw"``, ``index="ivf", nprobe=32`` or,
+        keyed :class:`Protector`). ``fresh_noise``: relative size of the noise drawn afresh for every enrolled
+        template (:meth:`Protector.protect`; needs a key), recorded in the gallery; ``None`` is
+        :func:`~advface_sdk.protector.default_fresh_noise` for a bucketed key and 0 otherwise. ``store_options``: e.g. ``index="hnsw"``, ``index="ivf", nprobe=32`` or,
         for Milvus, ``uri=``, ``collection=``.
         """
         folder = Path(path)
@@ -115,8 +117,14 @@ class Gallery:
                 raise InvalidInputError(f"a gallery of deployment key {prot.key_id} keeps one partition per bucket "
                                         f"({prot.buckets}); do not pass partitions=")
             store_options["partitions"] = prot.buckets
+        if fresh_noise is None:
+            fresh_noise = default_fresh_noise(dim) if prot is not None and prot.buckets > 1 else 0.0
+        if fresh_noise:
+            if prot is None:
+                raise InvalidInputError("a raw gallery (protector=None) takes no fresh_noise")
+            fresh_noise = prot._check_noise(fresh_noise)
         manifest = {"format": FORMAT, "dim": dim, "metric": "cosine", "protector": prot_info,
-                    "key_id": prot.key_id if prot is not None else None,
+                    "key_id": prot.key_id if prot is not None else None, "fresh_noise": float(fresh_noise),
                     "recognizer": {"fingerprint": fingerprint, "name": recognizer.get("name")},
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         backend = store_class(store).create(folder, dim, cls._identity(manifest), store_options)
@@ -174,6 +182,11 @@ class Gallery:
             if protector_id(prot) != recorded["id"]:
                 raise IncompatibleError(f"{folder} holds templates of protector {recorded['id']}, not {protector_id(prot)}")
             cls._check_key(folder, manifest.get("key_id"), prot.key_id)
+        noise = manifest.get("fresh_noise", 0.0)
+        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise <= MAX_FRESH_NOISE \
+                or noise and manifest.get("key_id") is None:
+            raise ArtifactError(f"{folder / MANIFEST} is corrupt: fresh_noise {noise!r} is not a relative size in "
+                                f"[0, {MAX_FRESH_NOISE}] of a keyed gallery")
         gallery = cls(folder, manifest, None, prot)
         gallery._check_provenance(recognizer_fingerprint, key_id if key_id is not None else gallery.key_id)
         options = {**manifest["store"]["options"], **store_options}
@@ -229,6 +242,11 @@ class Gallery:
     def key_id(self) -> str | None:
         return self.manifest["key_id"]
 
+    @property
+    def fresh_noise(self) -> float:
+        """Relative size of the noise drawn afresh for every enrolled template (0: none; galleries made before it: 0)."""
+        return float(self.manifest.get("fresh_noise", 0.0))
+
     def __len__(self) -> int:
         self.store.refresh()
         return len(self.store)
@@ -280,7 +298,7 @@ class Gallery:
                 raise IncompatibleError(f"templates of protector {protected_by} do not belong in {self.folder}, a gallery "
                                         f"of protector {self.protector_id}")
         elif self.protector is not None:
-            x = self.protector.protect(x, users=ids if self._bucketed else None)
+            x = self.protector.protect(x, users=ids if self._bucketed else None, fresh_noise=self.fresh_noise)
         parts = self.protector.key.bucket(ids) if self._bucketed else None
         self.store.add(ids, l2_normalize(x).astype(np.float32), parts)
         return len(ids)
