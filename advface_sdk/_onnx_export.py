@@ -17,12 +17,16 @@ BUCKETS = "buckets"
 
 
 def generator_to_onnx(state: dict[str, np.ndarray], config: dict, precision: str = "fp32",
-                      rotation: np.ndarray | None = None) -> onnx.ModelProto:
+                      rotation: np.ndarray | None = None, fresh_noise: float = 0.0) -> onnx.ModelProto:
     """The protection graph; ``rotation`` (a deployment key's ``R``) makes it the keyed graph ``R·(ẑ + δ)·‖z‖``.
     A stack of ``K`` rotations ``(K, d, d)`` (a bucketed key's ``R_b``) makes it ``R_b·(ẑ + δ)·‖z‖`` with a second
-    input, :data:`BUCKETS` (int64, one bucket per row)."""
+    input, :data:`BUCKETS` (int64, one bucket per row). ``fresh_noise`` (keyed graphs): Gaussian noise of that
+    relative size added to ``ẑ + δ`` before the rotation, norm kept, as :meth:`Protector.protect` adds it; drawn
+    by ``RandomNormalLike`` without a seed, so the runtime draws it afresh on every run."""
     if precision not in ("fp32", "fp16"):
         raise ValueError(f"precision must be fp32 or fp16, got {precision}")
+    if fresh_noise and rotation is None:
+        raise ValueError("fresh_noise belongs in a keyed graph (pass the key's rotation)")
     ft = np.float16 if precision == "fp16" else np.float32
     et = TensorProto.FLOAT16 if precision == "fp16" else TensorProto.FLOAT
     inits, nodes = [], []
@@ -65,16 +69,37 @@ def generator_to_onnx(state: dict[str, np.ndarray], config: dict, precision: str
               helper.make_node("Div", [const("budget", config["budget"]), "rnorm"], ["rscale"]),
               helper.make_node("Mul", [h, "rscale"], ["delta"]),
               helper.make_node("Add", ["unit", "delta"], ["pu"])]
+    if fresh_noise:  # pu + b·‖pu‖·n/‖n‖, rescaled to ‖pu‖ (n drawn in float32, cast for an fp16 graph)
+        noise = ["noise32"] if precision == "fp32" else ["noise32", "noise"]
+        nodes.append(helper.make_node("RandomNormalLike", ["pu"], ["noise32"], dtype=TensorProto.FLOAT))
+        if precision == "fp16":
+            nodes.append(helper.make_node("Cast", ["noise32"], ["noise"], to=et))
+        nodes += [helper.make_node("Mul", [noise[-1], noise[-1]], ["nn"]),
+                  helper.make_node("ReduceSum", ["nn", "axes1"], ["nn2"], keepdims=1),
+                  helper.make_node("Sqrt", ["nn2"], ["nnorm"]),
+                  helper.make_node("Mul", ["pu", "pu"], ["pp"]),
+                  helper.make_node("ReduceSum", ["pp", "axes1"], ["pp2"], keepdims=1),
+                  helper.make_node("Sqrt", ["pp2"], ["pnorm"]),
+                  helper.make_node("Mul", ["pnorm", const("fresh_noise", fresh_noise)], ["nlen"]),
+                  helper.make_node("Div", ["nlen", "nnorm"], ["nscale"]),
+                  helper.make_node("Mul", [noise[-1], "nscale"], ["nvec"]),
+                  helper.make_node("Add", ["pu", "nvec"], ["pun"]),
+                  helper.make_node("Mul", ["pun", "pun"], ["qq"]),
+                  helper.make_node("ReduceSum", ["qq", "axes1"], ["qq2"], keepdims=1),
+                  helper.make_node("Sqrt", ["qq2"], ["qnorm"]),
+                  helper.make_node("Div", ["pnorm", "qnorm"], ["qscale"]),
+                  helper.make_node("Mul", ["pun", "qscale"], ["pu_noisy"])]
+    pu = "pu_noisy" if fresh_noise else "pu"
     bucketed = rotation is not None and np.ndim(rotation) == 3
     if bucketed:  # row i times R_{b_i}ᵀ: gather each row's matrix, one batched (1 × d)(d × d) product per row
         inits.append(numpy_helper.from_array(np.asarray([1], np.int64), "axis_row"))
         nodes += [helper.make_node("Gather", [const("rotations_t", np.asarray(rotation).transpose(0, 2, 1)), BUCKETS],
                                    ["rot_rows"], axis=0),
-                  helper.make_node("Unsqueeze", ["pu", "axis_row"], ["pu_row"]),
+                  helper.make_node("Unsqueeze", [pu, "axis_row"], ["pu_row"]),
                   helper.make_node("MatMul", ["pu_row", "rot_rows"], ["pr_row"]),
                   helper.make_node("Squeeze", ["pr_row", "axis_row"], ["pr"])]
     elif rotation is not None:
-        nodes.append(helper.make_node("MatMul", ["pu", const("rotation_t", np.asarray(rotation).T)], ["pr"]))
+        nodes.append(helper.make_node("MatMul", [pu, const("rotation_t", np.asarray(rotation).T)], ["pr"]))
     nodes.append(helper.make_node("Mul", ["pr" if rotation is not None else "pu", "znorm"],
                                   ["out" if precision == "fp16" else OUTPUT]))
     if precision == "fp16":

@@ -338,13 +338,17 @@ def salt() -> None:
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
 @_deployment_key_option
 @click.option("--probe", is_flag=True, help="With --deployment-key: write the probe graph (z -> R z) instead.")
+@click.option("--fresh-noise", type=click.FloatRange(0.0, 1.0), default=None,
+              help="With --deployment-key: fresh noise of this relative size in the template graph, drawn on every run "
+                   "[default: as a bucketed Gallery, 0.15*sqrt(D/128) with a bucketed key, else 0].")
 @friendly_errors
-def export_onnx(artifact: str, out: Path, precision: str, deployment_key, probe: bool) -> None:
+def export_onnx(artifact: str, out: Path, precision: str, deployment_key, probe: bool, fresh_noise) -> None:
     """Write the protection graph of ARTIFACT as ONNX (dynamic batch; float32 I/O); keyed with --deployment-key
     (the graph then holds the key's rotation: protect the file like the key). A bucketed key's graph takes a second
     input, `buckets` (int64 per row, DeploymentKey.bucket(ids)); its --probe graph prepares every bucket (batch, K, D).
     Per-user salts are per request and stay outside the graph: multiply the unkeyed graph's output by
-    DeploymentKey.salted_rotation(salt, dim).T."""
+    DeploymentKey.salted_rotation(salt, dim).T. A bucketed key's template graph adds fresh noise by default, drawn by the
+    runtime on every run (--fresh-noise 0: none, a deterministic graph)."""
     import os
 
     import numpy as np
@@ -354,6 +358,7 @@ def export_onnx(artifact: str, out: Path, precision: str, deployment_key, probe:
     from ._onnx_export import generator_to_onnx, probe_to_onnx
     from .artifact import load_artifact
     from .keys import DeploymentKey
+    from .protector import default_fresh_noise
 
     from facecore.tempfiles import remove_stale, temp_path, terminate_as_interrupt
 
@@ -366,7 +371,12 @@ def export_onnx(artifact: str, out: Path, precision: str, deployment_key, probe:
                     else dkey.rotation(art.dim))
     elif probe:
         raise InvalidInputError("--probe needs --deployment-key (without a key, probes are used as they are)")
-    model = probe_to_onnx(rotation) if probe else generator_to_onnx(art.state, art.config, precision, rotation)
+    if fresh_noise and (rotation is None or probe):
+        raise InvalidInputError("--fresh-noise goes into a keyed template graph: pass --deployment-key, without --probe")
+    if fresh_noise is None:
+        fresh_noise = default_fresh_noise(art.dim) if rotation is not None and dkey.buckets > 1 and not probe else 0.0
+    model = (probe_to_onnx(rotation) if probe
+             else generator_to_onnx(art.state, art.config, precision, rotation, fresh_noise))
     remove_stale(out)
     tmp = temp_path(out)
     try:
@@ -384,6 +394,8 @@ def export_onnx(artifact: str, out: Path, precision: str, deployment_key, probe:
     keyed = f" keyed with deployment key {dkey.key_id} (file mode 0600)" if rotation is not None else ""
     if rotation is not None and dkey.buckets > 1:
         keyed += f"; {dkey.buckets} buckets: " + ("output (batch, K, D)" if probe else "second input 'buckets' = key.bucket(ids)")
+    if fresh_noise:
+        keyed += f"; fresh noise {fresh_noise:g} drawn on every run"
     click.echo(f"wrote {what} ONNX for {art.dim}-d embeddings{keyed} to {out}")
 
 

@@ -128,7 +128,8 @@ def test_bucketed_onnx_graphs_match_the_protector(tmp_path, keyed, bucket_key, p
     from advface_sdk._onnx_export import BUCKETS, INPUT, OUTPUT
 
     ids, z, probes = people
-    for args, feeds, expected in ((["-o", str(tmp_path / "t.onnx")], {INPUT: z, BUCKETS: keyed.key.bucket(ids)},
+    for args, feeds, expected in ((["-o", str(tmp_path / "t.onnx"), "--fresh-noise", "0"],
+                                   {INPUT: z, BUCKETS: keyed.key.bucket(ids)},
                                    keyed.protect(z, users=ids)),
                                   (["-o", str(tmp_path / "p.onnx"), "--probe"], {INPUT: probes}, keyed.prepare_probe(probes))):
         result = CliRunner().invoke(cli, ["export-onnx", "fr128", *args, "-K", str(bucket_key)])
@@ -137,6 +138,31 @@ def test_bucketed_onnx_graphs_match_the_protector(tmp_path, keyed, bucket_key, p
         out = ort.InferenceSession(args[1], providers=["CPUExecutionProvider"]).run([OUTPUT], feeds)[0]
         assert out.shape == expected.shape
         assert np.abs(out - expected).max() < 1e-5 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_bucketed_onnx_template_graph_draws_fresh_noise(tmp_path, keyed, bucket_key, people, precision):
+    """A bucketed key's exported template graph adds default_fresh_noise, drawn afresh by ONNX Runtime on every run:
+    norms kept, ~0.99 cosine from the protector's noiseless templates; noise is refused where it has no place."""
+    import onnxruntime as ort
+
+    from advface_sdk._onnx_export import BUCKETS, INPUT, OUTPUT
+
+    ids, z, _ = people
+    path = tmp_path / "t.onnx"
+    result = CliRunner().invoke(cli, ["export-onnx", "fr128", "-o", str(path), "-K", str(bucket_key), "--precision", precision])
+    assert result.exit_code == 0 and "fresh noise 0.15" in result.output, result.output
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {INPUT: z, BUCKETS: keyed.key.bucket(ids)}
+    first, second = (session.run([OUTPUT], feeds)[0] for _ in range(2))
+    exact = keyed.protect(z, users=ids)
+    assert not np.allclose(first, second, atol=1e-2)
+    np.testing.assert_allclose(np.linalg.norm(first, axis=1), np.linalg.norm(exact, axis=1), rtol=2e-3 if precision == "fp16" else 1e-5)
+    agree = np.sum(first * exact, 1) / np.linalg.norm(first, axis=1) / np.linalg.norm(exact, axis=1)
+    assert 0.97 < agree.min() and agree.mean() < 0.995
+    for args in (["--probe", "-K", str(bucket_key), "--fresh-noise", "0.1"], ["--fresh-noise", "0.1"]):
+        result = CliRunner().invoke(cli, ["export-onnx", "fr128", "-o", str(tmp_path / "x.onnx"), *args])
+        assert result.exit_code != 0 and "fresh-noise" in result.output and not (tmp_path / "x.onnx").exists()
 
 
 def test_cli_keygen_buckets(tmp_path):
