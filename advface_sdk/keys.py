@@ -19,7 +19,10 @@ stored under ``id`` is ``R_bucket(id) · advface(z)``. Cosines across buckets me
 who aligns the stolen store to public embeddings must align ``K`` small sets instead of one large one
 (README, column (c): on LFW-sized stores K = 64 leaves the alignment attack at chance). A 1:N probe is
 prepared once per bucket (``(K, d)`` per probe) and each bucket searched in its own partition of the
-store (:class:`~advface_sdk.gallery.Gallery` does this), so accuracy is exactly AdvFace's. ``K`` is part
+store (:class:`~advface_sdk.gallery.Gallery` does this), so accuracy is exactly AdvFace's. A rotation keeps
+every cosine inside a bucket, and a thief holding the very images enrolled computes their AdvFace templates
+exactly; a bucketed ``Gallery`` therefore adds fresh noise to each template it enrolls
+(``Protector.protect(..., fresh_noise=)``), which blurs those cosines at no measured accuracy cost. ``K`` is part
 of the key: it is written in the key file (format ``advface-deployment-key/2``, which older readers
 refuse) and enters ``key_id``; a plain key (``K = 1``) is written and identified exactly as before.
 

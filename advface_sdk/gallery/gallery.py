@@ -91,8 +91,9 @@ class Gallery:
         deployment key file (``advface-cli keygen``) or :class:`DeploymentKey` for a keyed gallery (or a
         keyed :class:`Protector`). ``fresh_noise``: relative size of the noise drawn afresh for every enrolled
         template (:meth:`Protector.protect`; needs a key), recorded in the gallery; ``None`` is
-        :func:`~advface_sdk.protector.default_fresh_noise` for a bucketed key and 0 otherwise. ``store_options``: e.g. ``index="hnsw"``, ``index="ivf", nprobe=32`` or,
-        for Milvus, ``uri=``, ``collection=``.
+        :func:`~advface_sdk.protector.default_fresh_noise` for a bucketed key and 0 otherwise.
+        ``store_options``: e.g. ``index="hnsw"``, ``index="ivf", nprobe=32`` or, for Milvus, ``uri=``,
+        ``collection=``.
         """
         folder = Path(path)
         if (folder / MANIFEST).exists():
