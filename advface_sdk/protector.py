@@ -34,8 +34,8 @@ MAX_FRESH_NOISE = 1.0
 
 def default_fresh_noise(dim: int) -> float:
     """The fresh noise a bucketed gallery adds by default: ``0.15 · sqrt(dim / 128)`` (0.15 for 128-d, 0.30 for
-    512-d templates), which moves the cosine between two stored templates by ~0.02 whatever the width, at no
-    measured LFW cost (README, column (c))."""
+    512-d templates), which moves the cosine between two stored templates by ~0.02 (std) whatever the width, for
+    ~0.1 point of LFW accuracy (``benchmarks/results/threat_matrix/fresh_noise.md``)."""
     return round(0.15 * float(np.sqrt(dim / 128)), 4)
 
 
