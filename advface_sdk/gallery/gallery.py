@@ -286,8 +286,9 @@ class Gallery:
 
         ``fingerprint``: the recognizer that produced them, checked when given. ``protected_by``:
         the embeddings are already templates of that protector id (must be this gallery's), made with the
-        deployment key ``key_id`` (must be this gallery's; ``None`` = unkeyed). ``key_id`` without
-        ``protected_by`` is checked against the gallery's key when given.
+        deployment key ``key_id`` (must be this gallery's; ``None`` = unkeyed); they are stored as given, so
+        add the gallery's :attr:`fresh_noise` when making them (``protect(..., fresh_noise=gallery.fresh_noise)``).
+        ``key_id`` without ``protected_by`` is checked against the gallery's key when given.
         """
         ids = _ids(ids)
         x = self._matrix(embeddings, "embeddings")
