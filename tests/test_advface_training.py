@@ -252,7 +252,7 @@ def test_generator_refuses_a_shadow_of_another_dimension():
 def test_torchrun_two_cpu_processes_train_a_shadow(tmp_path):
     data = synthetic_set(n=64)
     data.save(tmp_path / "pack.npz")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp_path)}  # torchrun's log dirs
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "advface_sdk", "train-shadow", str(tmp_path / "pack.npz"), "--out", str(tmp_path / "shadow"),
            "--id-weight", "0", "--epochs", "2", "--batch-size", "8", "--width", "8", "--device", "cpu"]

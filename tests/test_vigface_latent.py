@@ -237,7 +237,7 @@ def test_torchrun_two_process_gloo_training(fr128, lfw_root, tmp_path):
     FaceTrainingSet.build(ds.subset(ds.identities[:24]), fr128, 16).save(tmp_path / "pack.npz")
     FaceAutoencoder(**{**TINY_AE, "cond_dim": 128}, condition={"recognizer": "fr128", "fingerprint": fr128.fingerprint}
                     ).save_pretrained(tmp_path / "ae")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path)}  # torchrun's log dirs
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vigface_sdk",
            "train-diffusion", str(tmp_path / "pack.npz"), "-a", str(tmp_path / "ae"), "--out", str(tmp_path / "pipe"),
            "--channels", "16,32", "--steps", "3", "--batch-size", "2", "--device", "cpu", "--seed", "1"]
