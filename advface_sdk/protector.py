@@ -39,6 +39,14 @@ def default_fresh_noise(dim: int) -> float:
     return round(0.15 * float(np.sqrt(dim / 128)), 4)
 
 
+def check_fresh_noise(value) -> float:
+    """``value`` as a relative fresh-noise size in ``[0, MAX_FRESH_NOISE]``; :class:`InvalidInputError` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not 0.0 <= float(value) <= MAX_FRESH_NOISE:
+        raise InvalidInputError(f"fresh_noise is a relative noise size in [0, {MAX_FRESH_NOISE}], got {value!r}")
+    return float(value)
+
+
 def _add_fresh_noise(y, size: float):
     """Rows ``y`` (numpy or torch) plus Gaussian noise of relative size ``size``, each row's norm kept.
 
@@ -206,13 +214,11 @@ class Protector:
         return self._map_numpy(embeddings, rows_fn, salts, users)
 
     def _check_noise(self, fresh_noise) -> float:
-        if isinstance(fresh_noise, bool) or not isinstance(fresh_noise, (int, float, np.integer, np.floating)) \
-                or not 0.0 <= float(fresh_noise) <= MAX_FRESH_NOISE:
-            raise InvalidInputError(f"fresh_noise is a relative noise size in [0, {MAX_FRESH_NOISE}], got {fresh_noise!r}")
+        fresh_noise = check_fresh_noise(fresh_noise)
         if fresh_noise and self.key is None:
             raise DeploymentKeyError("fresh_noise blurs the cosines a deployment key keeps: it needs a keyed protector "
                                      "(Protector(model, key=KEYFILE)); unkeyed templates stay exactly AdvFace's")
-        return float(fresh_noise)
+        return fresh_noise
 
     def prepare_probe(self, embeddings, salts=None, users=None):
         """Clean probe embeddings mapped into the key's space: match them by cosine against stored templates.

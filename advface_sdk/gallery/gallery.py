@@ -24,7 +24,7 @@ from facecore.errors import (
 
 from ..artifact import WEIGHTS, default_artifacts
 from ..keys import DeploymentKey, as_key
-from ..protector import DEFAULT_MODEL, MAX_FRESH_NOISE, Protector, default_fresh_noise
+from ..protector import DEFAULT_MODEL, Protector, check_fresh_noise, default_fresh_noise
 from .milvus_store import MAX_ID_LENGTH
 from .stores import VectorStore, store_class
 
@@ -183,11 +183,11 @@ class Gallery:
             if protector_id(prot) != recorded["id"]:
                 raise IncompatibleError(f"{folder} holds templates of protector {recorded['id']}, not {protector_id(prot)}")
             cls._check_key(folder, manifest.get("key_id"), prot.key_id)
-        noise = manifest.get("fresh_noise", 0.0)
-        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise <= MAX_FRESH_NOISE \
-                or noise and manifest.get("key_id") is None:
-            raise ArtifactError(f"{folder / MANIFEST} is corrupt: fresh_noise {noise!r} is not a relative size in "
-                                f"[0, {MAX_FRESH_NOISE}] of a keyed gallery")
+        try:
+            if check_fresh_noise(manifest.get("fresh_noise", 0.0)) and manifest.get("key_id") is None:
+                raise InvalidInputError("fresh_noise belongs to keyed galleries only")
+        except InvalidInputError as exc:
+            raise ArtifactError(f"{folder / MANIFEST} is corrupt: {exc}") from None
         gallery = cls(folder, manifest, None, prot)
         gallery._check_provenance(recognizer_fingerprint, key_id if key_id is not None else gallery.key_id)
         options = {**manifest["store"]["options"], **store_options}
