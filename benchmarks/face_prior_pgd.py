@@ -12,6 +12,15 @@ Utility: how many victims' clean probes still match their stored template at the
     python benchmarks/face_prior_pgd.py --judge runs/vigface_judge_gan/autoencoder --out benchmarks/results/threat_matrix
     python benchmarks/face_prior_pgd.py --judge runs/vigface_judge_gan/autoencoder \
         --shadow-prior runs/vigface_judge2_gan/autoencoder --stem face_prior_pgd_ensemble_fr128
+    python benchmarks/face_prior_pgd.py --judge runs/vigface_judge_gan/autoencoder --variant 60 --variant 1 \
+        --variant 60,0.7,0.05 --stem face_prior_pgd_transfer_fr128
+
+Each ``--variant STEPS[,MIX,NOISE]`` adds a row: PGD with that many steps (one step of size 2.5·budget is a
+single projected gradient step, the FGSM-like attack that is known to transfer better than many small steps);
+with ``MIX,NOISE``, every step renders each template at a random attacker face's latent (the mean latent moved a
+uniform ``[0, MIX]`` of the way to it) and with Gaussian noise of relative size ``NOISE`` on the template
+(expectation over transformation, the usual way to make an adversarial perturbation transfer to models it was not
+optimised against).
 """
 
 from __future__ import annotations
@@ -27,16 +36,37 @@ import numpy as np
 import torch
 
 
+class _Jittered(torch.nn.Module):
+    """A :class:`~advface_sdk.models.decoders.PriorShadow` rendered at a random face's latent (mixed with the
+    mean) and with noise on the template, drawn afresh on every call."""
+
+    def __init__(self, prior, faces: torch.Tensor, mix: float, noise: float, pool: int = 512):
+        super().__init__()
+        self.prior, self.mix, self.noise = prior, mix, noise
+        x = faces[torch.randperm(len(faces))[:pool]].permute(0, 3, 1, 2).float().div(127.5).sub(1)
+        with torch.no_grad():
+            self.latents = prior.autoencoder.encode(x)[0]
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        pick = self.latents[torch.randint(len(self.latents), (len(z),))]
+        alpha = torch.rand(len(z), 1, 1, 1) * self.mix
+        lat = self.prior.latent + alpha * (pick - self.prior.latent)
+        u = torch.nn.functional.normalize(z, dim=1)
+        u = u + self.noise * torch.randn_like(u) / u.shape[1] ** 0.5
+        return (self.prior.autoencoder.decode(lat, u).clamp(-1, 1) + 1) / 2
+
+
 @click.command()
 @click.option("--judge", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A face autoencoder of the attacker's own (never seen by PGD).")
 @click.option("--shadow-prior", "shadow_priors", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="More face autoencoders for PGD to optimise against, next to the shipped one (an ensemble).")
-@click.option("--steps", default=60, show_default=True)
+@click.option("--variant", "variants", multiple=True, default=("60",), show_default=True,
+              help="STEPS or STEPS,MIX,NOISE (expectation over prior latents and template noise); one row each.")
 @click.option("--cache-dir", default="runs/bench_cache", show_default=True)
 @click.option("--out", default="benchmarks/results/threat_matrix", show_default=True, type=click.Path(path_type=Path))
 @click.option("--stem", default="face_prior_pgd_fr128", show_default=True, help="Output file name, without suffix.")
-def main(judge: Path, shadow_priors: tuple[Path, ...], steps: int, cache_dir: str, out: Path, stem: str) -> None:
+def main(judge: Path, shadow_priors: tuple[Path, ...], variants: tuple[str, ...], cache_dir: str, out: Path, stem: str) -> None:
     from advface_sdk.artifact import default_shadow
     from advface_sdk.evaluation.face_prior import FacePriorAttacker, load_face_prior
     from advface_sdk.evaluation.harness import Benchmark, BenchmarkConfig
@@ -69,48 +99,70 @@ def main(judge: Path, shadow_priors: tuple[Path, ...], steps: int, cache_dir: st
     cfg = GeneratorTrainConfig(budget=0.8, distortion_weight=300.0, prior_id_weight=4.0, prior_pixel_weight=1.0)
     rec = ev.recognizer.to_torch()
     shadow = FaceDecoder.from_pretrained(default_shadow("fr128"))
-    pgd = []
-    with click.progressbar(range(0, len(z), 64), label=f"PGD, {steps} steps") as batches:
-        for i in batches:
-            sl = slice(i, i + 64)
-            img = torch.from_numpy(faces[sl]).permute(0, 3, 1, 2).float().div(255)
-            pgd.append(pgd_protect(torch.from_numpy(z[sl]), torch.from_numpy(labels[victims.enrolled][sl]), img, shadow, rec,
-                                   cfg, steps=steps, prior=shadow_prior, start=torch.from_numpy(start[sl])).numpy())
-    pgd = np.concatenate(pgd)
+
+    def run_pgd(priors, steps, label):
+        parts = []
+        with click.progressbar(range(0, len(z), 64), label=label) as batches:
+            for i in batches:
+                sl = slice(i, i + 64)
+                img = torch.from_numpy(faces[sl]).permute(0, 3, 1, 2).float().div(255)
+                parts.append(pgd_protect(torch.from_numpy(z[sl]), torch.from_numpy(labels[victims.enrolled][sl]), img, shadow,
+                                       rec, cfg, steps=steps, prior=priors, start=torch.from_numpy(start[sl])).numpy())
+        return np.concatenate(parts)
 
     thr = float(ev.thresholds[0])
     probes = l2_normalize(ev.emb[victims.probe].astype(np.float64))
-    rows_out = {}
-    for name, stored in (("raw", z), ("advface", start), ("advface + per-sample PGD", pgd)):
-        stored = stored.astype(np.float64)
-        rows_out[name] = {**{k: b._score(a.reconstruct(stored), victims)["type2"] for k, a in attackers.items()},
-                          "probe_match_far1e-3": float(((l2_normalize(stored) * probes).sum(1) > thr).mean()),
-                          "cosine_to_clean": float((l2_normalize(stored) * l2_normalize(z.astype(np.float64))).sum(1).mean())}
     unseen = ("shipped prior", "own prior")  # the shipped prior is seen too; ensemble members are reported apart
-    raw_best = max(rows_out["raw"][k] for k in unseen)
-    for r in rows_out.values():
-        r["strongest"] = max(r[k] for k in unseen)
-        r["reduction_vs_raw"] = raw_best / r["strongest"] if r["strongest"] else None
-    result = {"command": shlex.join(["python", "benchmarks/face_prior_pgd.py", *sys.argv[1:]]), "victims": int(len(z)),
-              "shadow_priors": ["shipped", *map(str, shadow_priors)],
-              "steps": steps, "objective": {k: v for k, v in cfg.__dict__.items() if k != "max_minutes"},
-              "rows": rows_out, "minutes": round((time.perf_counter() - t0) / 60, 1)}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(portable(result), indent=1) + "\n")
+    rows_out: dict[str, dict] = {}
     pct = lambda x: f"{100 * x:.1f} %"
-    lines = ["# (b) fr128: per-sample PGD against the face prior — what the budget sphere allows", "",
-             f"Command: `{result['command']}`", "", __doc__.split("\n\n")[1].replace("\n", " "), "",
-             "| stored template | shipped prior (PGD's shadow) | own prior (never seen) | "
-             + "".join(f"{k} (PGD's shadow) | " for k in attackers if k not in unseen)
-             + "strongest of the first two vs raw | clean probe matches at FAR 1e-3 | cosine to clean |",
-             "|---|---|---|" + "---|" * (len(attackers) - 2) + "---|---|---|"]
-    for name, r in rows_out.items():
-        red = "—" if name == "raw" else f"{r['reduction_vs_raw']:.1f}× below"
-        lines.append(f"| {name} | " + "".join(f"{pct(r[k])} | " for k in attackers) +
-                     f"{red} | {pct(r['probe_match_far1e-3'])} | {r['cosine_to_clean']:.3f} |")
-    lines += ["", f"{result['victims']} victims (LFW folds 9–10); type II by fr512 at FAR 1e-3. "
-              f"{result['minutes']} min on 2 shared CPU cores."]
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+
+    def score(name, stored):
+        stored = stored.astype(np.float64)
+        r = {**{k: b._score(a.reconstruct(stored), victims)["type2"] for k, a in attackers.items()},
+             "probe_match_far1e-3": float(((l2_normalize(stored) * probes).sum(1) > thr).mean()),
+             "cosine_to_clean": float((l2_normalize(stored) * l2_normalize(z.astype(np.float64))).sum(1).mean())}
+        r["strongest"] = max(r[k] for k in unseen)
+        raw_best = rows_out["raw"]["strongest"] if rows_out else r["strongest"]
+        r["reduction_vs_raw"] = raw_best / r["strongest"] if r["strongest"] else None
+        rows_out[name] = r
+
+    def report():
+        """Written after every row, so a long run that is stopped keeps what it measured."""
+        result = {"command": shlex.join(["python", "benchmarks/face_prior_pgd.py", *sys.argv[1:]]), "victims": int(len(z)),
+                  "shadow_priors": ["shipped", *map(str, shadow_priors)],
+                  "variants": list(variants), "rows_done": len(rows_out) - 2,
+                  "objective": {k: v for k, v in cfg.__dict__.items() if k != "max_minutes"},
+                  "rows": rows_out, "minutes": round((time.perf_counter() - t0) / 60, 1)}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{stem}.json").write_text(json.dumps(portable(result), indent=1) + "\n")
+        lines = ["# (b) fr128: per-sample PGD against the face prior — what the budget sphere allows", "",
+                 f"Command: `{result['command']}`", "", __doc__.split("\n\n")[1].replace("\n", " "), "",
+                 "| stored template | shipped prior (PGD's shadow) | own prior (never seen) | "
+                 + "".join(f"{k} (PGD's shadow) | " for k in attackers if k not in unseen)
+                 + "strongest of the first two vs raw | clean probe matches at FAR 1e-3 | cosine to clean |",
+                 "|---|---|---|" + "---|" * (len(attackers) - 2) + "---|---|---|"]
+        for name, r in rows_out.items():
+            red = "—" if name == "raw" else f"{r['reduction_vs_raw']:.1f}× below"
+            lines.append(f"| {name} | " + "".join(f"{pct(r[k])} | " for k in attackers) +
+                         f"{red} | {pct(r['probe_match_far1e-3'])} | {r['cosine_to_clean']:.3f} |")
+        lines += ["", f"{result['victims']} victims (LFW folds 9–10); type II by fr512 at FAR 1e-3. "
+                  f"{result['minutes']} min on 2 shared CPU cores."]
+        (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+
+    score("raw", z)
+    score("advface", start)
+    report()
+    torch.manual_seed(0)
+    for spec in variants:
+        steps, *eot = spec.split(",")
+        name = f"advface + PGD, {int(steps)} step{'s' * (int(steps) > 1)}"
+        priors = shadow_prior
+        if eot:
+            mix, noise = (float(v) for v in eot)
+            name += f", EOT mix {mix:g}, noise {noise:g}"
+            priors = [_Jittered(p, torch.from_numpy(train.images), mix, noise) for p in shadow_prior]
+        score(name, run_pgd(priors, int(steps), name))
+        report()
     click.echo((out / f"{stem}.md").read_text())
 
 
