@@ -10,52 +10,35 @@ wrong salt, a genuine probe no longer matches anything.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
+from _lfw_pairs import THRESHOLD, parse_args, two_photos_each
 from advface_sdk import DeploymentKey, Protector, new_salt
-from facecore.data import IdentityFolderDataset
 from facecore.errors import FacePrivacyError
 from facecore.metrics import cosine_scores
-from facecore.paths import shared_path
-from facecore.recognizers import create_recognizer
-
-THRESHOLD = 0.28  # mean best LFW threshold of both shared recognizers (see benchmarks/results/lfw_verification.md)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--recognizer", default="fr128", choices=["fr128", "fr512"])
-    ap.add_argument("--people", nargs="+", default=["Colin_Powell", "Serena_Williams", "Tony_Blair", "Hugo_Chavez"])
-    args = ap.parse_args()
+    args = parse_args(__doc__.splitlines()[0])
     try:
-        root = shared_path("data", "lfw", "aligned112")
-        data = IdentityFolderDataset.from_folder(root).subset(args.people)
+        rec, names, enrol, live = two_photos_each(args.recognizer, args.people)
     except FacePrivacyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    rec = create_recognizer(args.recognizer)
-    first = [int(np.flatnonzero(data.labels == k)[0]) for k in range(len(data.identities))]
-    second = [int(np.flatnonzero(data.labels == k)[1]) for k in range(len(data.identities))]
-
     with tempfile.TemporaryDirectory() as tmp:  # a real deployment keeps the key file with the matcher, not here
         plain = Protector(args.recognizer, recognizer_fingerprint=rec.fingerprint)
         key_file = DeploymentKey.generate(plain.artifact.protector_id).save(Path(tmp) / "deploy.key")
         protector = Protector(args.recognizer, recognizer_fingerprint=rec.fingerprint, key=key_file)
 
-    salts = [new_salt() for _ in data.identities]  # one per user, handed to the user at enrolment
-    enrol = rec.embed(np.stack([data.load(i) for i in first]))
+    salts = [new_salt() for _ in names]  # one per user, handed to the user at enrolment
     store = protector.protect(enrol, salts=salts)  # store only this, with protector.key.key_id
 
-    live = rec.embed(np.stack([data.load(i) for i in second]))
     print(f"key {protector.key.key_id}; accept if cosine > {THRESHOLD}")
     print(f"{'claim':<18} {'genuine':>8} {'impostor':>9} {'genuine, wrong salt':>20}")
-    for k, name in enumerate(data.identities):
-        other = (k + 1) % len(first)
+    for k, name in enumerate(names):
+        other = (k + 1) % len(names)
         gen = cosine_scores(store[k:k + 1], protector.prepare_probe(live[k:k + 1], salts=salts[k]))[0]
         imp = cosine_scores(store[k:k + 1], protector.prepare_probe(live[other:other + 1], salts=salts[k]))[0]
         stolen = cosine_scores(store[k:k + 1], protector.prepare_probe(live[k:k + 1], salts=salts[other]))[0]
