@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 
 from facecore.data import IdentityFolderDataset
-from facecore.errors import InvalidInputError
+from facecore.errors import FacePrivacyError, InvalidInputError
 from facecore.paths import shared_path
 from facecore.recognizers import create_recognizer
 
@@ -15,11 +16,18 @@ THRESHOLD = 0.28  # mean best LFW threshold of both shared recognizers (see benc
 PEOPLE = ["Colin_Powell", "Serena_Williams", "Tony_Blair", "Hugo_Chavez"]
 
 
-def parse_args(description: str) -> argparse.Namespace:
+def setup(description: str):
+    """Parse ``--recognizer`` / ``--people`` and return ``(args, *two_photos_each(...))``; without the shared data
+    (or with a bad name) print one ``error:`` line and exit with status 2."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--recognizer", default="fr128", choices=["fr128", "fr512"])
     ap.add_argument("--people", nargs="+", default=PEOPLE)
-    return ap.parse_args()
+    args = ap.parse_args()
+    try:
+        return (args, *two_photos_each(args.recognizer, args.people))
+    except FacePrivacyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def two_photos_each(recognizer: str, people: list[str]):

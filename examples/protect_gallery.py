@@ -10,19 +10,13 @@ from __future__ import annotations
 
 import sys
 
-from _lfw_pairs import THRESHOLD, parse_args, two_photos_each
+from _lfw_pairs import THRESHOLD, setup
 from advface_sdk import Protector
-from facecore.errors import FacePrivacyError
 from facecore.metrics import cosine_scores
 
 
 def main() -> int:
-    args = parse_args(__doc__.splitlines()[0])
-    try:
-        rec, names, enrol, probes = two_photos_each(args.recognizer, args.people)
-    except FacePrivacyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    args, rec, names, enrol, probes = setup(__doc__.splitlines()[0])
     protector = Protector(args.recognizer, recognizer_fingerprint=rec.fingerprint)  # refuses other recognizers
     gallery = protector.protect(enrol)  # store this, never `enrol`
 

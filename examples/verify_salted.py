@@ -14,19 +14,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _lfw_pairs import THRESHOLD, parse_args, two_photos_each
+from _lfw_pairs import THRESHOLD, setup
 from advface_sdk import DeploymentKey, Protector, new_salt
-from facecore.errors import FacePrivacyError
 from facecore.metrics import cosine_scores
 
 
 def main() -> int:
-    args = parse_args(__doc__.splitlines()[0])
-    try:
-        rec, names, enrol, live = two_photos_each(args.recognizer, args.people)
-    except FacePrivacyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    args, rec, names, enrol, live = setup(__doc__.splitlines()[0])
     with tempfile.TemporaryDirectory() as tmp:  # a real deployment keeps the key file with the matcher, not here
         plain = Protector(args.recognizer, recognizer_fingerprint=rec.fingerprint)
         key_file = DeploymentKey.generate(plain.artifact.protector_id).save(Path(tmp) / "deploy.key")
