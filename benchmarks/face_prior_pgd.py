@@ -53,7 +53,7 @@ class _Jittered(torch.nn.Module):
         lat = self.prior.latent + alpha * (pick - self.prior.latent)
         u = torch.nn.functional.normalize(z, dim=1)
         u = u + self.noise * torch.randn_like(u) / u.shape[1] ** 0.5
-        return (self.prior.autoencoder.decode(lat, u).clamp(-1, 1) + 1) / 2
+        return self.prior(u, lat)
 
 
 @click.command()

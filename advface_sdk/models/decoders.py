@@ -120,6 +120,7 @@ class PriorShadow(nn.Module):
     def size(self) -> int:
         return int(self.autoencoder.image_size)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        img = self.autoencoder.decode(self.latent.expand(len(z), *self.latent.shape), z)
-        return (img.clamp(-1, 1) + 1) / 2
+    def forward(self, z: torch.Tensor, latents: torch.Tensor | None = None) -> torch.Tensor:
+        """Renders of templates ``z``; ``latents`` ``(N, C, s, s)`` replace the mean latent (one per row)."""
+        lat = self.latent.expand(len(z), *self.latent.shape) if latents is None else latents
+        return (self.autoencoder.decode(lat, z).clamp(-1, 1) + 1) / 2
