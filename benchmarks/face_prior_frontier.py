@@ -18,7 +18,10 @@ plus the benchmark's non-adaptive decoder (cached by ``advface-cli benchmark``; 
 face prior as a second shadow, ``advface-cli train-generator --face-prior``). Such a generator has seen the
 shipped prior, so fooling it proves little: ``--judge FOLDER`` adds a face autoencoder the *attacker* trained
 himself (another seed, never seen by any generator; ``benchmarks/vigface_train.py autoencoder --seed 1``), and
-the non-adaptive attacker runs with it too. ``--schemes`` keeps only the named points.
+the non-adaptive attacker runs with it too. ``--denoise K`` adds the shipped prior and the decoder behind a
+PCA projection onto the top ``K`` principal directions of the thief's clean embeddings
+(:class:`~advface_sdk.evaluation.denoise.SubspaceDenoiser`; still non-adaptive: no SDK output is used).
+``--schemes`` keeps only the named points.
 
     python benchmarks/face_prior_frontier.py --recognizer fr128 --cache-dir runs/bench_cache --out benchmarks/results/threat_matrix
 
@@ -68,16 +71,19 @@ def _advface_plus_noise(artifact: str, budget: float, seed: int):
 @click.option("--artifact", "artifacts", multiple=True, metavar="LABEL=FOLDER", help="Another protector artifact as a point.")
 @click.option("--judge", default=None, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A face autoencoder of the attacker's own (never seen by a generator).")
+@click.option("--denoise", "denoise", multiple=True, type=click.IntRange(min=1),
+              help="Also attack through a PCA projection onto this many principal directions (repeatable).")
 @click.option("--schemes", default=None, help="Comma-separated point labels to keep (default: all).")
 @click.option("--stem", default=None, help="Output file stem (default face_prior_frontier_<recognizer>).")
 def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts: tuple[str, ...], judge: Path | None,
-         schemes: str | None, stem: str | None) -> None:
+         denoise: tuple[int, ...], schemes: str | None, stem: str | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from advface_sdk.evaluation.attacks import decoder_inputs, train_attacker
+    from advface_sdk.evaluation.denoise import SubspaceDenoiser
     from advface_sdk.evaluation.face_prior import FacePriorAttacker
     from advface_sdk.evaluation.grid import save_reconstruction_grid
     from advface_sdk.evaluation.harness import Benchmark, BenchmarkConfig
@@ -104,13 +110,15 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts
     defender = ev.emb[ev.mask("defender")]
     artifact = recognizer
 
-    def fit(method, autoencoder=None) -> FacePriorAttacker:
+    def fit(method, autoencoder=None, denoiser=None) -> FacePriorAttacker:
         return FacePriorAttacker.fit(decoder_inputs(method.protect_gallery(train.embeddings, users)), prior["prototypes"],
                                      train.images, train.labels, autoencoder or prior["autoencoder"],
-                                     b.cfg.attacker.val_fraction, seed)
+                                     b.cfg.attacker.val_fraction, seed, denoiser)
 
     raw = create_method("none", seed=seed).fit(defender)
     non_adaptive = fit(raw)
+    denoisers = {k: SubspaceDenoiser.fit(train.embeddings, k=k) for k in denoise}  # his clean faces, no SDK
+    denoised = {k: fit(raw, denoiser=d) for k, d in denoisers.items()}
     own = None
     if judge is not None:
         from advface_sdk.evaluation.face_prior import load_face_prior
@@ -141,6 +149,8 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts
                "face_prior_adaptive": {**b._score(adaptive.reconstruct(stolen), victims), "map": adaptive.info["map"]},
                **({"own_prior_non_adaptive": b._score(own.reconstruct(stolen), victims)} if own else {}),
                "decoder_non_adaptive": b._success(decoder, stolen, victims),
+               **{f"face_prior_pca{k}_non_adaptive": b._score(att.reconstruct(stolen), victims) for k, att in denoised.items()},
+               **{f"decoder_pca{k}_non_adaptive": b._success(decoder, d(stolen), victims) for k, d in denoisers.items()},
                "minutes": round((time.perf_counter() - t) / 60, 2)}
         points.append(res)
         if not label.startswith(("gaussian ", "advface+noise ")):
@@ -148,11 +158,13 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts
         click.echo(f"{label}: acc {100 * res['accuracy']:.2f}  face prior non-adaptive "
                    f"{100 * res['face_prior_non_adaptive']['type2']:.1f} %  adaptive "
                    f"{100 * res['face_prior_adaptive']['type2']:.1f} %  "
-                   + (f"own prior {100 * res['own_prior_non_adaptive']['type2']:.1f} %  " if own else "") + "decoder "
+                   + (f"own prior {100 * res['own_prior_non_adaptive']['type2']:.1f} %  " if own else "")
+                   + "".join(f"PCA-{k} {100 * res[f'face_prior_pca{k}_non_adaptive']['type2']:.1f} %  " for k in denoise) + "decoder "
                    f"{100 * res['decoder_non_adaptive']['type2']:.1f} %  ({res['minutes']} min)", err=True)
 
     raw_acc = points[0]["accuracy"]
-    columns = ("face_prior_non_adaptive", "face_prior_adaptive") + (("own_prior_non_adaptive",) if own else ())
+    columns = (("face_prior_non_adaptive", "face_prior_adaptive") + (("own_prior_non_adaptive",) if own else ())
+               + tuple(f"face_prior_pca{k}_non_adaptive" for k in denoise))
     raw_t2 = max(points[0][c]["type2"] for c in columns)
     for p in points:
         p["accuracy_cost_points"] = round(100 * (raw_acc - p["accuracy"]), 3)
@@ -174,6 +186,7 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts
               "threat_model": "(b) database and deployment key stolen: the thief has plain AdvFace templates, the SDK, "
                               "the public recognizers, his own faces and the VIGFace face prior",
               "decoder": dec_info, "face_prior": non_adaptive.info, "points": points,
+              "denoisers": [d.info for d in denoisers.values()],
               **({"own_prior": {"folder": str(judge), **own.info}} if own else {}),
               "best_within_0.3_points": best and best["scheme"], "cheapest_5x": cheapest and cheapest["scheme"],
               "best_within_0.3_points_non_adaptive": best_na and best_na["scheme"],
@@ -189,19 +202,26 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts
              f"Threat model: {result['threat_model']}. {result['victims']} victims (LFW folds 9–10); type II = the "
              f"reconstruction matches another photo of the victim by {ev.evaluator_name} at FAR 1e-3. Accuracy: LFW View-2 "
              "folds 6–10, stored template vs clean probe. *Noise* is fresh randomness of that size relative to the "
-             "template, never stored (the thief's own faces get other draws).", "",
+             "template, never stored (the thief's own faces get other draws)."
+             + (" *PCA-k*: the stolen templates are first projected onto the top k principal directions of clean "
+                "embeddings of the thief's own faces (" + ", ".join(f"k = {d.k} keeps {100 * d.variance_kept:.1f} % of "
+                "their variance" for d in denoisers.values()) + "); non-adaptive, no SDK output used." if denoise else ""), "",
              "| scheme | accuracy (cost) | face prior, non-adaptive |" + (" own prior, non-adaptive |" if own else "")
-             + " strongest non-adaptive vs raw | face prior, adaptive | strongest vs raw | decoder, non-adaptive |",
-             "|---|---|---|" + ("---|" if own else "") + "---|---|---|---|"]
+             + "".join(f" face prior, PCA-{k}, non-adaptive |" for k in denoise)
+             + " strongest non-adaptive vs raw | face prior, adaptive | strongest vs raw | decoder, non-adaptive |"
+             + "".join(f" decoder, PCA-{k}, non-adaptive |" for k in denoise),
+             "|---|---|---|" + ("---|" if own else "") + "---|" * len(denoise) + "---|---|---|---|" + "---|" * len(denoise)]
     fold = lambda r: "—" if r is None else f"{r:.1f}× below"
     for p in points:
         first = p is points[0]
         lines.append(f"| {p['scheme']} | {100 * p['accuracy']:.2f} % ({p['accuracy_cost_points']:+.2f}) | "
                      f"{pct(p['face_prior_non_adaptive']['type2'])} | "
                      + (f"{pct(p['own_prior_non_adaptive']['type2'])} | " if own else "")
+                     + "".join(f"{pct(p[f'face_prior_pca{k}_non_adaptive']['type2'])} | " for k in denoise)
                      + f"{'—' if first else fold(p['non_adaptive_reduction_vs_raw'])} | "
                      f"{pct(p['face_prior_adaptive']['type2'])} ({p['face_prior_adaptive']['map']}) | "
-                     f"{'—' if first else fold(p['reduction_vs_raw'])} | {pct(p['decoder_non_adaptive']['type2'])} |")
+                     f"{'—' if first else fold(p['reduction_vs_raw'])} | {pct(p['decoder_non_adaptive']['type2'])} |"
+                     + "".join(f" {pct(p[f'decoder_pca{k}_non_adaptive']['type2'])} |" for k in denoise))
 
     def verdict(title: str, best, cheapest, key: str, reduction: str) -> list[str]:
         return [f"{title}: within 0.3 points the best is **{best['scheme'] if best else 'none'}**"

@@ -34,6 +34,7 @@ from facecore.errors import InvalidInputError
 from facecore.metrics import cosine_scores
 
 from ..models.decoders import PriorShadow
+from .denoise import SubspaceDenoiser
 
 
 
@@ -105,16 +106,19 @@ class FacePriorAttacker:
     ridge: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (mean_in, W, mean_out)
     mlp: _Mlp | None = None
     info: dict | None = None
+    denoiser: SubspaceDenoiser | None = None  # applied to every template before the map
 
     @classmethod
     def fit(cls, templates: np.ndarray, prototypes: np.ndarray, images: np.ndarray, labels: np.ndarray,
-            autoencoder: torch.nn.Module | None = None, val_fraction: float = 0.1, seed: int = 0) -> "FacePriorAttacker":
+            autoencoder: torch.nn.Module | None = None, val_fraction: float = 0.1, seed: int = 0,
+            denoiser: SubspaceDenoiser | None = None) -> "FacePriorAttacker":
         """``templates``: the scheme's output for the attacker's faces (decoder inputs, one row per face);
         ``prototypes``: the fr128 embeddings of the same faces; ``images``: the faces, uint8 RGB at the
-        prior's size; ``labels``: identities, for a held-out split by identity."""
+        prior's size; ``labels``: identities, for a held-out split by identity; ``denoiser``: a projection
+        applied to every template (his and the stolen ones) before the map."""
         from ..training.reconstruction import split_identities
 
-        x = np.asarray(templates, np.float64)
+        x = np.asarray(templates if denoiser is None else denoiser(templates), np.float64)
         y = np.asarray(prototypes, np.float64)
         if x.ndim != 2 or y.ndim != 2 or len(x) != len(y) or len(x) != len(images) or len(x) != len(labels):
             raise InvalidInputError("templates, prototypes, images and labels need one row per attacker face")
@@ -135,17 +139,18 @@ class FacePriorAttacker:
                 best_ridge = (cos, lam, w)
         net, mlp_cos, mlp_epochs = _fit_mlp(x, yu, tr, va, seed)
         kind = "mlp" if mlp_cos > best_ridge[0] else "ridge"
-        info = {"map": kind, "val_cosine_ridge": round(best_ridge[0], 4), "ridge_lambda": best_ridge[1],
+        info = {"map": kind, **({"denoise": denoiser.info} if denoiser else {}),
+                "val_cosine_ridge": round(best_ridge[0], 4), "ridge_lambda": best_ridge[1],
                 "val_cosine_mlp": round(mlp_cos, 4), "mlp_epochs": mlp_epochs, "train_faces": int(len(tr)),
                 "val_faces": int(len(va)), "latent": "mean over the attacker's faces",
                 "mlp_params": int(sum(p.numel() for p in net.parameters())),
                 "prior_params": int(sum(p.numel() for p in ae.parameters()))}
         renderer = PriorShadow(ae, torch.from_numpy(np.ascontiguousarray(images)))
-        return cls(renderer, kind, (mx, best_ridge[2], my), net, info)
+        return cls(renderer, kind, (mx, best_ridge[2], my), net, info, denoiser)
 
     def prototypes(self, templates: np.ndarray) -> np.ndarray:
         """Predicted fr128 prototypes (unit rows) of stolen templates."""
-        x = np.asarray(templates, np.float64)
+        x = np.asarray(templates if self.denoiser is None else self.denoiser(templates), np.float64)
         if self.kind == "mlp":
             with torch.no_grad():
                 t = torch.from_numpy(x.astype(np.float32))
