@@ -167,6 +167,9 @@ def train_shadow(pack_file, recognizer, channel_order, mean, std, out, epochs, b
 @click.option("--face-prior", multiple=True,
               help="A face autoencoder folder to train against as a second shadow ('default': the VIGFace one); "
                    "its embedding space must be the recognizer's. Repeat for an ensemble of priors (terms averaged).")
+@click.option("--denoise-prior", type=click.IntRange(min=1), default=None,
+              help="With --face-prior: also train against each prior behind a PCA projection onto this many "
+                   "principal directions of the pack's clean embeddings (the denoising attacker).")
 @click.option("--prior-id-weight", default=4.0, show_default=True, help="With --face-prior: weight of its identity term.")
 @click.option("--prior-pixel-weight", default=1.0, show_default=True, help="With --face-prior: weight of its pixel term.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
@@ -176,7 +179,7 @@ def train_shadow(pack_file, recognizer, channel_order, mean, std, out, epochs, b
 @friendly_errors
 def train_generator_cmd(pack_file, recognizer, channel_order, mean, std, shadow, out, budget, hidden, epochs, batch_size, lr,
                         utility_weight, genuine_weight, genuine_margin, distortion_weight, init_artifact, face_prior,
-                        prior_id_weight, prior_pixel_weight, seed, max_minutes, checkpoint_dir, device) -> None:
+                        denoise_prior, prior_id_weight, prior_pixel_weight, seed, max_minutes, checkpoint_dir, device) -> None:
     """Train the noise generator against a frozen shadow model and write a protector artifact."""
     from facecore.training.distributed import cleanup, init_distributed
     from facecore.training.face_pack import FaceTrainingSet
@@ -199,8 +202,13 @@ def train_generator_cmd(pack_file, recognizer, channel_order, mean, std, shadow,
 
         from facecore.errors import IncompatibleError
 
+        from .evaluation.denoise import SubspaceDenoiser
         from .evaluation.face_prior import load_face_prior
         from .models.decoders import PriorShadow
+
+        den = SubspaceDenoiser.fit(train.embeddings, k=denoise_prior) if denoise_prior else None
+    elif denoise_prior:
+        raise click.UsageError("--denoise-prior needs --face-prior")
     for name in face_prior:
         ae = load_face_prior(None if name == "default" else name)
         space = ae.config.get("condition", {}).get("fingerprint")
@@ -208,6 +216,8 @@ def train_generator_cmd(pack_file, recognizer, channel_order, mean, std, shadow,
             raise IncompatibleError(f"the face prior {name} renders prototypes of recognizer {space}, "
                                     f"the pack is embedded by {train.fingerprint}")
         priors.append(PriorShadow(ae, torch.from_numpy(train.images)))
+        if den is not None:
+            priors.append(PriorShadow(ae, torch.from_numpy(train.images), subspace=(den.mean, den.basis)))
     init = None
     if init_artifact:
         art = load_artifact(init_artifact)
@@ -219,6 +229,7 @@ def train_generator_cmd(pack_file, recognizer, channel_order, mean, std, shadow,
         save_artifact(gen.cpu(), out, _rec_info(train, rec),
                       {"images": len(train), "identities": int(len(set(train.labels.tolist()))), "shadow": shadow.name,
                        **({"face_prior": list(face_prior)} if face_prior else {}),
+                       **({"denoise_prior": den.info} if denoise_prior else {}),
                        **({"init": str(init_artifact)} if init_artifact else {}), **state})
         click.echo(f"saved protector artifact to {out}")
     cleanup(ctx)

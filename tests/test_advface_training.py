@@ -222,6 +222,25 @@ def test_an_ensemble_of_face_priors_averages_their_terms():
         train_generator(data, shadow, rec, cfg, progress=False, prior=[first, PriorShadow(_small_prior(8), faces)])
 
 
+def test_a_prior_behind_a_subspace_renders_what_the_denoising_attacker_feeds_it():
+    from advface_sdk.evaluation.denoise import SubspaceDenoiser
+
+    torch.manual_seed(0)
+    data = synthetic_set()
+    _, z, _ = data.tensors(torch.device("cpu"))
+    faces = torch.from_numpy(data.images)
+    ae = _small_prior()
+    den = SubspaceDenoiser.fit(data.embeddings, k=4)
+    plain, behind = PriorShadow(ae, faces), PriorShadow(ae, faces, subspace=(den.mean, den.basis))
+    with torch.no_grad():
+        assert torch.allclose(behind(z[:8]), plain(torch.from_numpy(den(z[:8].numpy()))), atol=1e-5)
+        weak = torch.from_numpy(np.linalg.svd(data.embeddings - data.embeddings.mean(0), full_matrices=False)[2][-1]).float()
+        moved = F.normalize(z[:8], dim=1) + 0.5 * weak  # noise where the clean faces do not vary
+        assert (behind(moved) - behind(F.normalize(z[:8], dim=1))).abs().max() < (plain(moved) - plain(z[:8])).abs().max()
+    with pytest.raises(InvalidInputError):
+        PriorShadow(ae, faces, subspace=(den.mean[:3], den.basis))
+
+
 def test_face_prior_shadow_refuses_mismatches():
     data = synthetic_set()
     shadow = FaceDecoder(16, 64, width=8).eval()

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from facecore.errors import InvalidInputError
@@ -100,9 +102,12 @@ class PriorShadow(nn.Module):
     :class:`~vigface_sdk.models.autoencoder.FaceAutoencoder`); the latent is the mean over ``faces``,
     as the face-prior attacker (``evaluation.face_prior``) renders a stolen template: a frontal, evenly
     lit average face carrying the template's identity. Frozen; gradients flow to the template only.
+    ``subspace`` = ``(mean, basis)`` first projects every template onto that principal subspace of clean
+    embeddings, as a denoising attacker does (:class:`~advface_sdk.evaluation.denoise.SubspaceDenoiser`).
     """
 
-    def __init__(self, autoencoder: nn.Module, faces: torch.Tensor, batch: int = 256):
+    def __init__(self, autoencoder: nn.Module, faces: torch.Tensor, batch: int = 256,
+                 subspace: tuple[np.ndarray, np.ndarray] | None = None):
         super().__init__()
         if faces.ndim != 4 or faces.shape[-1] != 3 or faces.dtype != torch.uint8 or not len(faces):
             raise InvalidInputError(f"faces must be a non-empty uint8 (N, S, S, 3) RGB batch, got {tuple(faces.shape)} {faces.dtype}")
@@ -111,6 +116,13 @@ class PriorShadow(nn.Module):
         with torch.no_grad():
             lat = torch.cat([self.autoencoder.encode(x[i:i + batch])[0] for i in range(0, len(x), batch)]).mean(0)
         self.register_buffer("latent", lat)
+        self.subspace = subspace is not None
+        if subspace is not None:
+            mean, basis = (torch.as_tensor(np.asarray(a), dtype=torch.float32) for a in subspace)
+            if mean.shape != (self.dim,) or basis.ndim != 2 or basis.shape[0] != self.dim:
+                raise InvalidInputError(f"subspace must be a ({self.dim},) mean and a ({self.dim}, k) basis")
+            self.register_buffer("sub_mean", mean)
+            self.register_buffer("sub_basis", basis)
 
     @property
     def dim(self) -> int:
@@ -123,4 +135,7 @@ class PriorShadow(nn.Module):
     def forward(self, z: torch.Tensor, latents: torch.Tensor | None = None) -> torch.Tensor:
         """Renders of templates ``z``; ``latents`` ``(N, C, s, s)`` replace the mean latent (one per row)."""
         lat = self.latent.expand(len(z), *self.latent.shape) if latents is None else latents
+        if self.subspace:
+            centred = F.normalize(z, dim=1) - self.sub_mean
+            z = F.normalize(centred @ self.sub_basis @ self.sub_basis.T + self.sub_mean, dim=1)
         return (self.autoencoder.decode(lat, z).clamp(-1, 1) + 1) / 2
