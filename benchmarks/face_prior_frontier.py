@@ -135,7 +135,10 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts
             raise InvalidInputError(f"unknown schemes {sorted(unknown)}; points: {', '.join(label for label, _, _ in specs)}")
         specs = [sp for sp in specs if sp[0] in keep]
     points = []
-    strongest = own or non_adaptive  # the grid shows the attacker no generator has seen, when there is one
+    # the grid shows the denoising attacker when there is one (no generator is trained against it by default),
+    # else the attacker's own prior (no generator has seen it)
+    strongest = denoised[max(denoised)] if denoised else own or non_adaptive
+    shown = f"shipped face prior behind PCA-{max(denoised)}" if denoised else "own face prior" if own else "shipped face prior"
     grid = {"true": ev.true_rgb(victims.enrolled[:GRID_VICTIMS], 64)}
     for label, budget, make in specs:
         t = time.perf_counter()
@@ -240,7 +243,7 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
     save_reconstruction_grid(out / f"{stem}_grid.png", grid, title=f"{recognizer}, key stolen: "
-                             f"{'own' if own else 'shipped'} face prior, non-adaptive (first {GRID_VICTIMS} victims)")
+                             f"{shown}, non-adaptive (first {GRID_VICTIMS} victims)")
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for kind, marker in (("gaussian", "o"), ("advface+noise", "s")):
         sel = [p for p in points if p["scheme"].startswith(kind + " ")]
