@@ -37,7 +37,7 @@ def test_bad_input_is_refused():
     rng = np.random.default_rng(1)
     x = _anisotropic(100, rng)
     den = SubspaceDenoiser.fit(x, k=3)
-    for bad in (x[:10], np.full_like(x, np.nan), x[:, 0]):
+    for bad in (x[:1], np.full_like(x, np.nan), x[:, 0]):
         with pytest.raises(InvalidInputError):
             SubspaceDenoiser.fit(bad)
     for kwargs in ({"k": 0}, {"k": 17}, {"variance": 1.5}):

@@ -107,6 +107,9 @@ def test_quick_benchmark_end_to_end(shared, tmp_path):
     assert raw["storage"] == {"bytes_per_template": 512, "values": 128, "expansion_vs_float32": 1.0}
     assert rows["biohashing"]["storage"]["bytes_per_template"] == 16
     assert rows["biohashing"]["attack"]["non_adaptive"] is None  # bit codes are not embeddings
+    assert rows["biohashing"]["attack"]["non_adaptive_denoised"] is None
+    assert 0 < result["attackers"]["denoiser"]["k"] < 128 and result["attackers"]["denoiser"]["variance_kept"] >= 0.9
+    assert 0 <= raw["attack"]["non_adaptive_denoised"]["type2"] <= 1
     for name, row in rows.items():
         assert row["cost"]["protect_us"] > 0 and row["cost"]["match_us"] > 0
         adaptive = row["attack"]["adaptive"]
@@ -128,6 +131,7 @@ def test_quick_benchmark_end_to_end(shared, tmp_path):
         assert keyed["threats"]["reid_key_secret"] < 0.25 < plain["threats"]["reid_key_secret"]
         assert keyed["attack"]["embedding"]["rank1"] == plain["attack"]["embedding"]["rank1"]  # key stolen
         assert keyed["attack"]["non_adaptive_key_stolen"] == plain["attack"]["non_adaptive"]
+        assert keyed["attack"]["non_adaptive_denoised_key_stolen"] == plain["attack"]["non_adaptive_denoised"]
         assert 0 <= keyed["threats"]["known_plaintext_100"]["rank1"] <= 1 and keyed["threats"]["alignment"]["type2"] is not None
         found = keyed["threats"]["alignment"]["attackers"]  # (c): every pair-free attacker, the row keeps the strongest
         assert {"Gromov-Wasserstein (clean photos)", "Gromov-Wasserstein (photos under the public SDK)"} <= set(found)
@@ -141,7 +145,7 @@ def test_quick_benchmark_end_to_end(shared, tmp_path):
     md = paths["md"].read_text()
     assert "| none |" in md and "| biohashing |" in md and "re-id rank-1" in md and "## Threat matrix" in md
     assert json.loads(paths["json"].read_text())["methods"]["none"]["utility"]["accuracy"] == raw["utility"]["accuracy"]
-    assert "(e) face prior, key secret" in md and "### Linking a stolen template" in md
+    assert "(b) non-adaptive, PCA-projected" in md and "(e) face prior, key secret" in md and "### Linking a stolen template" in md
     for key in ("curve", "roc", "grid") + (("adaptive_png",) if "advface" in rows else ()):
         assert paths[key].read_bytes()[:4] == b"\x89PNG"
 

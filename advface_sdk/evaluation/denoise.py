@@ -34,8 +34,8 @@ class SubspaceDenoiser:
         """Fit on clean embeddings (rows are L2-normalised first). ``k``: directions to keep; without it, the
         fewest that keep ``variance`` of the clean variance."""
         x = np.asarray(embeddings, np.float64)
-        if x.ndim != 2 or len(x) <= x.shape[1] or not np.isfinite(x).all():
-            raise InvalidInputError(f"need more finite clean embeddings than dimensions, got shape {x.shape}")
+        if x.ndim != 2 or len(x) < 2 or not np.isfinite(x).all():
+            raise InvalidInputError(f"need at least two finite clean embeddings (N, d), got shape {x.shape}")
         x = l2_normalize(x)
         mean = x.mean(0)
         eigval, eigvec = np.linalg.eigh(np.cov((x - mean).T))

@@ -25,6 +25,7 @@ from facecore.paths import cache_dir as default_cache_dir
 from .attacks import (AttackerConfig, align_without_pairs, decoder_inputs, known_plaintext_attack, l2_normalize,
                       match_without_pairs, matched_rank1, procrustes, rank1, reidentification,
                       score_matrix, train_attacker)
+from .denoise import SubspaceDenoiser
 from .lfw_setup import OTHER, LfwEvaluation
 from .methods import ProtectionMethod, create_method, list_methods
 from .privacy import Victims, attack_success, decode_to_crops, pick_victims, random_face_baseline
@@ -292,6 +293,7 @@ class Benchmark:
         with st("train non-adaptive attacker"):
             base_dec, base_info = train_attacker(train, rec_torch, cfg.attacker, cache_dir=self.cache, device=cfg.device,
                                                  progress=cfg.progress)
+            denoiser = SubspaceDenoiser.fit(train.embeddings)  # PCA on his clean faces: the same decoder, denoised input
         pgd_victims = Victims(victims.enrolled[:cfg.pgd_victims], victims.probe[:cfg.pgd_victims])
         rows: dict[str, dict] = {}
         adaptive_decoders: dict[str, object] = {}
@@ -316,6 +318,7 @@ class Benchmark:
                 row["attack"]["non_adaptive"] = (
                     self._success(base_dec, stolen, vic, keep if name in ("none", "advface") else 0,
                                   f"{name} (non-adaptive)") if fits else None)
+                row["attack"]["non_adaptive_denoised"] = self._success(base_dec, denoiser(stolen), vic) if fits else None
                 if not fits:
                     row["notes"].append("non-adaptive: n/a (template is not an embedding of the recognizer's size)")
                 row["attack"]["adaptive"] = self._adaptive(name, method, stolen, vic, train, train_users, rec_torch,
@@ -327,7 +330,8 @@ class Benchmark:
                 sm = score_matrix(method, stolen, labels[vic.enrolled], ev.emb[cand])
                 row["attack"]["embedding"] = reidentification(sm, labels[vic.enrolled], labels[cand])
                 if name in KEYED:
-                    self._key_stolen(method, stolen, labels[vic.enrolled], vic, base_dec, adaptive_decoders, row, priors, keep)
+                    self._key_stolen(method, stolen, labels[vic.enrolled], vic, base_dec, adaptive_decoders, row, priors, keep,
+                                     denoiser)
                 row["threats"] = self._threats(method, stolen, vic, train, train_users, base_dec, dim)
             rows[name] = row
 
@@ -342,7 +346,7 @@ class Benchmark:
                          "victims": int(len(victims.enrolled)), "pgd_victims": int(len(pgd_victims.enrolled))},
             "thresholds_far1e-3": {"protected": thr_p, "evaluator": thr_e},
             "random_face_type2": chance,
-            "attackers": {"non_adaptive": base_info,
+            "attackers": {"non_adaptive": base_info, "denoiser": denoiser.info,
                           "adaptive_budget": cfg.attacker.budget(True), "non_adaptive_budget": cfg.attacker.budget(False),
                           "face_prior_budget": ("template → fr128 prototype map (ridge or 3-layer MLP, chosen on held-out "
                                                 "attacker identities) learned on the attacker's faces under the method "
@@ -405,10 +409,12 @@ class Benchmark:
         tag = f"{name} (adaptive)" if name in ("advface", *KEYED) else None
         return {**self._success(dec, stolen, vic, keep if tag else 0, tag), "train": info}
 
-    def _key_stolen(self, method, stolen, users, vic, base_dec, decoders, row, priors=None, keep=0) -> None:
+    def _key_stolen(self, method, stolen, users, vic, base_dec, decoders, row, priors=None, keep=0, denoiser=None) -> None:
         """(b) Key stolen: the thief undoes the key's rotation(s) and attacks plain AdvFace templates."""
         plain = method.undo_key(stolen, users)
         row["attack"]["non_adaptive_key_stolen"] = self._success(base_dec, plain, vic)
+        if denoiser is not None:
+            row["attack"]["non_adaptive_denoised_key_stolen"] = self._success(base_dec, denoiser(plain), vic)
         row["attack"]["adaptive_key_stolen"] = (self._success(decoders["advface"], plain, vic, keep, f"{method.name} (b) adaptive")
                                                 if "advface" in decoders else None)
         if "advface" not in decoders:

@@ -126,20 +126,27 @@ def threat_matrix(result: dict) -> list[str]:
              f"Attackers' budgets: non-adaptive decoder {att['non_adaptive_budget']} "
              f"({att['non_adaptive'].get('params', 'n/a')} parameters) on clean embeddings of "
              f"{result['protocol']['attacker_images']} attacker faces; adaptive decoder: {att['adaptive_budget']}, epochs per "
-             "row below; face prior: " + (att.get("face_prior_budget") or "not run") + ".", "",
+             "row below; face prior: " + (att.get("face_prior_budget") or "not run") + ". *PCA-projected*: the same "
+             "non-adaptive decoder, fed every template after a projection onto the top "
+             + (f"{att['denoiser']['k']} principal directions ({100 * att['denoiser']['variance_kept']:.1f} % of the variance)"
+                if att.get("denoiser") else "principal directions") + " of clean embeddings of the attacker's faces "
+             "(no SDK output used).", "",
              f"### Reconstruction — type II by {result['evaluator']} at FAR 1e-3 ({n_vic} victims; reduction vs raw "
              "non-adaptive in brackets; chance " + _pct(result["random_face_type2"]) + ")", "",
-             "| method | Δ LFW acc | (a) non-adaptive | (a) adaptive, converged | (e) face prior, key secret | "
-             "(b) non-adaptive | (b) adaptive | (e) face prior, key stolen |", "|---|---|---|---|---|---|---|---|"]
+             "| method | Δ LFW acc | (a) non-adaptive | (a) non-adaptive, PCA-projected | (a) adaptive, converged | "
+             "(e) face prior, key secret | (b) non-adaptive | (b) non-adaptive, PCA-projected | (b) adaptive | "
+             "(e) face prior, key stolen |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         a = r["attack"]
         ad = a["adaptive"]
         b_na = a.get("non_adaptive_key_stolen", a["non_adaptive"] if not r["keyed"] else None)
+        b_dn = a.get("non_adaptive_denoised_key_stolen", a.get("non_adaptive_denoised") if not r["keyed"] else None)
         b_ad = a.get("adaptive_key_stolen", ad if not r["keyed"] else None)
         b_fp = a.get("face_prior_key_stolen", a.get("face_prior") if not r["keyed"] else None)
         lines.append(f"| {_label(name, r)} | {100 * (r['utility']['accuracy'] - raw_acc):+.2f} | {_t2(a['non_adaptive'], raw_t2)} | "
+                     f"{_t2(a.get('non_adaptive_denoised'), raw_t2)} | "
                      f"{_t2(ad, raw_t2)}{_epochs(ad and ad.get('train'))} | {_t2(a.get('face_prior'), raw_t2)} | "
-                     f"{_t2(b_na, raw_t2)} | {_t2(b_ad, raw_t2)} | {_t2(b_fp, raw_t2)} |")
+                     f"{_t2(b_na, raw_t2)} | {_t2(b_dn, raw_t2)} | {_t2(b_ad, raw_t2)} | {_t2(b_fp, raw_t2)} |")
     lines += ["", f"### Linking a stolen template to its owner — rank-1 among {n_vic} victims (chance {100 / n_vic:.1f} %)", "",
               "Template: the stored template matched against a clean photo of every victim (by the method's own comparison "
               "where the column gives the key). Reconstruction: the evaluator's embedding of the reconstruction against "
