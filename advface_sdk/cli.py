@@ -181,6 +181,8 @@ def train_generator_cmd(pack_file, recognizer, channel_order, mean, std, shadow,
                         utility_weight, genuine_weight, genuine_margin, distortion_weight, init_artifact, face_prior,
                         denoise_prior, prior_id_weight, prior_pixel_weight, seed, max_minutes, checkpoint_dir, device) -> None:
     """Train the noise generator against a frozen shadow model and write a protector artifact."""
+    if denoise_prior and not face_prior:
+        raise click.UsageError("--denoise-prior needs --face-prior")
     from facecore.training.distributed import cleanup, init_distributed
     from facecore.training.face_pack import FaceTrainingSet
 
@@ -207,8 +209,6 @@ def train_generator_cmd(pack_file, recognizer, channel_order, mean, std, shadow,
         from .models.decoders import PriorShadow
 
         den = SubspaceDenoiser.fit(train.embeddings, k=denoise_prior) if denoise_prior else None
-    elif denoise_prior:
-        raise click.UsageError("--denoise-prior needs --face-prior")
     for name in face_prior:
         ae = load_face_prior(None if name == "default" else name)
         space = ae.config.get("condition", {}).get("fingerprint")

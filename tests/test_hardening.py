@@ -323,6 +323,13 @@ def test_typed_errors_for_bad_arguments_and_tensors():
     assert res.exit_code == 2 and "--seed" in res.output
 
 
+def test_denoise_prior_needs_a_face_prior(tmp_path):
+    (tmp_path / "p.npz").write_bytes(b"")
+    res = CliRunner().invoke(cli, ["train-generator", str(tmp_path / "p.npz"), "--shadow", str(tmp_path), "-o",
+                                   str(tmp_path / "o"), "--denoise-prior", "64"])
+    assert res.exit_code == 2 and "--denoise-prior needs --face-prior" in res.output and not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("config", [b"[]", b"{}", b'{"format": "advface-protector/1", "dim": 16, "budget": 0.4}'])
 def test_typed_errors_for_bad_configs(tmp_path, config):
     path = _toy(tmp_path)
