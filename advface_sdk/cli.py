@@ -484,8 +484,11 @@ def sign(artifact: Path, key: Path, signer) -> None:
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"), show_default=True)
 @click.option("--recognizer", "-r", type=click.Choice(["fr128", "fr512"]), default="fr128", show_default=True)
 @click.option("--victims", default=300, show_default=True, help="Number of victims attacked.")
+@click.option("--originals/--no-originals", default=None,
+              help="Show the victims' own photos in the grid [default: only outside benchmarks/results — LFW photos "
+                   "are third-party images of real people, not ours to publish].")
 @friendly_errors
-def demo(out: Path, recognizer: str, victims: int) -> None:
+def demo(out: Path, recognizer: str, victims: int, originals: bool | None) -> None:
     """The end-to-end main job on LFW: embed, protect, verify, attack, report (needs $FACEPRIV_SHARED)."""
     import torch
 
@@ -495,7 +498,7 @@ def demo(out: Path, recognizer: str, victims: int) -> None:
 
     shared_root()  # one clear line when the data is not configured
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    run_demo(out, recognizer, victims)
+    run_demo(out, recognizer, victims, originals=originals)
 
 
 def _epochs(value: str, name: str) -> tuple[int, int]:
@@ -531,9 +534,13 @@ def _epochs(value: str, name: str) -> tuple[int, int]:
 @click.option("--cache-dir", default=None, help="Where trained attackers are cached (default: $FACEPRIV_CACHE/benchmark).")
 @click.option("--out", "-o", default="benchmarks/results", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--device", default="cpu", show_default=True, help="Device for attacker training (cpu, cuda).")
+@click.option("--originals/--no-originals", default=None,
+              help="Show the victims' own photos in the grid [default: only outside benchmarks/results — LFW photos "
+                   "are third-party images of real people, not ours to publish].")
 @friendly_errors
 def benchmark(recognizer, evaluator, methods, artifact, shadow, curve_artifact, quick, seed, attacker_epochs, adaptive_epochs,
-              adaptive_max_epochs, patience, no_face_prior, curve_budgets, max_victims, cache_dir, out, device) -> None:
+              adaptive_max_epochs, patience, no_face_prior, curve_budgets, max_victims, cache_dir, out, device,
+              originals) -> None:
     """Compare template-protection methods on LFW: utility, reconstruction and re-identification attacks, storage, cost."""
     import dataclasses
     import shlex
@@ -568,6 +575,6 @@ def benchmark(recognizer, evaluator, methods, artifact, shadow, curve_artifact, 
     cfg.attacker = dataclasses.replace(cfg.attacker, **changes)
     result, pictures = run_benchmark(cfg)
     result = {"command": shlex.join(["advface-cli", *sys.argv[1:]]), **result}
-    paths = write_report(result, pictures, out, f"benchmark_{recognizer}{'_quick' if quick else ''}")
+    paths = write_report(result, pictures, out, f"benchmark_{recognizer}{'_quick' if quick else ''}", originals)
     click.echo((out / paths["md"].name).read_text())
     click.echo("wrote " + ", ".join(str(p) for p in paths.values()))

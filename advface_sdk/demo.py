@@ -21,7 +21,8 @@ from .models.decoders import FaceDecoder
 from .protector import Protector
 
 
-def run_demo(out: Path, recognizer: str = "fr128", victims: int = 300, grid_rows: int = 6) -> dict:
+def run_demo(out: Path, recognizer: str = "fr128", victims: int = 300, grid_rows: int = 6,
+             originals: bool | None = None) -> dict:
     ev = LfwEvaluation.for_recognizer(recognizer, max_victims=victims, subset="evaluation")
     click.echo(f"1/5 embedding {len(ev.dataset)} LFW faces (folds 6–10) with {recognizer} and evaluator {ev.evaluator_name} "
                "(cached after the first run)")
@@ -53,7 +54,7 @@ def run_demo(out: Path, recognizer: str = "fr128", victims: int = 300, grid_rows
                                     {"true face": truth[:grid_rows], "from raw template": rec_raw[:grid_rows],
                                      "from protected template": rec_prot[:grid_rows],
                                      "protected, PCA-projected": rec_proj[:grid_rows]},
-                                    title=f"AdvFace ({recognizer}): shadow-model reconstructions")
+                                    title=f"AdvFace ({recognizer}): shadow-model reconstructions", originals=originals)
     result = {"recognizer": recognizer, "evaluator": ev.evaluator_name, "victims": int(len(vic.enrolled)),
               "utility": {"raw": util_raw, "protected": util_prot},
               "attack_shadow": {"raw": att_raw, "protected": att_prot, "protected_pca_projected": att_proj,

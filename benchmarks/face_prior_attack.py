@@ -83,7 +83,7 @@ def main(recognizer: str, out: Path, seed: int) -> None:
                      f"{r['ssim']:.3f} / {r['psnr']:.1f} dB |")
     lines += ["", f"![grid](face_prior_{recognizer}_grid.png)", "", f"{result['minutes']:.1f} min on 2 shared CPU cores."]
     (out / f"face_prior_{recognizer}.md").write_text("\n".join(lines) + "\n")
-    plot_grid(b.pictures, out / f"face_prior_{recognizer}_grid.png", f"{recognizer}: true face | face-prior reconstructions")
+    plot_grid(b.pictures, out / f"face_prior_{recognizer}_grid.png", f"{recognizer}: face-prior reconstructions")
     print("\n".join(lines))
 
 

@@ -1,4 +1,8 @@
-"""Picture grids: true face | reconstruction from raw | reconstruction from protected."""
+"""Picture grids: true face | reconstruction from raw | reconstruction from protected.
+
+The victims' own photos (LFW) are third-party images of real people: grids written inside the repository's
+``benchmarks/results`` leave them out unless asked, so that nothing committed shows them.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,33 @@ from pathlib import Path
 
 import numpy as np
 
+ORIGINAL_COLUMNS = frozenset({"true", "true face"})
+_RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+
+
+def originals_allowed(out_dir: str | Path, originals: bool | None = None) -> bool:
+    """``originals`` if given, else whether ``out_dir`` lies outside the repository's ``benchmarks/results``."""
+    if originals is not None:
+        return originals
+    return not Path(out_dir).resolve().is_relative_to(_RESULTS)
+
+
+def without_originals(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``columns`` less the victims' own photos (the keys in :data:`ORIGINAL_COLUMNS`)."""
+    return {k: v for k, v in columns.items() if k not in ORIGINAL_COLUMNS}
+
 
 def save_reconstruction_grid(path: str | Path, columns: dict[str, np.ndarray], captions: list[str] | None = None,
-                             title: str | None = None) -> Path:
-    """One row per victim, one column per named uint8 RGB image stack (all ``(N, S, S, 3)``)."""
+                             title: str | None = None, originals: bool | None = None) -> Path:
+    """One row per victim, one column per named uint8 RGB image stack (all ``(N, S, S, 3)``); the true-photo
+    column is kept as :func:`originals_allowed` says for the folder of ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not originals_allowed(Path(path).parent, originals):
+        columns = without_originals(columns)
     names = list(columns)
     n = len(next(iter(columns.values())))
     fig, axes = plt.subplots(n, len(names), figsize=(1.7 * len(names), 1.7 * n), squeeze=False)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .grid import originals_allowed, without_originals
+
 
 def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.1f} %"
@@ -254,13 +256,16 @@ def plot_roc(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_grid(pictures: dict[str, np.ndarray], path: Path, title: str = "") -> None:
-    """Rows = victims; columns = true face, then each reconstruction in ``pictures`` order."""
+def plot_grid(pictures: dict[str, np.ndarray], path: Path, title: str = "", originals: bool | None = None) -> None:
+    """Rows = victims; columns = true face, then each reconstruction in ``pictures`` order. The true face is
+    kept as :func:`~advface_sdk.evaluation.grid.originals_allowed` says for the folder of ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not originals_allowed(Path(path).parent, originals):
+        pictures = without_originals(pictures)
     cols = [k for k in pictures if len(pictures[k])]
     n = min(len(pictures[k]) for k in cols)
     fig, axes = plt.subplots(n, len(cols), figsize=(1.25 * len(cols), 1.3 * n + 0.4), squeeze=False)
@@ -293,8 +298,10 @@ def portable(obj):
     return obj
 
 
-def write_report(result: dict, pictures: dict[str, np.ndarray], out_dir: str | Path, stem: str) -> dict[str, Path]:
-    """Write ``<stem>.json``, ``.md``, ``_curve.png``, ``_roc.png`` and ``_grid.png`` into ``out_dir``."""
+def write_report(result: dict, pictures: dict[str, np.ndarray], out_dir: str | Path, stem: str,
+                 originals: bool | None = None) -> dict[str, Path]:
+    """Write ``<stem>.json``, ``.md``, ``_curve.png``, ``_roc.png`` and ``_grid.png`` into ``out_dir``; the grid
+    shows the victims' photos as :func:`~advface_sdk.evaluation.grid.originals_allowed` says."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md", "curve": out / f"{stem}_curve.png",
@@ -316,7 +323,9 @@ def write_report(result: dict, pictures: dict[str, np.ndarray], out_dir: str | P
     else:
         paths.pop("adaptive_json"), paths.pop("adaptive_png")
     if pictures:
-        plot_grid(pictures, paths["grid"], f"{result['recognizer']}: true face | reconstructions by the attacker")
+        shown = originals_allowed(out, originals)
+        plot_grid(pictures, paths["grid"], f"{result['recognizer']}: " + ("true face | " if shown else "")
+                  + "reconstructions by the attacker" + ("" if shown else " (victims' photos withheld)"), originals=shown)
     else:
         paths.pop("grid")
     return paths
