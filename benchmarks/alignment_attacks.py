@@ -44,6 +44,11 @@ Attackers, each reported (the strongest is what counts):
   unsupervised-translation aligner (similarity profiles, then Procrustes on mutual nearest neighbours), then
   re-identifies the victims directly or by GW; against buckets also GW of each bucket's templates into all
   the photos (unequal sizes), one photo per template over all buckets;
+* store projection (rotations and buckets): PCA commutes with a rotation, so the thief projects each bucket of
+  the stolen store onto its own top principal directions (90 % of the bucket's variance) — in the keyed space
+  this takes off AdvFace's noise as ``SubspaceDenoiser`` does in the clean one — and projects his own AdvFace
+  templates by PCA of his clean embeddings; then the store alignment above, its result matched directly and by
+  GW to the clean photos (the plain rotation key: also GW of the projected store vs the clean photos);
 * own images by exact cosines (buckets; ``--store all+thief``, where the store holds the thief's images): a
   key of one rotation per bucket keeps every cosine inside a bucket, so the thief finds the templates of
   the very images he holds by those exact cosines, without their ids (``find_own_templates``), and uses
@@ -78,6 +83,7 @@ from advface_sdk.evaluation.attacks import (
     matched_rank1,
     rank1,
 )
+from advface_sdk.evaluation.denoise import SubspaceDenoiser
 from advface_sdk.keys import DeploymentKey, random_rotation
 from facecore.embeddings import l2_normalize
 from facecore.metrics import kfold_accuracy
@@ -274,6 +280,16 @@ def merge_buckets(whole: np.ndarray, buckets: np.ndarray, reference: np.ndarray)
     return out
 
 
+def project_buckets(whole: np.ndarray, buckets: np.ndarray) -> np.ndarray:
+    """Each bucket of the stolen store projected onto its own principal subspace (90 % of its variance): a
+    rotation commutes with PCA, so this removes AdvFace's noise without the key."""
+    out = np.empty_like(whole)
+    for k in np.unique(buckets):
+        rows = np.flatnonzero(buckets == k)
+        out[rows] = SubspaceDenoiser.fit(whole[rows])(whole[rows]) if len(rows) > 2 else l2_normalize(whole[rows])
+    return out
+
+
 def overlap(u: np.ndarray, truth: np.ndarray) -> float:
     """How much of the subspace ``truth`` the orthonormal basis ``u`` found: the mean cosine of their principal angles."""
     return float(np.linalg.svd(u.T @ truth, compute_uv=False).mean())
@@ -304,6 +320,12 @@ def attack(scheme: Scheme, thief: Scheme, g: np.ndarray, z: np.ndarray, lab: np.
         to_public = merge_buckets(whole, wb, reference)[at]
         out["store aligned to own templates, direct"] = rank1(to_public, cand)
         out["store aligned to own templates + GW"] = gw_rank1(to_public, mine)
+        projected = project_buckets(whole, wb)
+        if not scheme.buckets:
+            out["store projected + GW vs clean photos"] = gw_rank1(projected[at], cand)
+        to_clean = merge_buckets(projected, wb, SubspaceDenoiser.fit(own_clean)(reference))[at]
+        out["store projected, aligned to own templates, direct"] = rank1(to_clean, cand)
+        out["store projected, aligned to own templates + GW"] = gw_rank1(to_clean, cand)
         if scheme.buckets:
             first = whole[wb == wb[0]]
             out["buckets aligned to one bucket + GW"] = gw_rank1(merge_buckets(whole, wb, first)[at], mine)
@@ -450,6 +472,8 @@ def main() -> None:
             "norm-split subspace + GW", "paired-scatter subspace + GW", "user-id scatter subspace + GW",
             "per-bucket GW vs photos under the SDK", "store aligned to own templates, direct",
             "store aligned to own templates + GW", "buckets aligned to one bucket + GW",
+            "store projected + GW vs clean photos", "store projected, aligned to own templates, direct",
+            "store projected, aligned to own templates + GW",
             "own images found by exact cosines (share of his images)", "own images found by exact cosines + known plaintext"]
     cols = [c for c in cols if any(isinstance(r, dict) and r.get(c) is not None for res in results.values() for r in res.values())]
     pct = lambda v: "n/a" if v is None else f"{100 * v:.1f} %"  # noqa: E731

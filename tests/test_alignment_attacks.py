@@ -166,3 +166,19 @@ def test_the_thief_finds_templates_of_his_own_images_by_their_exact_cosines(peop
     few = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1])
     small = find_own_templates(np.einsum("nij,nj->ni", rots[few], own[:9]), own, few)
     assert np.all(small[:4] == -1) and small[4:].tolist() == [4, 5, 6, 7, 8]
+
+
+def test_projecting_each_bucket_commutes_with_its_secret_rotation(bench):
+    """The thief's store projection needs no key: per bucket, projecting the rotated templates equals rotating
+    the projected ones, and noise in the weak directions comes off."""
+    rng = np.random.default_rng(3)
+    basis = np.linalg.qr(rng.standard_normal((24, 24)))[0]
+    clean = l2_normalize((1.0 + rng.standard_normal((180, 8))) @ basis[:, :8].T)  # faces use few directions
+    noisy = l2_normalize(clean + 0.06 * rng.standard_normal((180, 16)) @ basis[:, 8:].T)  # the noise the others
+    buckets = np.arange(len(clean)) % 3
+    rots = [random_rotation(rng, 24) for _ in range(3)]
+    stored = np.stack([x @ rots[b].T for x, b in zip(noisy, buckets)])
+    projected = bench.project_buckets(stored, buckets)
+    plain = bench.project_buckets(noisy, buckets)
+    assert np.allclose(projected, np.stack([x @ rots[b].T for x, b in zip(plain, buckets)]), atol=1e-5)
+    assert np.mean(np.sum(plain * clean, 1)) > np.mean(np.sum(noisy * clean, 1)) + 0.01
