@@ -25,7 +25,7 @@ import torch
 
 from facecore.data import IdentityFolderDataset, read_pairs
 from facecore.metrics import cosine_scores, kfold_accuracy, tar_at_far
-from facecore.paths import shared_path
+from facecore.paths import originals_allowed, shared_path
 from facecore.recognizers import create_recognizer
 from facecore.training.face_pack import FaceTrainingSet
 from vigface_sdk.evaluation.synthesis_report import embed_faces, identity_control, save_grid
@@ -251,7 +251,8 @@ def markdown(r: dict) -> str:
              "6-10 (never seen in training), encoded and decoded with their own fr128 embedding as the prototype: PSNR "
              f"**{r['autoencoder']['psnr']:.2f} dB**, SSIM **{r['autoencoder']['ssim']:.3f}**, fr512 cosine between face and "
              f"reconstruction **{r['autoencoder']['identity_cosine_fr512']:.3f}** (real photos of one person: "
-             f"{v['real_same_mean']:.3f}). Top row: faces; bottom row: reconstructions.", "",
+             f"{v['real_same_mean']:.3f}). " + ("Top row: faces; bottom row: reconstructions." if r['autoencoder'].get('grid_shows_faces', True)
+                                     else "Reconstructions only (the LFW photos are not ours to publish)."), "",
              "![autoencoder](vigface_autoencoder.png)", "",
              "## Variation", "",
              "| | mean same-identity cosine (fr512) | mean pixel SSIM of same-identity pairs |", "|---|---|---|",
@@ -359,7 +360,9 @@ def main(pack_path, pipe_dir, identities, per_identity, guidance_scale, steps, b
     privacy_plot(syn_nearest_id, real_nearest_id, privacy["identity_threshold"], out / "vigface_privacy.png")
     ae_quality = autoencoder_quality(pipe, pack, real_emb)
     originals, recons = ae_quality.pop("examples")
-    save_grid(np.concatenate([originals, recons]), out / "vigface_autoencoder.png", columns=8)
+    shown = originals_allowed(out)  # LFW photos are not ours to publish: committed results show reconstructions only
+    ae_quality["grid_shows_faces"] = shown
+    save_grid(np.concatenate([originals, recons]) if shown else recons, out / "vigface_autoencoder.png", columns=8)
     print("5/6 train on synthetic vs real", flush=True)
     att = FaceTrainingSet.build(IdentityFolderDataset.from_folder(shared_path("data", "att_faces")), create_recognizer("fr128"), 64)
     real_imgs, real_labels, real_ids = real_training_subset(pack, len(images), per_identity)

@@ -40,3 +40,15 @@ def cache_dir() -> Path:
     path = Path(os.environ.get("FACEPRIV_CACHE", Path.home() / ".cache" / "face-privacy"))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+PUBLISHED_RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+
+def originals_allowed(out_dir: str | Path, originals: bool | None = None) -> bool:
+    """Whether a picture written into ``out_dir`` may show the shared data's own photos (LFW, AT&T: third-party
+    images of real people, not ours to publish): ``originals`` if given, else only outside the repository's
+    committed ``benchmarks/results``."""
+    if originals is not None:
+        return originals
+    return not Path(out_dir).resolve().is_relative_to(PUBLISHED_RESULTS)

@@ -5,7 +5,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from advface_sdk.evaluation.grid import _RESULTS, originals_allowed, save_reconstruction_grid
+from advface_sdk.evaluation.grid import save_reconstruction_grid
+from facecore.paths import PUBLISHED_RESULTS as _RESULTS, originals_allowed
 from advface_sdk.evaluation.report import plot_grid
 
 

@@ -1,7 +1,8 @@
 """Picture grids: true face | reconstruction from raw | reconstruction from protected.
 
 The victims' own photos (LFW) are third-party images of real people: grids written inside the repository's
-``benchmarks/results`` leave them out unless asked, so that nothing committed shows them.
+``benchmarks/results`` leave them out unless asked (:func:`facecore.paths.originals_allowed`), so that nothing
+committed shows them.
 """
 
 from __future__ import annotations
@@ -10,15 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from facecore.paths import originals_allowed
+
 ORIGINAL_COLUMNS = frozenset({"true", "true face"})
-_RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
-
-
-def originals_allowed(out_dir: str | Path, originals: bool | None = None) -> bool:
-    """``originals`` if given, else whether ``out_dir`` lies outside the repository's ``benchmarks/results``."""
-    if originals is not None:
-        return originals
-    return not Path(out_dir).resolve().is_relative_to(_RESULTS)
 
 
 def without_originals(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .grid import originals_allowed, without_originals
+from facecore.paths import originals_allowed
+
+from .grid import without_originals
 
 
 def _pct(x) -> str:
@@ -258,7 +260,7 @@ def plot_roc(result: dict, path: Path) -> None:
 
 def plot_grid(pictures: dict[str, np.ndarray], path: Path, title: str = "", originals: bool | None = None) -> None:
     """Rows = victims; columns = true face, then each reconstruction in ``pictures`` order. The true face is
-    kept as :func:`~advface_sdk.evaluation.grid.originals_allowed` says for the folder of ``path``."""
+    kept as :func:`facecore.paths.originals_allowed` says for the folder of ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -301,7 +303,7 @@ def portable(obj):
 def write_report(result: dict, pictures: dict[str, np.ndarray], out_dir: str | Path, stem: str,
                  originals: bool | None = None) -> dict[str, Path]:
     """Write ``<stem>.json``, ``.md``, ``_curve.png``, ``_roc.png`` and ``_grid.png`` into ``out_dir``; the grid
-    shows the victims' photos as :func:`~advface_sdk.evaluation.grid.originals_allowed` says."""
+    shows the victims' photos as :func:`facecore.paths.originals_allowed` says."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md", "curve": out / f"{stem}_curve.png",
