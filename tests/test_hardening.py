@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -216,10 +215,12 @@ def test_cli_protect_keeps_npz_members_and_checks_the_fingerprint(tmp_path):
 
 
 # 4 -- full disk -----------------------------------------------------------------------------------------------------------
-def _limit_file_size(nbytes: int):
-    def apply():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
-    return apply
+def _under_file_size_limit(nbytes: int, argv: list[str]) -> list[str]:
+    """``argv`` run by a launcher that sets ``RLIMIT_FSIZE`` and execs it. Not a ``preexec_fn``: that runs Python's
+    at-fork handlers in the child, and gRPC's (loaded here by the Milvus Lite tests) abort it while its threads run."""
+    launcher = ("import os, resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, "
+                f"({nbytes}, {nbytes})); os.execv(sys.argv[1], sys.argv[1:])")
+    return [sys.executable, "-c", launcher, *argv]
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".npz"])
@@ -228,8 +229,8 @@ def test_full_disk_gives_one_error_line_and_no_temp_file(tmp_path, suffix):
     np.save(src, np.random.default_rng(0).standard_normal((8000, 128)).astype(np.float32))  # 4 MB
     dst = tmp_path / "out" / f"o{suffix}"
     dst.parent.mkdir()
-    proc = subprocess.run([*CLI, "protect", str(src), str(dst), "--chunk", "1000"], capture_output=True, text=True,
-                          preexec_fn=_limit_file_size(1 << 20), timeout=120)
+    proc = subprocess.run(_under_file_size_limit(1 << 20, [*CLI, "protect", str(src), str(dst), "--chunk", "1000"]),
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error:") and len(proc.stderr.strip().splitlines()) == 1 and "limit" in proc.stderr
     assert list(dst.parent.iterdir()) == []
