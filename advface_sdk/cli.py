@@ -111,6 +111,12 @@ def _device_option(func):
     return click.option("--device", default="auto", show_default=True, help="cpu, cuda, or auto.")(func)
 
 
+def _originals_option(func):
+    return click.option("--originals/--no-originals", default=None,
+                        help="Show the victims' own photos in the grid [default: only outside benchmarks/results — "
+                             "LFW photos are third-party images of real people, not ours to publish].")(func)
+
+
 @main.command("train-shadow")
 @click.argument("pack_file", metavar="PACK", type=click.Path(dir_okay=False, path_type=Path))
 @recognizer_option
@@ -484,9 +490,7 @@ def sign(artifact: Path, key: Path, signer) -> None:
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"), show_default=True)
 @click.option("--recognizer", "-r", type=click.Choice(["fr128", "fr512"]), default="fr128", show_default=True)
 @click.option("--victims", default=300, show_default=True, help="Number of victims attacked.")
-@click.option("--originals/--no-originals", default=None,
-              help="Show the victims' own photos in the grid [default: only outside benchmarks/results — LFW photos "
-                   "are third-party images of real people, not ours to publish].")
+@_originals_option
 @friendly_errors
 def demo(out: Path, recognizer: str, victims: int, originals: bool | None) -> None:
     """The end-to-end main job on LFW: embed, protect, verify, attack, report (needs $FACEPRIV_SHARED)."""
@@ -534,9 +538,7 @@ def _epochs(value: str, name: str) -> tuple[int, int]:
 @click.option("--cache-dir", default=None, help="Where trained attackers are cached (default: $FACEPRIV_CACHE/benchmark).")
 @click.option("--out", "-o", default="benchmarks/results", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--device", default="cpu", show_default=True, help="Device for attacker training (cpu, cuda).")
-@click.option("--originals/--no-originals", default=None,
-              help="Show the victims' own photos in the grid [default: only outside benchmarks/results — LFW photos "
-                   "are third-party images of real people, not ours to publish].")
+@_originals_option
 @friendly_errors
 def benchmark(recognizer, evaluator, methods, artifact, shadow, curve_artifact, quick, seed, attacker_epochs, adaptive_epochs,
               adaptive_max_epochs, patience, no_face_prior, curve_budgets, max_victims, cache_dir, out, device,

@@ -16,8 +16,11 @@ from facecore.paths import originals_allowed
 ORIGINAL_COLUMNS = frozenset({"true", "true face"})
 
 
-def without_originals(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``columns`` less the victims' own photos (the keys in :data:`ORIGINAL_COLUMNS`)."""
+def publishable(columns: dict[str, np.ndarray], out_dir: str | Path, originals: bool | None = None) -> dict[str, np.ndarray]:
+    """``columns``, less the victims' own photos (the keys in :data:`ORIGINAL_COLUMNS`) unless
+    :func:`originals_allowed` says they may be written into ``out_dir``."""
+    if originals_allowed(out_dir, originals):
+        return columns
     return {k: v for k, v in columns.items() if k not in ORIGINAL_COLUMNS}
 
 
@@ -30,8 +33,7 @@ def save_reconstruction_grid(path: str | Path, columns: dict[str, np.ndarray], c
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not originals_allowed(Path(path).parent, originals):
-        columns = without_originals(columns)
+    columns = publishable(columns, Path(path).parent, originals)
     names = list(columns)
     n = len(next(iter(columns.values())))
     fig, axes = plt.subplots(n, len(names), figsize=(1.7 * len(names), 1.7 * n), squeeze=False)

@@ -330,8 +330,8 @@ class Benchmark:
                 sm = score_matrix(method, stolen, labels[vic.enrolled], ev.emb[cand])
                 row["attack"]["embedding"] = reidentification(sm, labels[vic.enrolled], labels[cand])
                 if name in KEYED:
-                    self._key_stolen(method, stolen, labels[vic.enrolled], vic, base_dec, adaptive_decoders, row, priors, keep,
-                                     denoiser)
+                    self._key_stolen(method, stolen, labels[vic.enrolled], vic, base_dec, denoiser, adaptive_decoders, row,
+                                     priors, keep)
                 row["threats"] = self._threats(method, stolen, vic, train, train_users, base_dec, dim)
             rows[name] = row
 
@@ -409,12 +409,11 @@ class Benchmark:
         tag = f"{name} (adaptive)" if name in ("advface", *KEYED) else None
         return {**self._success(dec, stolen, vic, keep if tag else 0, tag), "train": info}
 
-    def _key_stolen(self, method, stolen, users, vic, base_dec, decoders, row, priors=None, keep=0, denoiser=None) -> None:
+    def _key_stolen(self, method, stolen, users, vic, base_dec, denoiser, decoders, row, priors=None, keep=0) -> None:
         """(b) Key stolen: the thief undoes the key's rotation(s) and attacks plain AdvFace templates."""
         plain = method.undo_key(stolen, users)
         row["attack"]["non_adaptive_key_stolen"] = self._success(base_dec, plain, vic)
-        if denoiser is not None:
-            row["attack"]["non_adaptive_denoised_key_stolen"] = self._success(base_dec, denoiser(plain), vic)
+        row["attack"]["non_adaptive_denoised_key_stolen"] = self._success(base_dec, denoiser(plain), vic)
         row["attack"]["adaptive_key_stolen"] = (self._success(decoders["advface"], plain, vic, keep, f"{method.name} (b) adaptive")
                                                 if "advface" in decoders else None)
         if "advface" not in decoders:

@@ -10,7 +10,7 @@ import numpy as np
 
 from facecore.paths import originals_allowed
 
-from .grid import without_originals
+from .grid import publishable
 
 
 def _pct(x) -> str:
@@ -266,8 +266,7 @@ def plot_grid(pictures: dict[str, np.ndarray], path: Path, title: str = "", orig
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not originals_allowed(Path(path).parent, originals):
-        pictures = without_originals(pictures)
+    pictures = publishable(pictures, Path(path).parent, originals)
     cols = [k for k in pictures if len(pictures[k])]
     n = min(len(pictures[k]) for k in cols)
     fig, axes = plt.subplots(n, len(cols), figsize=(1.25 * len(cols), 1.3 * n + 0.4), squeeze=False)
