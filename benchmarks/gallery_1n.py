@@ -1,4 +1,4 @@
-"""1:N identification with protected galleries: raw vs AdvFace vs keyed templates, FAISS exact vs HNSW vs IVF vs Milvus Lite.
+"""1:N identification with protected galleries: raw vs AdvFace vs keyed templates, FAISS exact vs HNSW vs IVF vs Milvus.
 
 Protocol (fr128 embeddings of ``data/lfw/aligned112`` and ``data/att_faces``, cached in $FACEPRIV_CACHE):
 every LFW identity with >= 2 images enrolls its first image (1,680 mates); its other images are the mated
@@ -16,7 +16,10 @@ protected once and enrolled into each index as already-protected templates; buil
 protection time + enroll (chunked commits) + index build (+ IVF retraining on all templates by
 ``rebuild``) + checkpoint. Approximate indexes (HNSW, IVF at each ``--ivf-nprobe``) report recall@1 and
 recall@10 against exact search of the same templates. Timings run on one thread (OMP/FAISS), gallery code
-included (normalisation, id mapping, probe preparation).
+included (normalisation, id mapping, probe preparation). Milvus: Milvus Lite (a local file, its engine a child
+process) and, with ``--milvus-uri``, a Milvus server (``milvus-server-flat``, searched at consistency ``Strong``
+and ``Bounded``; its CPU counts when ``--milvus-server-pid`` names its process; each run's collections are
+dropped at the end).
 
     OMP_NUM_THREADS=1 FACEPRIV_SHARED=/path/to/shared python benchmarks/gallery_1n.py --sizes 10000 100000 1000000
 """
@@ -45,7 +48,9 @@ from facecore.paths import shared_path
 from facecore.recognizers import create_recognizer
 
 NAME = "gallery_1n"
-BACKENDS = ("faiss-flat", "faiss-ivf", "faiss-hnsw", "milvus-lite-flat")
+BACKENDS = ("faiss-flat", "faiss-ivf", "faiss-hnsw", "milvus-lite-flat", "milvus-server-flat")
+#: consistency levels a Milvus server configuration is searched at (one row each)
+SERVER_CONSISTENCY = ("Strong", "Bounded")
 MODES = ("raw", "advface", "keyed", "bucketed")
 FPIRS = (1e-2, 1e-3)
 K = 20
@@ -151,11 +156,17 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+#: other processes whose CPU counts as the search's (``--milvus-server-pid``: a Milvus server on this machine)
+EXTRA_PIDS: list[int] = []
+
+
 def cpu_seconds() -> float:
-    """CPU seconds of this process and its live child processes (the Milvus Lite server runs as one)."""
+    """CPU seconds of this process, its live child processes (the Milvus Lite server runs as one) and
+    :data:`EXTRA_PIDS` with their children."""
     total = time.process_time()
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    for pid in _descendants(os.getpid()) if Path("/proc/self/task").is_dir() else []:
+    pids = [*_descendants(os.getpid()), *(q for pid in EXTRA_PIDS for q in (pid, *_descendants(pid)))]
+    for pid in pids if Path("/proc/self/task").is_dir() else []:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
@@ -164,13 +175,39 @@ def cpu_seconds() -> float:
     return total
 
 
+def server_description(uri: str, pid: int | None) -> str:
+    """The Milvus server's version and where it runs, for the report (no credentials)."""
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri, token=os.environ.get("MILVUS_TOKEN", ""))
+    try:
+        version = client.get_server_version()
+    finally:
+        client.close()
+    where = f"on this machine (pid {pid}, its CPU counted)" if pid else "its CPU not counted"
+    return f"Milvus {version} at {uri.split('@')[-1]}, {where}"
+
+
+def drop_collection(uri: str, name: str) -> None:
+    """Drop a collection this run made on a Milvus server (a gallery folder removed leaves its collection behind)."""
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri, token=os.environ.get("MILVUS_TOKEN", ""))
+    try:
+        client.drop_collection(name)
+    finally:
+        client.close()
+
+
 def recall(found: np.ndarray, exact: np.ndarray, k: int) -> float:
     return float(np.mean([len(set(a[:k]) & set(b[:k])) / k for a, b in zip(found, exact)]))
 
 
-def bytes_per_template(g: Gallery) -> float:
+def bytes_per_template(g: Gallery) -> float | None:
+    """Index file (FAISS) or Milvus Lite data on disk per template; ``None`` where the data is not here (a server)."""
     info = g.store.info()
-    return (info.get("index_bytes") or info.get("bytes_on_disk", 0)) / max(1, len(g))
+    size = info.get("index_bytes") or info.get("bytes_on_disk")
+    return None if size is None else size / max(1, len(g))
 
 
 def run(args, report) -> dict:
@@ -181,7 +218,8 @@ def run(args, report) -> dict:
                ("faiss-ivf", "faiss", {"index": "ivf", "nprobe": args.ivf_nprobe[0]}),
                ("faiss-hnsw", "faiss", {"index": "hnsw", "hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction,
                                         "ef_search": args.ef_search}),
-               ("milvus-lite-flat", "milvus", {"index": "flat"})]
+               ("milvus-lite-flat", "milvus", {"index": "flat"}),
+               ("milvus-server-flat", "milvus", {"index": "flat", "uri": args.milvus_uri})]
     rows = []
     work = Path(tempfile.mkdtemp(prefix="gallery1n-", dir=args.work))
     plain = Protector("fr128")
@@ -198,13 +236,24 @@ def run(args, report) -> dict:
                 "ivf": "IVF-Flat, nlist = 4*sqrt(templates), spherical k-means (10 iterations, <= 64 points per list) on "
                        "all templates (`gallery rebuild` after the chunked enroll)",
                 "hnsw": {"M": args.hnsw_m, "ef_construction": args.ef_construction, "ef_search": args.ef_search}}
+    if args.milvus_uri:
+        protocol["milvus_server"] = server_description(args.milvus_uri, args.milvus_server_pid)
     def todo_for(size: int, mode: str) -> list:
         wanted = args.keyed_backends if mode in ("keyed", "bucketed") else args.backends
         return [c for c in configs if c[0] in wanted and not (c[1] == "milvus" and size > args.milvus_max)]
 
-    planned = [f"{size:,} {MODE_NAMES[mode]} {label}" + (f"(nprobe={n})" if n else "")
+    def variants(label: str) -> list[tuple[str, dict]]:
+        """(row name, options the gallery is opened with) of each row a configuration gives."""
+        if label == "faiss-ivf":
+            return [(f"{label}(nprobe={n})", {"nprobe": n}) for n in args.ivf_nprobe]
+        if label == "milvus-server-flat":
+            return [(f"{label}({c})", {"consistency": c}) for c in SERVER_CONSISTENCY]
+        return [(label, {})]
+
+    planned = [f"{size:,} {MODE_NAMES[mode]} {name}"
                for size in args.sizes for mode in args.modes for label, _, _ in todo_for(size, mode)
-               for n in (args.ivf_nprobe if label == "faiss-ivf" else [None])]
+               for name, _ in variants(label)]
+    server_collections: list[str] = []
     try:
         for size in args.sizes:
             d = distractors(p, size)
@@ -222,13 +271,13 @@ def run(args, report) -> dict:
                 exact = None
                 for label, store, options in todo:
                     path = work / f"{size}-{mode}-{label}"
+                    if label == "milvus-server-flat":
+                        options = {**options, "collection": f"gallery1n_{os.getpid()}_{size}_{mode}"}
+                        server_collections.append(options["collection"])
                     seconds, cpu = build(path, store, options, prot, fingerprint, ids, templates)
-                    nprobes = args.ivf_nprobe if label == "faiss-ivf" else [None]
-                    for nprobe in nprobes:
-                        extra = {"nprobe": nprobe} if nprobe else {}
+                    for name, extra in variants(label):
                         g = Gallery.open(path, protector=prot, **extra)
                         found, scores, perf = timed_search(g, p["probes"])
-                        name = f"{label}(nprobe={nprobe})" if nprobe else label
                         row = {"distractors": size, "templates": len(g), "mode": mode, "protected": mode != "raw",
                                "backend": name, "build_s": protect_s + seconds, "build_cpu_s": protect_cpu + cpu,
                                "protect_s": protect_s, "bytes_per_template": bytes_per_template(g), "store_info": portable(g.store.info(), work),
@@ -247,9 +296,13 @@ def run(args, report) -> dict:
                               + (f"  recall@10 {row['recall@10_vs_exact']:.4f}" if "recall@10_vs_exact" in row else ""), flush=True)
                         report({"rows": rows, "protocol": protocol, "planned": planned})
                     shutil.rmtree(path, ignore_errors=True)
+                    if label == "milvus-server-flat":
+                        drop_collection(args.milvus_uri, server_collections.pop())
                 del templates
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        for name in server_collections:
+            drop_collection(args.milvus_uri, name)
     return {"rows": rows, "protocol": protocol, "planned": planned}
 
 
@@ -293,7 +346,8 @@ def plot(result: dict, path: Path) -> None:
     scale.set_title("rank-1 and TPIR vs gallery size (exact)")
     for ax in (det, cmc, scale):
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=6)
+        if ax.get_legend_handles_labels()[0]:  # a keyed-only run draws no raw / AdvFace curves
+            ax.legend(fontsize=6)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110)
@@ -325,7 +379,8 @@ def to_markdown(result: dict, name: str = NAME) -> str:
         f"{p.get('key', 'a deployment key')}, probes prepared with the key; bucketed = AdvFace under "
         f"{p.get('bucket_key', 'a bucketed key')}, each probe prepared for every bucket, each bucket searched in its partition. IVF: {p.get('ivf', '')}. HNSW: {p.get('hnsw', '')}. "
         "One CPU thread (OMP_NUM_THREADS=1) on a 2-core machine shared with other jobs: throughput and latency are "
-        "given per CPU-second of the search process and its children (the Milvus Lite server; the one-core figure) and, in brackets, in wall time, which counts "
+        "given per CPU-second of the search process and its children (the Milvus Lite server; the one-core figure; a Milvus "
+        f"server's process counts too: {p.get('milvus_server', 'none in this run')}) and, in brackets, in wall time, which counts "
         "the time other processes held the CPU; batch 1 latency over 200 probes, throughput over all probes in batches of "
         "1,024; bytes/template = index file (FAISS) or Milvus Lite data on disk over templates; build = protect + commit "
         "+ index (+ IVF retraining) + checkpoint, wall seconds (CPU seconds). Recall@1 / recall@10 are against exact "
@@ -344,7 +399,7 @@ def to_markdown(result: dict, name: str = NAME) -> str:
             f"| {100 * r['rank1']:.2f} % | {100 * r['tpir@fpir=0.01']:.2f} % | {100 * r['tpir@fpir=0.001']:.2f} % "
             f"| {r['throughput_batch1024_per_cpu_s']:,.0f} ({r['throughput_batch1024_per_s']:,.0f}) "
             f"| {r['cpu_batch1_p50_ms']:.2f} / {r['cpu_batch1_p99_ms']:.2f} ({r['latency_batch1_p50_ms']:.2f} / {r['latency_batch1_p99_ms']:.2f}) "
-            f"| {r['bytes_per_template']:.0f} | {r['build_s']:.0f}{cpu} | {rec} |")
+            f"| {'–' if r['bytes_per_template'] is None else format(r['bytes_per_template'], '.0f')} | {r['build_s']:.0f}{cpu} | {rec} |")
     lines += ["", "Exact search (FAISS flat), raw → AdvFace (→ keyed → bucketed):", ""]
     for size in sorted({r["distractors"] for r in result["rows"]}):
         by = {r.get("mode", "advface" if r["protected"] else "raw"): r for r in result["rows"]
@@ -368,14 +423,18 @@ def portable(info: dict, work: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000], help="distractor counts")
-    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS, help="configurations to run")
+    parser.add_argument("--backends", nargs="+", default=None, choices=BACKENDS,
+                        help="configurations to run [default: all; milvus-server-flat only with --milvus-uri]")
     parser.add_argument("--name", default=NAME, help="stem of the result files")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="stored templates to compare")
     parser.add_argument("--keyed-backends", nargs="+", default=["faiss-flat"], choices=BACKENDS,
                         help="configurations run with keyed templates (exact search equals AdvFace's up to rounding)")
     parser.add_argument("--buckets", type=int, default=64, help="buckets of the bucketed mode's key")
     parser.add_argument("--ivf-nprobe", type=int, nargs="+", default=[32, 128], help="IVF lists searched (one row each)")
-    parser.add_argument("--milvus-max", type=int, default=10_000, help="largest distractor count run on Milvus Lite")
+    parser.add_argument("--milvus-max", type=int, default=10_000, help="largest distractor count run on Milvus (Lite or server)")
+    parser.add_argument("--milvus-uri", default=None, help="a Milvus server for milvus-server-flat, e.g. http://127.0.0.1:19530")
+    parser.add_argument("--milvus-server-pid", type=int, default=None,
+                        help="the Milvus server's process on this machine: its CPU counts as the search's")
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--ef-construction", type=int, default=64)
     parser.add_argument("--ef-search", type=int, default=128)
@@ -383,11 +442,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None, help="scratch folder for the galleries (default: system temp)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
+    if args.backends is None:
+        args.backends = [b for b in BACKENDS if args.milvus_uri or b != "milvus-server-flat"]
+    if ("milvus-server-flat" in args.backends or "milvus-server-flat" in args.keyed_backends) and not args.milvus_uri:
+        parser.error("milvus-server-flat needs --milvus-uri (a running Milvus server)")
+    if args.milvus_server_pid is not None:
+        EXTRA_PIDS.append(args.milvus_server_pid)
     import pymilvus
 
     start = time.perf_counter()
     shown = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
-    shown = ["<scratch>" if i and shown[i - 1] == "--work" else a for i, a in enumerate(shown)]  # no machine paths
+    masks = {"--work": "<scratch>", "--milvus-server-pid": "<pid>"}  # no machine paths or process ids
+    shown = [masks.get(shown[i - 1], a) if i else a for i, a in enumerate(shown)]
     command = shlex.join(["python", "benchmarks/gallery_1n.py", *shown])
     args.out.mkdir(parents=True, exist_ok=True)
 

@@ -1,9 +1,11 @@
 """Bucketed deployment keys (1:N): key files, buckets, templates under their ids, probes per bucket, the CLI and
-bucketed galleries on FAISS and Milvus Lite."""
+bucketed galleries on FAISS, Milvus Lite and (with ``FACEPRIV_MILVUS_URI``) a Milvus server."""
 
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,31 @@ from facecore.errors import DeploymentKeyError, InvalidInputError, KeyMismatchEr
 from facecore.metrics import cosine_scores
 
 K = 16
+MILVUS_URI = os.environ.get("FACEPRIV_MILVUS_URI")
+STORES = ["faiss", "milvus", pytest.param("milvus-server", marks=pytest.mark.skipif(
+    not MILVUS_URI, reason="no Milvus server: set FACEPRIV_MILVUS_URI (e.g. http://127.0.0.1:19530; "
+                           "`pip install milvus && milvus-server` runs one locally)"))]
+
+
+@pytest.fixture
+def store_options(request):
+    """``options(store)`` → (store name, its options); a Milvus server gets a fresh collection, dropped afterwards."""
+    made: list[str] = []
+
+    def options(store: str) -> tuple[str, dict]:
+        if store != "milvus-server":
+            return store, {}
+        made.append(f"test_{uuid.uuid4().hex[:16]}")
+        return "milvus", {"uri": MILVUS_URI, "collection": made[-1]}
+
+    yield options
+    if made:
+        from pymilvus import MilvusClient
+
+        client = MilvusClient(MILVUS_URI, token=os.environ.get("MILVUS_TOKEN", ""))
+        for name in made:
+            client.drop_collection(name)
+        client.close()
 
 
 @pytest.fixture(scope="module")
@@ -173,13 +200,16 @@ def test_cli_keygen_buckets(tmp_path):
     assert result.exit_code != 0 and "buckets" in result.output and not (tmp_path / "c.key").exists()
 
 
-@pytest.mark.parametrize("store", ["faiss", "milvus"])
-def test_bucketed_gallery_ranks_exactly_as_the_plain_keyed_one(tmp_path, bucket_key, keyfile, people, store):
-    """Each template sits in its id's bucket (a store partition); a search merges the K per-bucket lists, so ids
-    and scores are those of the plain keyed gallery; the gallery opens only with its key."""
+@pytest.mark.parametrize("store", STORES)
+def test_bucketed_gallery_ranks_exactly_as_the_plain_keyed_one(tmp_path, bucket_key, keyfile, people, store, store_options):
+    """Each template sits in its id's bucket (a store partition); a search merges the K per-bucket lists (sent
+    concurrently to Milvus), so ids and scores are those of the plain keyed gallery, at every Milvus consistency
+    level; the gallery opens only with its key."""
     ids, z, probes = people
-    with Gallery.create(tmp_path / "b", store=store, key=bucket_key, fresh_noise=0) as g, \
-            Gallery.create(tmp_path / "p", store=store, key=keyfile) as p:
+    store, options = store_options(store)
+    _, plain_options = store_options("milvus-server" if options else store)
+    with Gallery.create(tmp_path / "b", store=store, key=bucket_key, fresh_noise=0, **options) as g, \
+            Gallery.create(tmp_path / "p", store=store, key=keyfile, **plain_options) as p:
         g.enroll(ids, z)
         p.enroll(ids, z)
         assert g.store.partitions == K and g.info()["store_info"]["partitions"] == K
@@ -205,6 +235,12 @@ def test_bucketed_gallery_ranks_exactly_as_the_plain_keyed_one(tmp_path, bucket_
     with Gallery.open(tmp_path / "b", key=bucket_key) as g:
         assert len(g) == len(ids) - 8
         assert g.search(probes[20:40], k=1).ids[:, 0].tolist() == hits.ids[20:40, 0].tolist()
+    if store == "milvus":
+        for level in ("Bounded", "Session", "Eventually"):
+            with Gallery.open(tmp_path / "b", key=bucket_key, consistency=level) as g:
+                assert g.search(probes[20:40], k=1).ids[:, 0].tolist() == hits.ids[20:40, 0].tolist()
+        with pytest.raises(InvalidInputError, match="consistency"):
+            Gallery.open(tmp_path / "b", key=bucket_key, consistency="strong")
 
 
 def test_fresh_noise_blurs_the_cosines_a_bucket_keeps(plain, keyed, bucket_key, people):

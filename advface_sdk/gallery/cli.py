@@ -145,10 +145,14 @@ def enroll(gallery_dir: Path, emb: Path, key: str, ids_key, model, store, index,
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write results to .tsv or .npz (atomic) instead of printing TSV.")
 @click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF lists searched per probe [default: the recorded].")
+@click.option("--consistency", type=click.Choice(["Strong", "Bounded", "Session", "Eventually"]), default=None,
+              help="Milvus: consistency level of the searches [default: the recorded, Strong]; the others answer a server "
+                   "without waiting for its time tick (~200 ms) but may miss templates committed in the last seconds.")
 @_uri_option
 @_key_option
 @friendly_errors
-def search(gallery_dir: Path, probes: Path, k: int, key: str, ids_key, batch: int, out, nprobe, uri, deployment_key) -> None:
+def search(gallery_dir: Path, probes: Path, k: int, key: str, ids_key, batch: int, out, nprobe, consistency, uri,
+           deployment_key) -> None:
     """Search each probe of PROBES.npz (clean embeddings) in GALLERY: TSV lines probe, rank, id, score."""
     import os
 
@@ -164,7 +168,7 @@ def search(gallery_dir: Path, probes: Path, k: int, key: str, ids_key, batch: in
     sink = open(tmp, "w") if tmp else sys.stdout
     all_ids, all_scores = [], []
     try:
-        with _open(gallery_dir, uri, deployment_key, nprobe=nprobe) as g, tqdm(total=shape[0], desc="search", unit="probe", file=sys.stderr, disable=None) as bar:
+        with _open(gallery_dir, uri, deployment_key, nprobe=nprobe, consistency=consistency) as g, tqdm(total=shape[0], desc="search", unit="probe", file=sys.stderr, disable=None) as bar:
             for start, block in blocks:
                 hits = g.search(block, k, fingerprint=fingerprint)
                 if out is not None and out.suffix == ".npz":
