@@ -1,13 +1,16 @@
-"""``Gallery`` on every store (FAISS exact, FAISS HNSW, FAISS IVF, a real Milvus Lite database): enroll, search, remove,
-reopen, typed errors that change nothing, provenance checks, a writer killed by SIGKILL, concurrent searches."""
+"""``Gallery`` on every store (FAISS exact, FAISS HNSW, FAISS IVF, a real Milvus Lite database and, with
+``FACEPRIV_MILVUS_URI``, a Milvus server): enroll, search, remove, reopen, typed errors that change nothing,
+provenance checks, a writer killed by SIGKILL, concurrent searches."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +31,31 @@ from facecore.errors import (
 STORES = {"faiss-flat": ("faiss", {"index": "flat"}), "faiss-hnsw": ("faiss", {"index": "hnsw"}),
           "faiss-ivf": ("faiss", {"index": "ivf", "nlist": 16, "nprobe": 8}), "milvus-lite": ("milvus", {"index": "flat"})}
 FR128 = Protector("fr128").artifact.recognizer_fingerprint
+MILVUS_URI = os.environ.get("FACEPRIV_MILVUS_URI")
+if MILVUS_URI:
+    STORES["milvus-server"] = ("milvus", {"index": "flat", "uri": MILVUS_URI})
+# every collection these tests make on a server starts with this (inherited by the writer subprocess), dropped at the end
+PREFIX = os.environ.setdefault("FACEPRIV_TEST_COLLECTIONS", f"test_{uuid.uuid4().hex[:12]}")
 
 
-@pytest.fixture(params=list(STORES))
+@pytest.fixture(params=[*STORES, *([] if MILVUS_URI else [pytest.param("milvus-server", marks=pytest.mark.skip(
+    reason="no Milvus server: set FACEPRIV_MILVUS_URI (e.g. http://127.0.0.1:19530; `pip install milvus && "
+           "milvus-server` runs one locally)"))])])
 def kind(request):
     return request.param
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _drop_server_collections():
+    yield
+    if MILVUS_URI:
+        from pymilvus import MilvusClient
+
+        client = MilvusClient(MILVUS_URI, token=os.environ.get("MILVUS_TOKEN", ""))
+        for name in client.list_collections():
+            if name.startswith(PREFIX):
+                client.drop_collection(name)
+        client.close()
 
 
 def _people(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
@@ -42,6 +65,8 @@ def _people(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
 
 def _create(path, kind, **kw) -> Gallery:
     store, options = STORES[kind]
+    if kind == "milvus-server":
+        options = {**options, "collection": f"{PREFIX}_{uuid.uuid4().hex[:12]}"}
     return Gallery.create(path, store=store, **options, **kw)
 
 
@@ -146,10 +171,8 @@ def test_milvus_collection_of_another_gallery_is_refused(tmp_path):
 WRITER = textwrap.dedent("""
     import sys
     import numpy as np
-    from advface_sdk import Gallery
-    from test_gallery import STORES, _people
-    store, options = STORES[sys.argv[2]]
-    g = Gallery.create(sys.argv[1], store=store, **options)
+    from test_gallery import _create, _people
+    g = _create(sys.argv[1], sys.argv[2])
     g.enroll(*_people(100))
     rng = np.random.default_rng(7)
     for c in range(10_000):
@@ -161,7 +184,7 @@ WRITER = textwrap.dedent("""
 
 def test_writer_killed_during_enroll_loses_nothing_committed(tmp_path, kind):
     """SIGKILL mid-enroll: every chunk reported committed survives, the gallery opens; searches from another
-    process (FAISS; Milvus Lite serves a file to one process) see whole commits only."""
+    process (FAISS and a Milvus server; Milvus Lite serves a file to one process) see whole commits only."""
     ids, x = _people(100)
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "g"), kind], stdout=subprocess.PIPE, text=True,
                             cwd=Path(__file__).parent)
@@ -171,7 +194,7 @@ def test_writer_killed_during_enroll_loses_nothing_committed(tmp_path, kind):
             line = proc.stdout.readline()
             assert line, "writer died"
             committed = int(line)
-            if kind.startswith("faiss"):
+            if kind != "milvus-lite":
                 reader = reader or Gallery.open(tmp_path / "g")
                 n = len(reader)
                 sizes.append(n)

@@ -5,8 +5,9 @@ The gallery's identity (protector, recognizer, key) is written into the collecti
 so a collection is refused by a gallery of another protector even when reached by URI. A token for
 a secured cluster is read from ``$MILVUS_TOKEN`` and never stored. Each ``add`` is inserted and
 flushed before it returns; a process killed inside ``add`` can leave part of that one batch behind
-(``advface-cli gallery enroll --skip-existing`` resumes). Milvus Lite serves a file to one process at
-a time (any number of clients inside it); use a server for many processes.
+(``advface-cli gallery enroll --skip-existing`` resumes). Milvus has no transactions: readers of a server
+see an ``add`` arrive one insert request (8,192 rows) at a time. Milvus Lite serves a file to one process
+at a time (any number of clients inside it); use a server for many processes.
 
 Milvus Lite's flush swaps in an empty memtable before the frozen rows are written out as a segment,
 so a count or search racing a flush can miss the rows being flushed (a count that shrinks and grows
