@@ -62,6 +62,11 @@ def test_enroll_search_info_remove(tmp_path, store):
     assert "removed 1 of 2 ids" in result.output and "(39 left)" in result.output
     result = _run("enroll", g, tmp_path / "emb.npz", "--skip-existing")  # resume: only the missing one goes in
     assert "enrolled 1 templates" in result.output and "(40 in total; protector fr128@" in result.output
+    result = CliRunner().invoke(main, ["gallery", "delete", str(g)], input="n\n")  # asks first; "n" keeps everything
+    assert result.exit_code != 0 and g.exists()
+    result = _run("delete", g, "--yes")
+    assert result.exit_code == 0 and "deleted" in result.output and "(40 templates)" in result.output and not g.exists()
+    assert "no gallery" in _error_line(_run("delete", g, "--yes"))
 
 
 def test_bad_input_one_error_line_nothing_lost(tmp_path):

@@ -48,6 +48,13 @@ def test_gallery_search_bucketed_key(shared, tmp_path):
     assert (tmp_path / "g" / "gallery.json").is_file()
 
 
+def test_gallery_search_temporary_milvus_gallery_is_deleted(shared):
+    """Without --gallery the example's gallery is temporary: Gallery.delete drops its Milvus data at the end."""
+    out = _run("examples/gallery_search.py", "--store", "milvus")
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"deleted the temporary gallery \(\d+ templates\)", out.stdout), out.stdout
+
+
 @pytest.mark.parametrize("script", ["protect_gallery.py", "verify_salted.py", "gallery_search.py"])
 def test_examples_without_data_exit_2_with_one_line(tmp_path, script):
     out = _run(f"examples/{script}", env={"FACEPRIV_SHARED": str(tmp_path)})

@@ -168,6 +168,41 @@ def test_milvus_collection_of_another_gallery_is_refused(tmp_path):
         assert len(g) == 10
 
 
+def test_delete_removes_every_template_and_the_folder(tmp_path, kind, keys):
+    """``Gallery.delete`` needs no key, drops the store's data (a Milvus collection, on a server too) and the folder."""
+    ids, x = _people(30)
+    with _create(tmp_path / "g", kind, key=keys["a"]) as g:
+        g.enroll(ids, x)
+        collection = g.store.info().get("collection")
+    assert Gallery.delete(tmp_path / "g") == 30
+    assert not (tmp_path / "g").exists()
+    if kind == "milvus-server":
+        from pymilvus import MilvusClient
+
+        client = MilvusClient(MILVUS_URI, token=os.environ.get("MILVUS_TOKEN", ""))
+        assert collection not in client.list_collections()
+        client.close()
+    with pytest.raises(ArtifactError, match="no gallery"):
+        Gallery.delete(tmp_path / "g")
+
+
+def test_delete_refuses_a_store_of_another_gallery(tmp_path):
+    ids, x = _people(10)
+    with Gallery.create(tmp_path / "a", store="milvus") as g:
+        g.enroll(ids, x)
+    Gallery.create(tmp_path / "c", protector=None, store="milvus", uri=str(tmp_path / "c.db"), dim=128,
+                   recognizer_fingerprint=FR128).close()
+    with pytest.raises(IncompatibleError, match="another gallery"):
+        Gallery.delete(tmp_path / "a", uri=str(tmp_path / "c.db"))
+    with Gallery.open(tmp_path / "a") as g:  # nothing was deleted
+        assert len(g) == 10
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "gallery.json").write_text("[]")
+    with pytest.raises(ArtifactError, match="format"):
+        Gallery.delete(tmp_path / "x")
+    assert (tmp_path / "x" / "gallery.json").exists()
+
+
 WRITER = textwrap.dedent("""
     import sys
     import numpy as np

@@ -229,3 +229,20 @@ def rebuild(gallery_dir: Path, deployment_key) -> None:
         extra = g.store.info()
         click.echo(f"rebuilt the index of {gallery_dir} ({len(g)} templates"
                    + (f"; IVF retrained: {extra['nlist']} lists" if extra.get("nlist") else "") + ")")
+
+
+@gallery.command()
+@click.argument("gallery_dir", metavar="GALLERY", type=click.Path(file_okay=False, path_type=Path))
+@_uri_option
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@friendly_errors
+def delete(gallery_dir: Path, uri, yes: bool) -> None:
+    """Delete GALLERY: every template in its store (a Milvus collection, on a server too), then its folder.
+
+    Needs no key; a store that holds another gallery is refused and nothing is deleted."""
+    from .gallery import Gallery
+
+    if not yes:
+        click.confirm(f"delete the gallery {gallery_dir} and every template in it?", abort=True, err=True)
+    n = Gallery.delete(gallery_dir, **({"uri": uri} if uri else {}))
+    click.echo(f"deleted {gallery_dir} ({n} templates)")

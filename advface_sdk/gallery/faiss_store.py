@@ -166,6 +166,10 @@ class FaissStore(VectorStore):
         self.checkpoint()
         self._index = None
 
+    def drop(self) -> None:
+        """Close without a checkpoint: every file of this store lies in the folder the caller removes next."""
+        self._index = None
+
     def _make_index(self, trained: dict | None = None):
         if self._parts > 1:  # one inverted list per partition, filled and searched by preassignment only
             index = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, self._parts, faiss.METRIC_INNER_PRODUCT)

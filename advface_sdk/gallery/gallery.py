@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -158,14 +159,7 @@ class Gallery:
         recomputes a damaged FAISS index from the committed templates (an IVF index is retrained).
         """
         folder = Path(path)
-        try:
-            manifest = json.loads((folder / MANIFEST).read_text())
-        except FileNotFoundError:
-            raise ArtifactError(f"no gallery at {folder} (no {MANIFEST}); `advface-cli gallery enroll` creates one") from None
-        except json.JSONDecodeError as exc:
-            raise ArtifactError(f"{folder / MANIFEST} is corrupt: {exc}") from exc
-        if manifest.get("format") != FORMAT:
-            raise ArtifactError(f"{folder}: unknown gallery format {manifest.get('format')!r}, expected {FORMAT}")
+        manifest = cls._manifest(folder)
         recorded = manifest["protector"]
         if recorded["id"] == RAW:
             if protector is not None:
@@ -194,6 +188,34 @@ class Gallery:
         gallery.store = store_class(manifest["store"]["name"]).open(folder, manifest["dim"], cls._identity(manifest), options,
                                                                     rebuild=rebuild_index)
         return gallery
+
+    @classmethod
+    def delete(cls, path: str | Path, **store_options) -> int:
+        """Delete the gallery in folder ``path``: every template in its store (a Milvus collection, on a server too)
+        and then the folder; returns how many templates there were. Needs no key or protector; a store that holds
+        another gallery is refused (:class:`IncompatibleError`) and nothing is deleted. ``store_options`` as in
+        :meth:`open` (``uri=`` of a moved Milvus)."""
+        folder = Path(path)
+        manifest = cls._manifest(folder)
+        options = {**manifest["store"]["options"], **store_options}
+        store = store_class(manifest["store"]["name"]).open(folder, manifest["dim"], cls._identity(manifest), options)
+        count = len(store)
+        store.drop()
+        shutil.rmtree(folder)
+        return count
+
+    @staticmethod
+    def _manifest(folder: Path) -> dict:
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text())
+        except FileNotFoundError:
+            raise ArtifactError(f"no gallery at {folder} (no {MANIFEST}); `advface-cli gallery enroll` creates one") from None
+        except json.JSONDecodeError as exc:
+            raise ArtifactError(f"{folder / MANIFEST} is corrupt: {exc}") from exc
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+            raise ArtifactError(f"{folder}: unknown gallery format {found!r}, expected {FORMAT}")
+        return manifest
 
     @staticmethod
     def _check_key(folder: Path, recorded: str | None, given: str | None) -> None:

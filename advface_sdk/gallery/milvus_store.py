@@ -214,6 +214,12 @@ class MilvusStore(VectorStore):
         props = self.client.describe_collection(self.collection).get("properties", {})
         return json.loads(props[PROPERTY]) if PROPERTY in props else None
 
+    def drop(self) -> None:
+        """Drop the collection (every template, on a server too) and close."""
+        with self._writing():
+            self.client.drop_collection(self.collection)
+        self.close()
+
     def close(self) -> None:
         with self._pool_guard:
             if self._pool is not None:

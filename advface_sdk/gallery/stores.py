@@ -81,6 +81,11 @@ class VectorStore(ABC):
     def close(self) -> None:
         """Release files and connections."""
 
+    def drop(self) -> None:
+        """Delete every template this store keeps outside its folder (e.g. a Milvus collection) and close it; the
+        caller then removes the folder. The default suits stores that keep everything inside the folder."""
+        self.close()
+
 
 #: most partitions a store keeps (a bucketed key's buckets; each keeps its own rotation in memory)
 MAX_PARTITIONS = 256
