@@ -317,8 +317,9 @@ def plot(result: dict, path: Path) -> None:
 
     fig, (det, cmc, scale) = plt.subplots(1, 3, figsize=(16, 4.8))
     exact = [r for r in result["rows"] if r["backend"] == "faiss-flat"]
+    sizes_with_advface = {r["distractors"] for r in exact if r["mode"] == "advface"}
     for row in exact:
-        if row["mode"] in ("keyed", "bucketed"):
+        if row["mode"] in ("keyed", "bucketed") and row["distractors"] in sizes_with_advface:
             continue  # = AdvFace up to rounding
         label = f"{row['distractors']:,} distr., {MODE_NAMES[row['mode']]}"
         style = "-" if row["protected"] else "--"
@@ -400,15 +401,28 @@ def to_markdown(result: dict, name: str = NAME) -> str:
             f"| {r['throughput_batch1024_per_cpu_s']:,.0f} ({r['throughput_batch1024_per_s']:,.0f}) "
             f"| {r['cpu_batch1_p50_ms']:.2f} / {r['cpu_batch1_p99_ms']:.2f} ({r['latency_batch1_p50_ms']:.2f} / {r['latency_batch1_p99_ms']:.2f}) "
             f"| {'–' if r['bytes_per_template'] is None else format(r['bytes_per_template'], '.0f')} | {r['build_s']:.0f}{cpu} | {rec} |")
-    lines += ["", "Exact search (FAISS flat), raw → AdvFace (→ keyed → bucketed):", ""]
+    summary = []
     for size in sorted({r["distractors"] for r in result["rows"]}):
         by = {r.get("mode", "advface" if r["protected"] else "raw"): r for r in result["rows"]
               if r["distractors"] == size and r["backend"] == "faiss-flat"}
         if "raw" in by and "advface" in by:
             def chain(metric, by=by):
                 return " → ".join(f"{100 * by[m][metric]:.2f} %" for m in MODES if m in by)
-            lines.append(f"- {size:,} distractors: rank-1 {chain('rank1')} ({100 * (by['advface']['rank1'] - by['raw']['rank1']):+.2f} "
+            summary.append(f"- {size:,} distractors: rank-1 {chain('rank1')} ({100 * (by['advface']['rank1'] - by['raw']['rank1']):+.2f} "
                          f"points AdvFace vs raw); TPIR@FPIR 1e-2 {chain('tpir@fpir=0.01')}; TPIR@FPIR 1e-3 {chain('tpir@fpir=0.001')}")
+    if summary:
+        lines += ["", "Exact search (FAISS flat), raw → AdvFace (→ keyed → bucketed):", "", *summary]
+    costs = []
+    for size in sorted({r["distractors"] for r in result["rows"]}):
+        for backend in dict.fromkeys(r["backend"] for r in result["rows"]):
+            by = {r.get("mode"): r for r in result["rows"] if r["distractors"] == size and r["backend"] == backend}
+            if "keyed" in by and "bucketed" in by:
+                plain, bucketed = (by[m]["throughput_batch1024_per_cpu_s"] for m in ("keyed", "bucketed"))
+                costs.append(f"- {size:,} distractors, {backend}: {bucketed:,.0f} probes per CPU-second bucketed vs "
+                             f"{plain:,.0f} with the plain key ({plain / bucketed:.1f}× the CPU per probe); batch-1 latency "
+                             f"p50 {by['bucketed']['latency_batch1_p50_ms']:.1f} vs {by['keyed']['latency_batch1_p50_ms']:.1f} ms wall")
+    if costs:
+        lines += ["", "What the bucketed key costs per backend (same templates, same run):", "", *costs]
     lines += ["", f"Picture: `{name}.png` (DET and CMC of exact search; rank-1 and TPIR vs gallery size). Environment: "
               f"{result['environment']}. Written {result['written']} in {result['seconds'] / 60:.1f} min.", ""]
     return "\n".join(lines)
@@ -441,7 +455,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=None, help="scratch folder for the galleries (default: system temp)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--render", action="store_true",
+                        help="measure nothing: re-write NAME.md and NAME.png from the NAME.json of an earlier run")
     args = parser.parse_args(argv)
+    if args.render:
+        result = json.loads((args.out / f"{args.name}.json").read_text())
+        plot(result, args.out / f"{args.name}.png")
+        (args.out / f"{args.name}.md").write_text(to_markdown(result, args.name))
+        print(f"re-wrote {args.out / args.name}.md, .png")
+        return 0
     if args.backends is None:
         args.backends = [b for b in BACKENDS if args.milvus_uri or b != "milvus-server-flat"]
     if ("milvus-server-flat" in args.backends or "milvus-server-flat" in args.keyed_backends) and not args.milvus_uri:
