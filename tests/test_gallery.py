@@ -20,6 +20,7 @@ from advface_sdk import DeploymentKey, Gallery, Protector, protect
 from advface_sdk.gallery import list_stores
 from facecore.errors import (
     ArtifactError,
+    BackendUnavailableError,
     DeploymentKeyError,
     DuplicateIdError,
     IncompatibleError,
@@ -159,6 +160,10 @@ def test_milvus_collection_of_another_gallery_is_refused(tmp_path):
     uri = str(tmp_path / "a" / "milvus.db")
     with pytest.raises(IncompatibleError, match="another gallery"):
         Gallery.create(tmp_path / "b", protector="fr512", store="milvus", uri=uri)
+    assert not (tmp_path / "b").exists()  # a refused create leaves no folder behind
+    with pytest.raises(BackendUnavailableError, match="cannot connect"):
+        Gallery.create(tmp_path / "d", store="milvus", uri="http://127.0.0.1:9")  # nothing listens there
+    assert not (tmp_path / "d").exists()
     raw = Gallery.create(tmp_path / "c", protector=None, store="milvus", uri=str(tmp_path / "c.db"), dim=128,
                          recognizer_fingerprint=FR128)
     raw.close()

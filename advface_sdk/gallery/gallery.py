@@ -129,11 +129,21 @@ class Gallery:
                     "key_id": prot.key_id if prot is not None else None, "fresh_noise": float(fresh_noise),
                     "recognizer": {"fingerprint": fingerprint, "name": recognizer.get("name")},
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        backend = store_class(store).create(folder, dim, cls._identity(manifest), store_options)
-        manifest["store"] = {"name": store, "options": backend.options}
+        existed, backend = folder.exists(), None
         tmp = folder / f".{MANIFEST}.tmp{os.getpid()}"
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-        os.replace(tmp, folder / MANIFEST)
+        try:
+            backend = store_class(store).create(folder, dim, cls._identity(manifest), store_options)
+            manifest["store"] = {"name": store, "options": backend.options}
+            tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+            os.replace(tmp, folder / MANIFEST)
+        except BaseException:  # a store that cannot be made, a full disk, Ctrl-C: leave nothing behind
+            if backend is not None:
+                backend.drop()  # what the store made outside the folder (a Milvus collection)
+            if existed:
+                tmp.unlink(missing_ok=True)
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
         return cls(folder, manifest, backend, prot)
 
     @staticmethod
