@@ -51,7 +51,7 @@ def test_enroll_search_info_remove(tmp_path, store):
     if store == "milvus":  # a search-time option of Milvus galleries: the same hits without waiting for a time tick
         assert result.exit_code == 0 and result.stdout.splitlines() == [*map("\t".join, lines)], result.output
     else:
-        assert "consistency" in _error_line(result)
+        assert "applies to Milvus galleries" in _error_line(result)
     result = _run("search", g, tmp_path / "emb.npz", "-k", "3", "--out", tmp_path / "hits.npz")
     with np.load(tmp_path / "hits.npz") as z:
         assert z["ids"].shape == (40, 3) and (z["ids"][:, 0] == arrays["relpaths"]).all()

@@ -10,7 +10,7 @@ import click
 import numpy as np
 
 from facecore._cli import friendly_errors
-from facecore.errors import DataError, IncompatibleError
+from facecore.errors import DataError, IncompatibleError, InvalidInputError
 
 from .._streaming import _npz_member
 
@@ -160,6 +160,10 @@ def search(gallery_dir: Path, probes: Path, k: int, key: str, ids_key, batch: in
 
     from facecore.embeddings import atomic_save_npz
 
+    from .gallery import Gallery
+
+    if consistency is not None and (name := Gallery._manifest(gallery_dir)["store"]["name"]) != "milvus":
+        raise InvalidInputError(f"--consistency applies to Milvus galleries; {gallery_dir} keeps its templates in {name}")
     probe_ids, fingerprint = _read_meta(probes, ids_key)
     shape, blocks = _chunks(probes, key, max(1, batch))
     if out is not None and out.suffix not in (".tsv", ".npz"):
