@@ -26,7 +26,7 @@ one after another would wait K ticks.
 
 Option ``consistency`` is the consistency level of searches: ``Strong`` (default: a search sees every commit that
 returned before it, from any process) or ``Bounded`` / ``Session`` / ``Eventually``, which answer a server search
-without waiting for the tick (~200× lower latency for small galleries) but may miss templates committed in the
+without waiting for the tick (milliseconds instead of ~200 ms on small galleries) but may miss templates committed in the
 last seconds (``Session``: those of other processes). It can be given per open (``Gallery.open(...,
 consistency=)``, ``advface-cli gallery search --consistency``).
 """
