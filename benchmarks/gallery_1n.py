@@ -188,17 +188,6 @@ def server_description(uri: str, pid: int | None) -> str:
     return f"Milvus {version} at {uri.split('@')[-1]}, {where}"
 
 
-def drop_collection(uri: str, name: str) -> None:
-    """Drop a collection this run made on a Milvus server (a gallery folder removed leaves its collection behind)."""
-    from pymilvus import MilvusClient
-
-    client = MilvusClient(uri, token=os.environ.get("MILVUS_TOKEN", ""))
-    try:
-        client.drop_collection(name)
-    finally:
-        client.close()
-
-
 def recall(found: np.ndarray, exact: np.ndarray, k: int) -> float:
     return float(np.mean([len(set(a[:k]) & set(b[:k])) / k for a, b in zip(found, exact)]))
 
@@ -253,7 +242,7 @@ def run(args, report) -> dict:
     planned = [f"{size:,} {MODE_NAMES[mode]} {name}"
                for size in args.sizes for mode in args.modes for label, _, _ in todo_for(size, mode)
                for name, _ in variants(label)]
-    server_collections: list[str] = []
+    server_galleries: list[Path] = []  # deleted with Gallery.delete: their collections outlive the folders
     try:
         for size in args.sizes:
             d = distractors(p, size)
@@ -273,7 +262,7 @@ def run(args, report) -> dict:
                     path = work / f"{size}-{mode}-{label}"
                     if label == "milvus-server-flat":
                         options = {**options, "collection": f"gallery1n_{os.getpid()}_{size}_{mode}"}
-                        server_collections.append(options["collection"])
+                        server_galleries.append(path)
                     seconds, cpu = build(path, store, options, prot, fingerprint, ids, templates)
                     for name, extra in variants(label):
                         g = Gallery.open(path, protector=prot, **extra)
@@ -295,14 +284,15 @@ def run(args, report) -> dict:
                               f"p50 {perf['cpu_batch1_p50_ms']:.2f} ms cpu  build {row['build_s']:.1f} s ({row['build_cpu_s']:.1f} cpu-s)"
                               + (f"  recall@10 {row['recall@10_vs_exact']:.4f}" if "recall@10_vs_exact" in row else ""), flush=True)
                         report({"rows": rows, "protocol": protocol, "planned": planned})
-                    shutil.rmtree(path, ignore_errors=True)
                     if label == "milvus-server-flat":
-                        drop_collection(args.milvus_uri, server_collections.pop())
+                        Gallery.delete(server_galleries.pop())
+                    shutil.rmtree(path, ignore_errors=True)
                 del templates
     finally:
+        for path in server_galleries:
+            if path.exists():
+                Gallery.delete(path)
         shutil.rmtree(work, ignore_errors=True)
-        for name in server_collections:
-            drop_collection(args.milvus_uri, name)
     return {"rows": rows, "protocol": protocol, "planned": planned}
 
 
