@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 
 SKIP_REASON = "needs the shared face data: set FACEPRIV_SHARED to the folder with data/ and models/ (see README)"
+#: a Milvus server for the store tests that also run against one (they skip with MILVUS_SKIP_REASON without it)
+MILVUS_URI = os.environ.get("FACEPRIV_MILVUS_URI")
+MILVUS_SKIP_REASON = ("no Milvus server: set FACEPRIV_MILVUS_URI (e.g. http://127.0.0.1:19530; `pip install milvus && "
+                      "milvus-server` runs one locally)")
 
 
 @pytest.fixture(scope="session")

@@ -18,15 +18,14 @@ from advface_sdk.keys import BUCKETED_KEY_FORMAT, KEY_FORMAT, MAX_BUCKETS
 from facecore.errors import DeploymentKeyError, InvalidInputError, KeyMismatchError
 from facecore.metrics import cosine_scores
 
+from conftest import MILVUS_SKIP_REASON, MILVUS_URI
+
 K = 16
-MILVUS_URI = os.environ.get("FACEPRIV_MILVUS_URI")
-STORES = ["faiss", "milvus", pytest.param("milvus-server", marks=pytest.mark.skipif(
-    not MILVUS_URI, reason="no Milvus server: set FACEPRIV_MILVUS_URI (e.g. http://127.0.0.1:19530; "
-                           "`pip install milvus && milvus-server` runs one locally)"))]
+STORES = ["faiss", "milvus", pytest.param("milvus-server", marks=pytest.mark.skipif(not MILVUS_URI, reason=MILVUS_SKIP_REASON))]
 
 
 @pytest.fixture
-def store_options(request):
+def store_options():
     """``options(store)`` → (store name, its options); a Milvus server gets a fresh collection, dropped afterwards."""
     made: list[str] = []
 

@@ -29,10 +29,11 @@ from facecore.errors import (
     NonFiniteError,
 )
 
+from conftest import MILVUS_SKIP_REASON, MILVUS_URI
+
 STORES = {"faiss-flat": ("faiss", {"index": "flat"}), "faiss-hnsw": ("faiss", {"index": "hnsw"}),
           "faiss-ivf": ("faiss", {"index": "ivf", "nlist": 16, "nprobe": 8}), "milvus-lite": ("milvus", {"index": "flat"})}
 FR128 = Protector("fr128").artifact.recognizer_fingerprint
-MILVUS_URI = os.environ.get("FACEPRIV_MILVUS_URI")
 if MILVUS_URI:
     STORES["milvus-server"] = ("milvus", {"index": "flat", "uri": MILVUS_URI})
 # every collection these tests make on a server starts with this (inherited by the writer subprocess), dropped at the end
@@ -40,8 +41,7 @@ PREFIX = os.environ.setdefault("FACEPRIV_TEST_COLLECTIONS", f"test_{uuid.uuid4()
 
 
 @pytest.fixture(params=[*STORES, *([] if MILVUS_URI else [pytest.param("milvus-server", marks=pytest.mark.skip(
-    reason="no Milvus server: set FACEPRIV_MILVUS_URI (e.g. http://127.0.0.1:19530; `pip install milvus && "
-           "milvus-server` runs one locally)"))])])
+    reason=MILVUS_SKIP_REASON))])])
 def kind(request):
     return request.param
 
