@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,26 @@ SKIP_REASON = "needs the shared face data: set FACEPRIV_SHARED to the folder wit
 MILVUS_URI = os.environ.get("FACEPRIV_MILVUS_URI")
 MILVUS_SKIP_REASON = ("no Milvus server: set FACEPRIV_MILVUS_URI (e.g. http://127.0.0.1:19530; `pip install milvus && "
                       "milvus-server` runs one locally)")
+# every collection the tests make on the server starts with this (inherited by subprocesses); dropped at the end
+_COLLECTION_PREFIX = os.environ.setdefault("FACEPRIV_TEST_COLLECTIONS", f"test_{uuid.uuid4().hex[:12]}")
+
+
+def server_collection() -> str:
+    """A fresh collection name on the Milvus server, dropped when the test session ends."""
+    return f"{_COLLECTION_PREFIX}_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_server_collections():
+    yield
+    if MILVUS_URI:
+        from pymilvus import MilvusClient
+
+        client = MilvusClient(MILVUS_URI, token=os.environ.get("MILVUS_TOKEN", ""))
+        for name in client.list_collections():
+            if name.startswith(_COLLECTION_PREFIX):
+                client.drop_collection(name)
+        client.close()
 
 
 @pytest.fixture(scope="session")

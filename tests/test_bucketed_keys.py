@@ -4,8 +4,6 @@ bucketed galleries on FAISS, Milvus Lite and (with ``FACEPRIV_MILVUS_URI``) a Mi
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -18,31 +16,15 @@ from advface_sdk.keys import BUCKETED_KEY_FORMAT, KEY_FORMAT, MAX_BUCKETS
 from facecore.errors import DeploymentKeyError, InvalidInputError, KeyMismatchError
 from facecore.metrics import cosine_scores
 
-from conftest import MILVUS_SKIP_REASON, MILVUS_URI
+from conftest import MILVUS_SKIP_REASON, MILVUS_URI, server_collection
 
 K = 16
 STORES = ["faiss", "milvus", pytest.param("milvus-server", marks=pytest.mark.skipif(not MILVUS_URI, reason=MILVUS_SKIP_REASON))]
 
 
-@pytest.fixture
-def store_options():
-    """``options(store)`` → (store name, its options); a Milvus server gets a fresh collection, dropped afterwards."""
-    made: list[str] = []
-
-    def options(store: str) -> tuple[str, dict]:
-        if store != "milvus-server":
-            return store, {}
-        made.append(f"test_{uuid.uuid4().hex[:16]}")
-        return "milvus", {"uri": MILVUS_URI, "collection": made[-1]}
-
-    yield options
-    if made:
-        from pymilvus import MilvusClient
-
-        client = MilvusClient(MILVUS_URI, token=os.environ.get("MILVUS_TOKEN", ""))
-        for name in made:
-            client.drop_collection(name)
-        client.close()
+def _store_options(store: str) -> tuple[str, dict]:
+    """(store name, its options); a Milvus server gets a fresh collection (dropped when the session ends)."""
+    return ("milvus", {"uri": MILVUS_URI, "collection": server_collection()}) if store == "milvus-server" else (store, {})
 
 
 @pytest.fixture(scope="module")
@@ -200,13 +182,14 @@ def test_cli_keygen_buckets(tmp_path):
 
 
 @pytest.mark.parametrize("store", STORES)
-def test_bucketed_gallery_ranks_exactly_as_the_plain_keyed_one(tmp_path, bucket_key, keyfile, people, store, store_options):
+def test_bucketed_gallery_ranks_exactly_as_the_plain_keyed_one(tmp_path, bucket_key, keyfile, people, store):
     """Each template sits in its id's bucket (a store partition); a search merges the K per-bucket lists (sent
     concurrently to Milvus), so ids and scores are those of the plain keyed gallery, at every Milvus consistency
     level; the gallery opens only with its key."""
     ids, z, probes = people
-    store, options = store_options(store)
-    _, plain_options = store_options("milvus-server" if options else store)
+    kind = store
+    store, options = _store_options(kind)
+    _, plain_options = _store_options(kind)
     with Gallery.create(tmp_path / "b", store=store, key=bucket_key, fresh_noise=0, **options) as g, \
             Gallery.create(tmp_path / "p", store=store, key=keyfile, **plain_options) as p:
         g.enroll(ids, z)

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -29,34 +28,19 @@ from facecore.errors import (
     NonFiniteError,
 )
 
-from conftest import MILVUS_SKIP_REASON, MILVUS_URI
+from conftest import MILVUS_SKIP_REASON, MILVUS_URI, server_collection
 
 STORES = {"faiss-flat": ("faiss", {"index": "flat"}), "faiss-hnsw": ("faiss", {"index": "hnsw"}),
           "faiss-ivf": ("faiss", {"index": "ivf", "nlist": 16, "nprobe": 8}), "milvus-lite": ("milvus", {"index": "flat"})}
 FR128 = Protector("fr128").artifact.recognizer_fingerprint
 if MILVUS_URI:
     STORES["milvus-server"] = ("milvus", {"index": "flat", "uri": MILVUS_URI})
-# every collection these tests make on a server starts with this (inherited by the writer subprocess), dropped at the end
-PREFIX = os.environ.setdefault("FACEPRIV_TEST_COLLECTIONS", f"test_{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture(params=[*STORES, *([] if MILVUS_URI else [pytest.param("milvus-server", marks=pytest.mark.skip(
     reason=MILVUS_SKIP_REASON))])])
 def kind(request):
     return request.param
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _drop_server_collections():
-    yield
-    if MILVUS_URI:
-        from pymilvus import MilvusClient
-
-        client = MilvusClient(MILVUS_URI, token=os.environ.get("MILVUS_TOKEN", ""))
-        for name in client.list_collections():
-            if name.startswith(PREFIX):
-                client.drop_collection(name)
-        client.close()
 
 
 def _people(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
@@ -67,7 +51,7 @@ def _people(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
 def _create(path, kind, **kw) -> Gallery:
     store, options = STORES[kind]
     if kind == "milvus-server":
-        options = {**options, "collection": f"{PREFIX}_{uuid.uuid4().hex[:12]}"}
+        options = {**options, "collection": server_collection()}
     return Gallery.create(path, store=store, **options, **kw)
 
 
