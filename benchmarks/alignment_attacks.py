@@ -56,7 +56,8 @@ Attackers, each reported (the strongest is what counts):
 
 Victims: 346 people of LFW folds 9–10 (chance rank-1 1/346); LFW accuracy on View-2 folds 6–10. One key
 links few enough victims that chance moves it by a victim or two, so each rank-1 is the mean over
-``--keys`` independent deployment keys (per-key values in the JSON).
+``--keys`` independent deployment keys (per-key values in the JSON). Key ranges can run on separate cores
+(``--first-key``) and be joined into one report (``--merge A.json B.json --out ...``).
 
     FACEPRIV_SHARED=... FACEPRIV_CACHE=... python benchmarks/alignment_attacks.py --out benchmarks/results/threat_matrix/alignment_attacks
 """
@@ -390,6 +391,53 @@ def store_sweep(scheme: Scheme, g: np.ndarray, z: np.ndarray, lab: np.ndarray, d
     return out
 
 
+def summarise(runs: list[dict], accuracies: list[float], values: int) -> dict:
+    """One scheme's row: every attacker's rank-1 as the mean over the keys (``runs``: one dict per key), the
+    strongest of those means, and the mean LFW accuracy (%, one per key)."""
+    attackers = [a for a in runs[0] if a != "key"]
+    row = {"accuracy": round(float(np.mean(accuracies)), 2), "accuracy_per_key": accuracies, "template_values": values,
+           "keys": len(runs), "per_key": runs,
+           **{a: (None if runs[0][a] is None else float(np.mean([r[a] for r in runs]))) for a in attackers}}
+    row["strongest"] = max(row[a] for a in attackers if "overlap" not in a and "share" not in a and row[a] is not None)
+    return row
+
+
+def merge_runs(parts: list[dict]) -> dict:
+    """Several runs' JSON (disjoint key ranges of the same schemes) joined into one: per-key results concatenated,
+    every mean and the strongest attacker taken again over all the keys. Refuses a key measured twice, and runs
+    that measured different attackers."""
+    out: dict = {}
+    for part in parts:
+        for rec, res in part.items():
+            into = out.setdefault(rec, {k: v for k, v in res.items() if not isinstance(v, dict)})
+            for name, row in res.items():
+                if not isinstance(row, dict):
+                    continue
+                # a run from before per-key accuracies were kept: its mean stands for each of its keys
+                accs = row.get("accuracy_per_key", [row["accuracy"]] * row["keys"])
+                into.setdefault(name, {"runs": [], "acc": [], "values": row["template_values"], "minutes": 0.0})
+                # runs from before --first-key started at key 0 and did not name their keys
+                into[name]["runs"] += [r if "key" in r else {"key": i, **r} for i, r in enumerate(row["per_key"])]
+                into[name]["acc"] += accs
+                into[name]["minutes"] += row.get("minutes", 0.0)
+    for rec, res in out.items():
+        for name, m in list(res.items()):
+            if not isinstance(m, dict):
+                continue
+            keys = [r["key"] for r in m["runs"]]
+            if len(set(keys)) < len(keys):
+                raise SystemExit(f"error: {rec} {name}: a key was measured in two of the merged runs ({sorted(keys)})")
+            if len({tuple(a for a in r if a != "key") for r in m["runs"]}) > 1:
+                raise SystemExit(f"error: {rec} {name}: the merged runs measured different attackers")
+            res[name] = {**summarise(m["runs"], m["acc"], m["values"]), "minutes": round(m["minutes"], 1)}
+    return out
+
+
+def _keys_of(results: dict) -> str:
+    counts = sorted({r["keys"] for res in results.values() for r in res.values() if isinstance(r, dict)})
+    return " / ".join(map(str, counts))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="Output stem (.json and .md are written).")
@@ -398,6 +446,12 @@ def main() -> None:
     ap.add_argument("--noise", nargs="+", type=float, default=(0.3, 0.5, 0.7),
                     help="Fresh-noise sizes (relative to the template) to measure on top of AdvFace.")
     ap.add_argument("--keys", type=int, default=3, help="Independent keys per scheme; rank-1 is their mean.")
+    ap.add_argument("--first-key", type=int, default=0,
+                    help="Index of the first key (key k is seeded 1 + 10k, the thief's 2 + 10k): runs over disjoint "
+                         "key ranges can go on separate cores and be joined with --merge.")
+    ap.add_argument("--merge", nargs="+", type=Path, default=(), metavar="JSON",
+                    help="Measure nothing: join these runs' per-key results (disjoint key ranges; pass the --store "
+                         "they used) into one report at --out, every mean over all their keys.")
     ap.add_argument("--blocks", nargs="+", type=int, default=(), help="Also measure this many decoy blocks (c = 1 each).")
     ap.add_argument("--buckets", nargs="+", type=int, default=(16, 64),
                     help="Bucketed rotation: users spread over this many keyed buckets, one rotation each.")
@@ -425,8 +479,8 @@ def main() -> None:
         db = np.flatnonzero(~public)
     elif args.store == "all+thief":
         db = np.arange(len(lab))
-    results = {}
-    for rec in args.recognizers:
+    results = merge_runs([json.loads(f.read_text()) for f in args.merge]) if args.merge else {}
+    for rec in () if args.merge else args.recognizers:
         z = (ev.emb if rec == "fr128" else ev.emb_eval).astype(np.float32)
         g = Protector(rec, backend="onnxruntime").protect(z).astype(np.float64)
         z = z.astype(np.float64)
@@ -449,16 +503,14 @@ def main() -> None:
             if args.schemes and name not in args.schemes:
                 continue
             start, runs, acc = time.perf_counter(), [], []
-            for k in range(args.keys):  # independent deployment keys (and decoys) against independent thieves' keys
+            keys = range(args.first_key, args.first_key + args.keys)
+            for k in keys:  # independent deployment keys (and decoys) against independent thieves' keys
                 scheme, thief = Scheme(name, dim, 1 + 10 * k, g[public], **kw), Scheme(name, dim, 2 + 10 * k, g[public], **kw)
                 acc.append(kfold_accuracy(np.sum(l2_normalize(scheme.store(g[left], z[left], lab[left]))
                                                  * l2_normalize(scheme.probe(z[right], lab[left])), 1), issame, folds).accuracy)
-                runs.append(attack(scheme, thief, g, z, lab, db, vic.enrolled, vic.probe, l2_normalize(g[public]), z[public]))
-            row = {"accuracy": round(100 * float(np.mean(acc)), 2),
-                   "template_values": int(scheme.store(g[:1], z[:1], lab[:1]).shape[1]),
-                   "keys": args.keys, "per_key": runs,
-                   **{a: (None if runs[0][a] is None else float(np.mean([r[a] for r in runs]))) for a in runs[0]}}
-            row["strongest"] = max(row[a] for a in runs[0] if "overlap" not in a and "share" not in a and row[a] is not None)
+                runs.append({"key": k, **attack(scheme, thief, g, z, lab, db, vic.enrolled, vic.probe,
+                                                l2_normalize(g[public]), z[public])})
+            row = summarise(runs, [100 * a for a in acc], int(scheme.store(g[:1], z[:1], lab[:1]).shape[1]))
             if kw.get("decoy") and args.sweep:
                 row["store sweep"] = store_sweep(Scheme(name, dim, 1, g[public], **kw), g, z, lab, db, vic.enrolled,
                                                  vic.probe, list(args.sweep))
@@ -482,7 +534,7 @@ def main() -> None:
              "Thief: the stolen database, the SDK, the public recognizers and clean photos of every victim; no key, no "
              f"known pair. Rank-1 linking of the {len(vic.enrolled)} victims' stolen templates to their photos (chance "
              f"{100 / len(vic.enrolled):.1f} %, the issue's bar 2× chance = {200 / len(vic.enrolled):.1f} %), the mean over "
-             f"{args.keys} independent deployment keys (and decoy draws), each against a thief with a key of his own. Subspace attacks "
+             f"{_keys_of(results)} independent deployment keys (and decoy draws), each against a thief with a key of his own. Subspace attacks "
              f"search the whole stolen database ({len(db)} templates: "
              f"{dict(folds='the victims’ folds', all='every LFW image but the thief’s own faces').get(args.store, 'every LFW image, the thief’s own enrolment images among them')}). See the module docstring.", ""]
     for rec, res in results.items():

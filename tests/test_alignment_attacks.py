@@ -182,3 +182,29 @@ def test_projecting_each_bucket_commutes_with_its_secret_rotation(bench):
     plain = bench.project_buckets(noisy, buckets)
     assert np.allclose(projected, np.stack([x @ rots[b].T for x, b in zip(plain, buckets)]), atol=1e-5)
     assert np.mean(np.sum(plain * clean, 1)) > np.mean(np.sum(noisy * clean, 1)) + 0.01
+
+
+def test_runs_over_disjoint_keys_merge_into_one_mean_and_refuse_a_key_twice(bench):
+    """--merge: per-key results of runs on separate cores join into the same row one run over all keys gives."""
+    def run(keys, hits):  # hits: one victim count (of 4) per key, for two attackers
+        runs = [{"key": k, "direct": h / 4, "GW": (4 - h) / 4} for k, h in zip(keys, hits)]
+        return {"fr512": {"raw accuracy": 99.5, "K=64": {**bench.summarise(runs, [99.0 + k for k in keys], 512),
+                                                         "minutes": 1.5}}}
+
+    whole = run([0, 1, 2, 3], [1, 0, 0, 3])["fr512"]["K=64"]
+    old = run([0, 1], [1, 0])
+    for r in old["fr512"]["K=64"]["per_key"]:  # a run from before keys were named: it started at key 0
+        del r["key"]
+    del old["fr512"]["K=64"]["accuracy_per_key"]
+    merged = bench.merge_runs([old, run([2, 3], [0, 3])])["fr512"]
+    row = merged["K=64"]
+    assert merged["raw accuracy"] == 99.5 and row["keys"] == 4 and row["minutes"] == 3.0
+    assert row["direct"] == whole["direct"] == 0.25 and row["GW"] == whole["GW"] == 0.75 and row["strongest"] == 0.75
+    assert [r["key"] for r in row["per_key"]] == [0, 1, 2, 3]
+    assert row["accuracy"] == whole["accuracy"] == 100.5  # the old run's mean (99.5) stands for each of its keys
+    with pytest.raises(SystemExit, match="a key was measured in two"):
+        bench.merge_runs([run([0, 1], [1, 0]), run([1, 2], [0, 0])])
+    other = run([5], [1])
+    other["fr512"]["K=64"]["per_key"][0]["new attacker"] = 0.0
+    with pytest.raises(SystemExit, match="different attackers"):
+        bench.merge_runs([run([0], [1]), other])
