@@ -103,7 +103,8 @@ def test_templates_under_ids_match_probes_of_their_bucket(plain, keyed, bucket_k
     other = (b + 1) % K
     assert np.abs(cosine_scores(stored, every[np.arange(len(z)), other])).mean() < 0.2 < reference.mean()
     # rows: a per-row id equals the same id for a single row; numpy, torch and the module functions agree
-    assert np.allclose(keyed.protect(z[3], users=ids[3]), stored[3], atol=1e-6)
+    # (one row runs another ONNX Runtime GEMM path: a few float32 ulps of templates of norm ~10, up to 4e-6)
+    assert np.allclose(keyed.protect(z[3], users=ids[3]), stored[3], rtol=0, atol=1e-5)
     assert np.array_equal(protect(z, key=bucket_key, users=ids), stored)
     assert np.array_equal(prepare_probe(probes, key=bucket_key), every)
     import torch
