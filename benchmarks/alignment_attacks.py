@@ -402,10 +402,10 @@ def summarise(runs: list[dict], accuracies: list[float], values: int) -> dict:
     return row
 
 
-def merge_runs(parts: list[dict]) -> dict:
+def merge_runs(parts: list[dict], store: str) -> dict:
     """Several runs' JSON (disjoint key ranges of the same schemes) joined into one: per-key results concatenated,
-    every mean and the strongest attacker taken again over all the keys. Refuses a key measured twice, and runs
-    that measured different attackers."""
+    every mean and the strongest attacker taken again over all the keys. Refuses a key measured twice, runs that
+    measured different attackers or another stolen store than ``store``, and store sweeps (one key only)."""
     out: dict = {}
     for part in parts:
         for rec, res in part.items():
@@ -413,6 +413,10 @@ def merge_runs(parts: list[dict]) -> dict:
             for name, row in res.items():
                 if not isinstance(row, dict):
                     continue
+                if row.get("store", store) != store:  # runs from before the store was recorded: as --store says
+                    raise SystemExit(f"error: {rec} {name}: a run used --store {row['store']}, not {store}")
+                if "store sweep" in row:
+                    raise SystemExit(f"error: {rec} {name}: store sweeps measure the first key only; merge runs without --sweep")
                 # a run from before per-key accuracies were kept: its mean stands for each of its keys
                 accs = row.get("accuracy_per_key", [row["accuracy"]] * row["keys"])
                 into.setdefault(name, {"runs": [], "acc": [], "values": row["template_values"], "minutes": 0.0})
@@ -429,7 +433,7 @@ def merge_runs(parts: list[dict]) -> dict:
                 raise SystemExit(f"error: {rec} {name}: a key was measured in two of the merged runs ({sorted(keys)})")
             if len({tuple(a for a in r if a != "key") for r in m["runs"]}) > 1:
                 raise SystemExit(f"error: {rec} {name}: the merged runs measured different attackers")
-            res[name] = {**summarise(m["runs"], m["acc"], m["values"]), "minutes": round(m["minutes"], 1)}
+            res[name] = {**summarise(m["runs"], m["acc"], m["values"]), "store": store, "minutes": round(m["minutes"], 1)}
     return out
 
 
@@ -479,7 +483,7 @@ def main() -> None:
         db = np.flatnonzero(~public)
     elif args.store == "all+thief":
         db = np.arange(len(lab))
-    results = merge_runs([json.loads(f.read_text()) for f in args.merge]) if args.merge else {}
+    results = merge_runs([json.loads(f.read_text()) for f in args.merge], args.store) if args.merge else {}
     for rec in () if args.merge else args.recognizers:
         z = (ev.emb if rec == "fr128" else ev.emb_eval).astype(np.float32)
         g = Protector(rec, backend="onnxruntime").protect(z).astype(np.float64)
@@ -511,6 +515,7 @@ def main() -> None:
                 runs.append({"key": k, **attack(scheme, thief, g, z, lab, db, vic.enrolled, vic.probe,
                                                 l2_normalize(g[public]), z[public])})
             row = summarise(runs, [100 * a for a in acc], int(scheme.store(g[:1], z[:1], lab[:1]).shape[1]))
+            row["store"] = args.store
             if kw.get("decoy") and args.sweep:
                 row["store sweep"] = store_sweep(Scheme(name, dim, 1, g[public], **kw), g, z, lab, db, vic.enrolled,
                                                  vic.probe, list(args.sweep))

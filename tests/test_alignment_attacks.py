@@ -196,15 +196,19 @@ def test_runs_over_disjoint_keys_merge_into_one_mean_and_refuse_a_key_twice(benc
     for r in old["fr512"]["K=64"]["per_key"]:  # a run from before keys were named: it started at key 0
         del r["key"]
     del old["fr512"]["K=64"]["accuracy_per_key"]
-    merged = bench.merge_runs([old, run([2, 3], [0, 3])])["fr512"]
+    merged = bench.merge_runs([old, run([2, 3], [0, 3])], "all")["fr512"]
     row = merged["K=64"]
     assert merged["raw accuracy"] == 99.5 and row["keys"] == 4 and row["minutes"] == 3.0
     assert row["direct"] == whole["direct"] == 0.25 and row["GW"] == whole["GW"] == 0.75 and row["strongest"] == 0.75
     assert [r["key"] for r in row["per_key"]] == [0, 1, 2, 3]
     assert row["accuracy"] == whole["accuracy"] == 100.5  # the old run's mean (99.5) stands for each of its keys
     with pytest.raises(SystemExit, match="a key was measured in two"):
-        bench.merge_runs([run([0, 1], [1, 0]), run([1, 2], [0, 0])])
+        bench.merge_runs([run([0, 1], [1, 0]), run([1, 2], [0, 0])], "all")
     other = run([5], [1])
     other["fr512"]["K=64"]["per_key"][0]["new attacker"] = 0.0
     with pytest.raises(SystemExit, match="different attackers"):
-        bench.merge_runs([run([0], [1]), other])
+        bench.merge_runs([run([0], [1]), other], "all")
+    folds = run([6], [1])
+    folds["fr512"]["K=64"]["store"] = "folds"
+    with pytest.raises(SystemExit, match="--store folds, not all"):
+        bench.merge_runs([run([0], [1]), folds], "all")
