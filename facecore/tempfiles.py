@@ -2,8 +2,8 @@
 
 A temp file for ``OUT`` is ``.OUT.tmp<PID>`` beside it. :func:`remove_stale` deletes such files
 (and ``.OUT.tmp<PID>.*`` folders) whose process is gone, so a run killed by SIGKILL is cleaned up
-by the next one; :func:`terminate_as_interrupt` turns SIGTERM into ``KeyboardInterrupt`` so the
-``finally`` blocks that clean up after Ctrl-C also run on SIGTERM.
+by the next one (:func:`remove_stale_in`: those of every file in a folder); :func:`terminate_as_interrupt`
+turns SIGTERM into ``KeyboardInterrupt`` so the ``finally`` blocks that clean up after Ctrl-C also run on SIGTERM.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import shutil
 import signal
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 _TAG = re.compile(r"\.tmp(\d+)(?:\..*)?$")
 
@@ -43,15 +43,24 @@ def remove_stale(target: str | Path) -> list[Path]:
     """Remove ``.TARGET.tmp<PID>*`` left beside ``target`` by processes that no longer run."""
     target = Path(target)
     prefix = f".{target.name}.tmp"
+    return _remove_dead(target.parent, lambda name: _TAG.match(name[len(prefix) - 4:]) if name.startswith(prefix) else None)
+
+
+def remove_stale_in(folder: str | Path) -> list[Path]:
+    """Remove every ``.NAME.tmp<PID>*`` in ``folder`` left by processes that no longer run: one scan for the
+    temporary files of many targets (a folder a killed run was writing into)."""
+    return _remove_dead(Path(folder), lambda name: _TAG.search(name) if name.startswith(".") else None)
+
+
+def _remove_dead(folder: Path, tag: Callable[[str], re.Match | None]) -> list[Path]:
+    """Remove the entries of ``folder`` whose name ``tag`` matches with a PID whose process is gone."""
     removed = []
     try:
-        entries = list(target.parent.iterdir())
+        entries = list(folder.iterdir())
     except OSError:
         return removed
     for path in entries:
-        if not path.name.startswith(prefix):
-            continue
-        match = _TAG.match(path.name[len(prefix) - 4:])
+        match = tag(path.name)
         if not match or int(match.group(1)) == os.getpid() or pid_alive(int(match.group(1))):
             continue
         with contextlib.suppress(OSError):

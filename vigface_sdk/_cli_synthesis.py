@@ -165,6 +165,7 @@ def synthesize_cmd(identities, per_identity, out, pipeline, fmt, prototypes, see
                    shard_size, evaluator, device, quiet) -> None:
     """Synthesize IDENTITIES x PER-IDENTITY faces of virtual identities into OUT (resumable; shards across torchrun ranks)."""
     from facecore.recognizers import create_recognizer
+    from facecore.tempfiles import terminate_as_interrupt
     from facecore.training.distributed import cleanup, init_distributed
 
     from .models.virtual import load_prototype_store
@@ -179,8 +180,9 @@ def synthesize_cmd(identities, per_identity, out, pipeline, fmt, prototypes, see
         protos = pipe.check_prototypes(store.virtual, store.backbone_fingerprint)
     rec = None if evaluator == "none" else create_recognizer(evaluator)
     kwargs = {k: v for k, v in {"guidance_scale": guidance_scale, "num_inference_steps": steps}.items() if v is not None}
-    res = synthesize(pipe, out, identities, per_identity, protos, seed, fmt=fmt, shard_size=shard_size, batch_size=batch_size,
-                     evaluator=rec, ctx=ctx, progress=not quiet, **kwargs)
+    with terminate_as_interrupt():  # SIGTERM, like Ctrl-C, removes the file being written; finished shards stay
+        res = synthesize(pipe, out, identities, per_identity, protos, seed, fmt=fmt, shard_size=shard_size,
+                         batch_size=batch_size, evaluator=rec, ctx=ctx, progress=not quiet, **kwargs)
     if ctx.is_main:
         state = "complete" if res.complete else "incomplete (other ranks' shards missing)"
         click.echo(f"{out}: {res.num_images} images made ({res.images_per_second:.1f} img/s on rank 0), "
@@ -246,8 +248,8 @@ def report_synthesis_cmd(dataset, pipeline, real_root, evaluator, far, grids, ou
 
 @click.command("demo")
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"), show_default=True)
-@click.option("--identities", "-n", default=8, show_default=True)
-@click.option("--per-identity", "-m", default=8, show_default=True)
+@click.option("--identities", "-n", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--per-identity", "-m", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @friendly_errors
 def demo_cmd(out, identities, per_identity, seed) -> None:

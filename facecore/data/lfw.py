@@ -20,13 +20,22 @@ class PairsProtocol:
     folds: np.ndarray
     n_folds: int
 
+    def _fold_mask(self, folds) -> np.ndarray:
+        """Pairs in ``folds`` (0-based); a fold this protocol lacks is an error, not an empty selection."""
+        folds = list(folds)
+        missing = sorted(f for f in folds if not 0 <= f < self.n_folds)
+        if missing:
+            raise InvalidInputError(f"folds {[f + 1 for f in missing]} (1-based) do not exist: this protocol has "
+                                    f"{self.n_folds} folds")
+        return np.isin(self.folds, folds)
+
     def identities_in_folds(self, folds) -> set[str]:
         """Identities appearing in the given folds (LFW's folds are identity-disjoint)."""
-        keep = np.isin(self.folds, list(folds))
+        keep = self._fold_mask(folds)
         return {p.split("/")[0] for i in np.flatnonzero(keep) for p in (self.left[i], self.right[i])}
 
     def select(self, folds) -> "PairsProtocol":
-        keep = np.flatnonzero(np.isin(self.folds, list(folds)))
+        keep = np.flatnonzero(self._fold_mask(folds))
         return PairsProtocol([self.left[i] for i in keep], [self.right[i] for i in keep],
                              self.issame[keep], self.folds[keep], self.n_folds)
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from facecore.artifacts import member, safe_name
 from facecore.embeddings import l2_normalize
-from facecore.errors import InvalidInputError
+from facecore.errors import DataError, InvalidInputError
 from facecore.metrics import cosine_scores, kfold_accuracy, threshold_at_far
 from facecore.recognizers.base import Recognizer
 
@@ -226,8 +227,15 @@ def load_synthetic(directory: str | Path) -> tuple[np.ndarray, np.ndarray, list[
 
     directory = Path(directory)
     rows = read_manifest(directory / "manifest.jsonl")
-    if rows and "file" in rows[0]:
-        images = np.stack([read_image(directory / r["file"])[..., ::-1] for r in rows])
+    if not rows:
+        raise DataError(f"{directory / 'manifest.jsonl'} lists no images")
+    for n, r in enumerate(rows, start=1):
+        if not (isinstance(r, dict) and isinstance(r.get("label"), int) and isinstance(r.get("identity"), str)
+                and ("file" in r) == ("file" in rows[0]) and isinstance(r.get("file", ""), str)):
+            raise DataError(f"{directory / 'manifest.jsonl'}: row {n} is not a synthesis row (integer label, identity, file)")
+        safe_name(r["identity"] + ".png")  # names the grid file: no path out of the report folder
+    if "file" in rows[0]:
+        images = np.stack([read_image(member(directory, r["file"]))[..., ::-1] for r in rows])
     else:
         images = np.stack([im for _, im in read_insightface_recordio(directory)])
     if len(images) != len(rows):

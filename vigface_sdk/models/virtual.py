@@ -17,6 +17,7 @@ real photos of one person at 0.68).
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,8 @@ class VirtualPrototypeSampler(Pretrained):
         indices = np.atleast_1d(np.asarray(indices, np.int64))
         if (indices < 0).any():
             raise InvalidInputError("prototype indices must be non-negative")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise InvalidInputError(f"seed must be a non-negative integer, got {seed!r}")
         if not len(indices):
             return np.zeros((0, self.dim), np.float32)
         return np.stack([self._draw(seed, i) for i in indices]).astype(np.float32)

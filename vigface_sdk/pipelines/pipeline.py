@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import numbers
 from pathlib import Path
 
 import diffusers
@@ -21,6 +22,7 @@ from diffusers import DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from tqdm.auto import tqdm
 
+from facecore.artifacts import member
 from facecore.errors import ArtifactError, IncompatibleError, InvalidInputError
 from facecore.pretrained import Contents, read_index, read_pretrained, save_components, write_pretrained
 from facecore.registry import Registry
@@ -39,6 +41,8 @@ DEFAULT_GUIDANCE = 1.0  # identity is rendered by the decoder; guidance 2 looked
 
 def sample_seed(seed: int, identity: int, sample: int) -> int:
     """The noise seed of image ``sample`` of identity ``identity``: any image can be regenerated alone."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise InvalidInputError(f"seed must be a non-negative integer, got {seed!r}")
     state = np.random.SeedSequence([int(seed), int(identity), int(sample)]).generate_state(2, np.uint32)
     return int(state[0]) << 31 | int(state[1]) >> 1
 
@@ -222,10 +226,11 @@ class VIGFacePipeline:
         directory = Path(directory)
         index = read_index(directory, INDEX, cls.__name__, "VIGFace pipeline",
                            "; train one with `vigface-cli train-diffusion` or use the default (no --pipeline)")
-        autoencoder = FaceAutoencoder.from_pretrained(directory / "autoencoder", map_location=device)
-        denoiser = PrototypeDenoiser.from_pretrained(directory / "denoiser", map_location=device)
-        scheduler = scheduler or load_scheduler(directory / "scheduler")
-        sampler = VirtualPrototypeSampler.from_pretrained(directory / "virtual_sampler") if "virtual_sampler" in index else None
+        autoencoder = FaceAutoencoder.from_pretrained(member(directory, "autoencoder"), map_location=device)
+        denoiser = PrototypeDenoiser.from_pretrained(member(directory, "denoiser"), map_location=device)
+        scheduler = scheduler or load_scheduler(member(directory, "scheduler"))
+        sampler = (VirtualPrototypeSampler.from_pretrained(member(directory, "virtual_sampler"))
+                   if "virtual_sampler" in index else None)
         meta = {k: v for k, v in index.items() if k not in ("_class_name", "autoencoder", "denoiser", "scheduler", "virtual_sampler")}
         return cls(autoencoder, denoiser, scheduler, sampler, meta)
 

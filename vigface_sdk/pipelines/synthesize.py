@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 
 from facecore.errors import IncompatibleError, InvalidInputError
 from facecore.recognizers.base import Recognizer
+from facecore.tempfiles import remove_stale_in
 from facecore.training.distributed import DistContext, barrier
 
 from .pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, VIGFacePipeline, sample_seed
@@ -57,19 +59,24 @@ def _claim(out: Path, run: dict, ctx: DistContext) -> None:
     """Create ``out/run.json`` or check that the folder holds this very run."""
     path = out / RUN_FILE
     if ctx.is_main:
+        if out.exists() and not out.is_dir():
+            raise InvalidInputError(f"{out} is a file, not a folder; choose an empty or new --out folder")
         if path.is_file():
             try:
                 saved = json.loads(path.read_text())
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, UnicodeDecodeError):
                 saved = None
+            saved = saved if isinstance(saved, dict) else {}
             if saved != run:
-                diff = sorted(k for k in set(run) | set(saved or {}) if (saved or {}).get(k) != run.get(k))
+                diff = sorted(k for k in set(run) | set(saved) if saved.get(k) != run.get(k))
                 raise IncompatibleError(f"{out} holds another synthesis run (differs in {', '.join(diff)}); "
                                         "choose an empty --out folder or repeat the original settings to resume")
         elif out.exists() and any(out.iterdir()):
             raise InvalidInputError(f"{out} is not empty and holds no synthesis run; choose an empty or new --out folder")
         else:
             atomic_write(path, (json.dumps(run, indent=2, sort_keys=True) + "\n").encode())
+        for folder in (out, out / SHARDS):  # temp files of a killed run (those in identity folders: when redone)
+            remove_stale_in(folder)
     barrier(ctx)
     if not ctx.is_main and json.loads(path.read_text()) != run:
         raise IncompatibleError(f"{out} holds another synthesis run")
@@ -102,8 +109,16 @@ def synthesize(
     ctx = ctx or DistContext()
     if fmt not in FORMATS:
         raise InvalidInputError(f"format must be one of {FORMATS}, got {fmt!r}")
-    if num_identities < 1 or per_identity < 1 or shard_size < 1:
-        raise InvalidInputError("num_identities, per_identity and shard_size must be at least 1")
+    # checked before the folder is claimed: a refused call must not pin its settings in run.json
+    for name, value, low, high in (("num_identities", num_identities, 1, None), ("per_identity", per_identity, 1, None),
+                                   ("shard_size", shard_size, 1, None), ("batch_size", batch_size, 1, None),
+                                   ("num_inference_steps", num_inference_steps, 1, None), ("seed", seed, 0, None),
+                                   ("jpeg_quality", jpeg_quality, 0, 100)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low or high is not None and value > high:
+            raise InvalidInputError(f"{name} must be an integer in {low}..{high or 'inf'}, got {value!r}")
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real) or not np.isfinite(guidance_scale) \
+            or guidance_scale < 0:
+        raise InvalidInputError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
     if prototypes is None:
         prototypes = pipeline.virtual_prototypes(num_identities, seed)
     prototypes = pipeline.check_prototypes(prototypes)
@@ -134,6 +149,9 @@ def synthesize(
         labels = np.repeat(ids, per_identity)
         scores = identity_consistency(embed_faces(evaluator, images), labels) if evaluator is not None else None
         rows = []
+        if fmt in ("folders", "both"):
+            for i in ids:
+                remove_stale_in(out / identity_name(i))
         for r, (i, m) in enumerate((i, m) for i in ids for m in range(per_identity)):
             row = {"identity": identity_name(i), "label": int(i), "prototype_index": int(i), "sample": m,
                    "seed": sample_seed(seed, i, m), "scores": {}}

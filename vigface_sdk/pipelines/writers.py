@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from facecore.errors import DataError, InvalidInputError
+from facecore.tempfiles import temp_path
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -48,12 +49,15 @@ def decode_jpeg(data: bytes) -> np.ndarray:
 
 
 def atomic_write(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    """Write ``data`` to ``path`` through a temporary file and a rename; the temporary file never outlives a failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    tmp = temp_path(path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -105,7 +109,7 @@ class RecordIOWriter:
     def __init__(self, rec_path: str | Path, idx_path: str | Path):
         self.rec_path, self.idx_path = Path(rec_path), Path(idx_path)
         self.rec_path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp_rec = self.rec_path.with_name(f".{self.rec_path.name}.tmp{os.getpid()}")
+        self._tmp_rec = temp_path(self.rec_path)
         self._fh = open(self._tmp_rec, "wb")
         self._index: list[str] = []
 
@@ -128,9 +132,12 @@ class RecordIOWriter:
     def close(self) -> None:
         if self._fh.closed:
             return
-        self._fh.close()
-        atomic_write(self.idx_path, "".join(self._index).encode())
-        os.replace(self._tmp_rec, self.rec_path)
+        try:
+            self._fh.close()
+            atomic_write(self.idx_path, "".join(self._index).encode())
+            os.replace(self._tmp_rec, self.rec_path)
+        finally:
+            self._tmp_rec.unlink(missing_ok=True)
 
     def abort(self) -> None:
         self._fh.close()

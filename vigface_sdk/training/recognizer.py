@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from facecore.errors import InvalidInputError
+from facecore.errors import InvalidInputError, NonFiniteError
 
 from ..models.backbones import FaceBackbone, iresnet_backbone
 from ..models.heads import margin_logits
@@ -37,6 +37,12 @@ class RecognizerTrainConfig:
     margin: float = 0.5
     scale: float = 32.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 2 or not all(math.isfinite(v) and v > 0 for v in (self.lr, self.scale)) \
+                or not (math.isfinite(self.margin) and self.margin >= 0):
+            raise InvalidInputError(f"batch_size >= 2 (batch norm), finite lr > 0, scale > 0 and margin >= 0 are required; "
+                                    f"got batch_size={self.batch_size}, lr={self.lr}, scale={self.scale}, margin={self.margin}")
 
 
 def augment_faces(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -98,6 +104,9 @@ def train_recognizer(images: np.ndarray, labels: np.ndarray, config: RecognizerT
         opt.step()
         sched.step()
         losses.append(loss.item())
+        if not math.isfinite(losses[-1]) or not all(torch.isfinite(p).all() for p in (head, *net.parameters())):
+            raise NonFiniteError(f"training diverged: loss {losses[-1]} or weights non-finite at step {len(losses)}; "
+                                 f"lower lr (now {config.lr}) or check the images")
     summary = {"config": asdict(config), "identities": len(classes), "images": len(images),
                "epochs": config.steps * config.batch_size / len(images), "minutes": (time.monotonic() - start) / 60,
                "first_loss": float(np.mean(losses[:10])), "final_loss": float(np.mean(losses[-20:]))}
