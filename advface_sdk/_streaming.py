@@ -18,6 +18,7 @@ import shutil
 import signal
 import threading
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -27,6 +28,8 @@ from facecore.errors import DataError, FacePrivacyError, IncompatibleError, Inva
 from facecore.tempfiles import describe_os_error, remove_stale, temp_path, terminate_as_interrupt
 
 _MAGIC = b"\x93NUMPY"
+#: what reading a damaged ``.npz`` member raises (a bad CRC, a broken deflate stream)
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error)
 
 
 def _read_header(fh, where: str):
@@ -50,6 +53,24 @@ def _open_npz(src: Path) -> zipfile.ZipFile:
         return zipfile.ZipFile(src)
     except (zipfile.BadZipFile, EOFError, OSError) as exc:
         raise DataError(f"{src} is not a valid .npz file ({exc})") from exc
+
+
+@contextlib.contextmanager
+def read_npz(path: Path) -> Iterator[np.lib.npyio.NpzFile]:
+    """``np.load`` of an ``.npz`` (pickles never loaded); a missing, damaged or other file, or an unreadable member
+    read inside the block, is a :class:`DataError`."""
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise DataError(f"{path} is a .npy array, not an .npz archive of named arrays")
+        with data:
+            yield data
+    except FileNotFoundError:
+        raise DataError(f"file not found: {path}") from None
+    except (ValueError, OSError, EOFError, *ZIP_ERRORS) as exc:
+        if isinstance(exc, FacePrivacyError):
+            raise
+        raise DataError(f"{path} is not a readable .npz ({exc})") from exc
 
 
 def _npz_member(src: Path, key: str):
@@ -160,7 +181,10 @@ def stream_protect(protector, src: Path, dst: Path, key: str = "embeddings", chu
         protector._check(None, dtype.name, shape)
 
         def read(start: int, stop: int) -> np.ndarray:
-            data = fh.read((stop - start) * row)
+            try:
+                data = fh.read((stop - start) * row)
+            except ZIP_ERRORS as exc:
+                raise DataError(f"{src} is damaged ({exc}); nothing was written") from exc
             if len(data) != (stop - start) * row:
                 raise DataError(f"{src} is truncated at row {start}")
             return np.frombuffer(data, dtype).reshape((stop - start,) + tuple(shape[1:]))
@@ -199,6 +223,8 @@ def stream_protect(protector, src: Path, dst: Path, key: str = "embeddings", chu
                             with zf.open(info) as fi, zout.open(copy, "w", force_zip64=True) as fo:
                                 shutil.copyfileobj(fi, fo, 1 << 20)
                 os.replace(tmp, dst)
+        except ZIP_ERRORS as exc:
+            raise DataError(f"{src} is damaged ({exc}); nothing was written") from exc
         except OSError as exc:
             if isinstance(exc, FacePrivacyError):
                 raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -105,6 +106,15 @@ def _load(artifact: str, trust, require_signature: bool):
     for w in caught:
         click.echo(f"warning: {w.message}", err=True)
     return art
+
+
+def _refuse_overwriting(out: Path, inputs: dict) -> None:
+    """Refuse an output ``out`` that is one of the command's input files (``{what: path}``): it would be lost."""
+    from facecore.errors import InvalidInputError
+
+    for what, path in inputs.items():
+        if path is not None and out.exists() and path.exists() and os.path.samefile(out, path):
+            raise InvalidInputError(f"{out} is the {what}: write the output to a new file (the {what} would be lost)")
 
 
 def _device_option(func):
@@ -271,6 +281,7 @@ def _stream(src: Path, dst: Path, model: str, key: str, backend: str, device: st
         raise DeploymentKeyError("--salt needs the deployment key: pass -K KEYFILE too")
     if salt == "-":
         salt = sys.stdin.readline()
+    _refuse_overwriting(dst, {"deployment key": deployment_key})
     art = _load(model, trust, require_signature)
     protector = Protector(art, backend=backend, device=device, batch_size=chunk, key=deployment_key)
     if deployment_key is not None and dst.resolve().parent == deployment_key.resolve().parent:
@@ -366,20 +377,20 @@ def export_onnx(artifact: str, out: Path, precision: str, deployment_key, probe:
     Per-user salts are per request and stay outside the graph: multiply the unkeyed graph's output by
     DeploymentKey.salted_rotation(salt, dim).T. A bucketed key's template graph adds fresh noise by default, drawn by the
     runtime on every run (--fresh-noise 0: none, a deterministic graph)."""
-    import os
-
     import numpy as np
 
-    from facecore.errors import InvalidInputError
+    from facecore.errors import DataError, InvalidInputError
 
     from ._onnx_export import generator_to_onnx, probe_to_onnx
     from .artifact import load_artifact
     from .keys import DeploymentKey
     from .protector import default_fresh_noise
 
-    from facecore.tempfiles import remove_stale, temp_path, terminate_as_interrupt
+    from facecore.tempfiles import describe_os_error, remove_stale, temp_path, terminate_as_interrupt
 
     art = load_artifact(artifact)
+    _refuse_overwriting(out, {"deployment key": deployment_key,
+                              **{f"artifact's file {p.name}": p for p in art.directory.iterdir()}})
     rotation = None
     if deployment_key is not None:
         dkey = DeploymentKey.load(deployment_key)
@@ -405,6 +416,8 @@ def export_onnx(artifact: str, out: Path, precision: str, deployment_key, probe:
             else:
                 tmp.write_bytes(model.SerializeToString())
             os.replace(tmp, out)
+    except OSError as exc:  # a missing folder, a full disk: name the output, not the temp file
+        raise DataError(describe_os_error(exc, str(out))) from exc
     finally:
         tmp.unlink(missing_ok=True)
     what = "probe" if probe else precision

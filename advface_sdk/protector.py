@@ -13,6 +13,7 @@ import numpy as np
 
 from facecore.errors import DataError, DeploymentKeyError, InvalidInputError, KeyMismatchError, NonFiniteError
 
+from ._streaming import read_npz
 from .artifact import ProtectorArtifact, load_artifact
 from .backends import create_backend, resolve_backend
 from .keys import DeploymentKey, _bucket_rotations_t32, _salted_rotation_t32, as_key, as_salt
@@ -394,15 +395,10 @@ class Protector:
         path = Path(path)
         if kind not in ("templates", "probes"):
             raise InvalidInputError(f"kind must be 'templates' or 'probes', got {kind!r}")
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = {k: str(data[k].item()) if k in data.files and data[k].size == 1 else None
-                        for k in ("kind", "key_id", "protector_id")}
-                emb = data["embeddings"] if "embeddings" in data.files else None
-        except FileNotFoundError:
-            raise DataError(f"file not found: {path}") from None
-        except (ValueError, OSError, EOFError) as exc:
-            raise DataError(f"{path} is not a readable .npz ({exc})") from exc
+        with read_npz(path) as data:
+            meta = {k: str(data[k].item()) if k in data.files and data[k].size == 1 else None
+                    for k in ("kind", "key_id", "protector_id")}
+            emb = data["embeddings"] if "embeddings" in data.files else None
         if emb is None or meta["kind"] is None:
             raise DataError(f"{path} holds no {kind} written by advface-cli (members 'embeddings' and 'kind' expected)")
         if meta["kind"] != kind:

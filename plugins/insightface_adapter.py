@@ -187,6 +187,10 @@ class InsightFacePack(ArcFaceEmbedder):
         """Detect, align and embed raw photos (arrays or paths): float32 ``(N, dim)``."""
         if isinstance(images, (str, Path, np.ndarray)) and not (isinstance(images, np.ndarray) and images.ndim == 4):
             images = [images]
+        try:
+            images = images if isinstance(images, np.ndarray) else list(images)
+        except TypeError:
+            raise InvalidInputError(f"photos must be a sequence of images or paths, got {type(images).__name__}") from None
         if len(images) == 0:
             raise InvalidInputError("empty list of photos: pass at least one image or path")
         crops = [self._detect_align(*_load(item, f"image #{i}"))[0]
@@ -199,10 +203,10 @@ def _load(image, default_label: str) -> tuple[np.ndarray, str]:
     if isinstance(image, (str, Path)):
         return read_image(image), Path(image).name
     image = np.asarray(image)
+    if image.ndim not in (2, 3) or image.ndim == 3 and image.shape[-1] != 3 or image.dtype != np.uint8 or not image.size:
+        raise InvalidInputError(f"{default_label} must be a non-empty uint8 BGR (H, W, 3) array as cv2 reads it "
+                                f"(or grey (H, W)), got {image.dtype} {image.shape}")
     if image.ndim == 2:
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-        raise InvalidInputError(f"{default_label} must be a uint8 BGR (H, W, 3) array as cv2 reads it, "
-                                f"got {image.dtype} {image.shape}")
     flag_degenerate(image, default_label)
     return np.ascontiguousarray(image), default_label

@@ -12,7 +12,7 @@ import numpy as np
 from facecore._cli import friendly_errors
 from facecore.errors import DataError, IncompatibleError, InvalidInputError
 
-from .._streaming import _npz_member
+from .._streaming import ZIP_ERRORS, _npz_member, read_npz
 
 ID_KEYS = ("ids", "relpaths")
 
@@ -21,7 +21,7 @@ def _read_meta(path: Path, ids_key: str | None) -> tuple[list[str], str | None]:
     """Ids (from ``ids_key`` or the first of :data:`ID_KEYS` present) and the recognizer fingerprint of an ``.npz``."""
     if path.suffix != ".npz" or not path.is_file():
         raise DataError(f"{path}: expected an .npz file of embeddings and ids (as written by `advface-cli embed`)")
-    with np.load(path, allow_pickle=False) as z:
+    with read_npz(path) as z:
         key = ids_key or next((k for k in ID_KEYS if k in z.files), None)
         if key not in z.files:
             raise DataError(f"{path} has no ids array {key or ID_KEYS} (arrays: {z.files}); use --ids")
@@ -31,12 +31,24 @@ def _read_meta(path: Path, ids_key: str | None) -> tuple[list[str], str | None]:
 
 
 def _chunks(path: Path, key: str, chunk: int):
-    """``(shape, iterator of row blocks)`` of array ``key`` of an ``.npz``, read ``chunk`` rows at a time."""
+    """``(shape, iterator of row blocks)`` of array ``key`` of an ``.npz``, read ``chunk`` rows at a time; the member is
+    checked whole first (its CRC, its length), so a damaged file is refused before any block is used."""
     zf, fh, shape, dtype = _npz_member(path, key)
     if len(shape) != 2:
         zf.close()
         raise DataError(f"{path}:{key} must be a 2-d (N, D) array, got shape {shape}")
     row = int(shape[1]) * dtype.itemsize
+    try:
+        size = 0
+        with zf.open(f"{key}.npy") as whole:  # zipfile verifies the CRC at the member's end
+            while block := whole.read(1 << 20):
+                size += len(block)
+    except ZIP_ERRORS as exc:
+        zf.close()
+        raise DataError(f"{path}:{key} is damaged ({exc}); nothing was read") from exc
+    if size - fh.tell() < int(shape[0]) * row:
+        zf.close()
+        raise DataError(f"{path}:{key} is truncated: its header promises shape {shape} {dtype}")
 
     def blocks():
         with zf:
@@ -159,6 +171,7 @@ def search(gallery_dir: Path, probes: Path, k: int, key: str, ids_key, batch: in
     from tqdm.auto import tqdm
 
     from facecore.embeddings import atomic_save_npz
+    from facecore.tempfiles import describe_os_error, remove_stale, temp_path, terminate_as_interrupt
 
     from .gallery import Gallery
 
@@ -168,28 +181,38 @@ def search(gallery_dir: Path, probes: Path, k: int, key: str, ids_key, batch: in
     shape, blocks = _chunks(probes, key, max(1, batch))
     if out is not None and out.suffix not in (".tsv", ".npz"):
         raise DataError(f"--out must end in .tsv or .npz, got {out}")
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}") if out is not None and out.suffix == ".tsv" else None
-    sink = open(tmp, "w") if tmp else sys.stdout
+    if out is not None and out.exists() and os.path.samefile(out, probes):
+        raise InvalidInputError(f"--out {out} is the probes file: write the results to a new file (the probes would be lost)")
+    tmp = temp_path(out) if out is not None and out.suffix == ".tsv" else None
+    sink = sys.stdout
     all_ids, all_scores = [], []
     try:
-        with _open(gallery_dir, uri, deployment_key, nprobe=nprobe, consistency=consistency) as g, tqdm(total=shape[0], desc="search", unit="probe", file=sys.stderr, disable=None) as bar:
-            for start, block in blocks:
-                hits = g.search(block, k, fingerprint=fingerprint)
-                if out is not None and out.suffix == ".npz":
-                    all_ids.append(hits.ids)
-                    all_scores.append(hits.scores)
-                else:
-                    sink.writelines(f"{probe_ids[start + r]}\t{c + 1}\t{hits.ids[r, c]}\t{hits.scores[r, c]:.6f}\n"
-                                    for r in range(len(block)) for c in range(k) if hits.ids[r, c])
-                bar.update(len(block))
-        if tmp:
-            sink.close()
-            os.replace(tmp, out)
-        elif out is not None:
-            atomic_save_npz(out, probe_ids=np.asarray(probe_ids), ids=np.concatenate(all_ids), scores=np.concatenate(all_scores))
+        with terminate_as_interrupt():  # SIGTERM too removes the partial .tsv
+            if tmp:
+                remove_stale(out)
+                try:
+                    sink = open(tmp, "w")
+                except OSError as exc:
+                    raise DataError(describe_os_error(exc, str(out))) from exc
+            with _open(gallery_dir, uri, deployment_key, nprobe=nprobe, consistency=consistency) as g, tqdm(total=shape[0], desc="search", unit="probe", file=sys.stderr, disable=None) as bar:
+                for start, block in blocks:
+                    hits = g.search(block, k, fingerprint=fingerprint)
+                    if out is not None and out.suffix == ".npz":
+                        all_ids.append(hits.ids)
+                        all_scores.append(hits.scores)
+                    else:
+                        sink.writelines(f"{probe_ids[start + r]}\t{c + 1}\t{hits.ids[r, c]}\t{hits.scores[r, c]:.6f}\n"
+                                        for r in range(len(block)) for c in range(k) if hits.ids[r, c])
+                    bar.update(len(block))
+            if tmp:
+                sink.close()
+                os.replace(tmp, out)
+            elif out is not None:
+                atomic_save_npz(out, probe_ids=np.asarray(probe_ids), ids=np.concatenate(all_ids), scores=np.concatenate(all_scores))
     finally:
         if tmp:
-            sink.close()
+            if sink is not sys.stdout:
+                sink.close()
             tmp.unlink(missing_ok=True)
     if out is not None:
         click.echo(f"wrote top-{k} matches of {shape[0]} probes to {out}")
@@ -215,7 +238,11 @@ def info(gallery_dir: Path, uri, deployment_key) -> None:
 @friendly_errors
 def remove(gallery_dir: Path, ids: tuple[str, ...], from_file, uri, deployment_key) -> None:
     """Remove templates by id from GALLERY."""
-    wanted = list(dict.fromkeys([*ids, *(from_file.read_text().split() if from_file else [])]))
+    try:
+        listed = from_file.read_text().split() if from_file else []
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{from_file} is not a text file of ids, one per line ({exc})") from None
+    wanted = list(dict.fromkeys([*ids, *listed]))
     with _open(gallery_dir, uri, deployment_key) as g:
         n = g.remove(wanted) if wanted else 0
         total = len(g)

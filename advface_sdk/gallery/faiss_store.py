@@ -31,6 +31,7 @@ import fcntl
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import faiss
@@ -75,6 +76,37 @@ def _write_durable(path: Path, write) -> str:
     finally:
         tmp.unlink(missing_ok=True)
     return digest
+
+
+def _entry_problem(entry, what: str, pattern: str) -> str | None:
+    """What is wrong with a file entry of ``state.json``: it must name one of the store's own files (``pattern``)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+        return f"{what} must be an object with a sha256, got {entry!r}"
+    if not isinstance(entry.get("file"), str) or not re.fullmatch(pattern, entry["file"]):
+        return f"{what} names {entry.get('file')!r}, not a file of this gallery's folder"
+    return None
+
+
+def _state_problem(state) -> str | None:
+    """What is wrong with a parsed ``state.json`` (``None``: nothing); nothing outside the folder may be named."""
+    if not isinstance(state, dict):
+        return f"expected a JSON object, got {type(state).__name__}"
+    for name in ("generation", "rows"):
+        if isinstance(state.get(name), bool) or not isinstance(state.get(name), int) or state[name] < 0:
+            return f"{name} must be a non-negative integer, got {state.get(name)!r}"
+    if not isinstance(state.get("segments"), list):
+        return f"segments must be a list, got {state.get('segments')!r}"
+    for seg in state["segments"]:
+        problem = _entry_problem(seg, "a segment", r"(seg-\d{8,}\.npz|del-\d{8,}\.npy)")
+        if problem or seg.get("kind") != ("add" if seg["file"].startswith("seg-") else "remove"):
+            return problem or f"segment {seg['file']} has kind {seg.get('kind')!r}"
+    for name, pattern in (("index", r"index-\d{8,}\.faiss"), ("trained", r"ivf-\d{8,}\.faiss")):
+        if state.get(name) is not None and (problem := _entry_problem(state[name], name, pattern)):
+            return problem
+    index = state.get("index")
+    if index is not None and (isinstance(index.get("rows"), bool) or not isinstance(index.get("rows"), int)):
+        return f"the index checkpoint must record its rows, got {index.get('rows')!r}"
+    return None
 
 
 def ivf_nlist(rows: int, nlist: int | None = None) -> int:
@@ -201,8 +233,11 @@ class FaissStore(VectorStore):
             with open(path, "rb") as fh:
                 st = os.fstat(fh.fileno())
                 state = json.loads(fh.read())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ArtifactError(f"{path} is corrupt: {exc}") from exc
+        problem = _state_problem(state)
+        if problem:
+            raise ArtifactError(f"{path} is corrupt or was edited: {problem}")
         return state, (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _load_state(self, use_checkpoint: bool = True) -> None:

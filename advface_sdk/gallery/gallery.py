@@ -16,12 +16,14 @@ from facecore.artifacts import sha256_file
 from facecore.embeddings import l2_normalize
 from facecore.errors import (
     ArtifactError,
+    DataError,
     DuplicateIdError,
     IncompatibleError,
     InvalidInputError,
     KeyMismatchError,
     NonFiniteError,
 )
+from facecore.tempfiles import describe_os_error
 
 from ..artifact import WEIGHTS, default_artifacts
 from ..keys import DeploymentKey, as_key
@@ -48,8 +50,33 @@ class SearchResult:
     scores: np.ndarray
 
 
+def _manifest_problem(manifest: dict) -> str | None:
+    """What is wrong with the fields of a gallery manifest of the right format (``None``: nothing)."""
+    dim = manifest.get("dim")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        return f"dim must be a positive integer, got {dim!r}"
+    fields = {"protector": {"id": str, "artifact": (str, type(None))}, "recognizer": {"fingerprint": str},
+              "store": {"name": str, "options": dict}}
+    for name, members in fields.items():
+        value = manifest.get(name)
+        if not isinstance(value, dict):
+            return f"{name} must be a JSON object, got {value!r}"
+        for member, kind in members.items():
+            if not isinstance(value.get(member), kind):
+                return f"{name}.{member} is missing or of the wrong type ({value.get(member)!r})"
+    if "key_id" not in manifest or not isinstance(manifest["key_id"], (str, type(None))):
+        return f"key_id is missing or of the wrong type ({manifest.get('key_id')!r})"
+    return None
+
+
 def _ids(ids) -> list[str]:
-    out = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+    """``ids`` (one string, or a sequence of strings) as a checked list of unique ids."""
+    if isinstance(ids, str):
+        ids = [ids]
+    try:
+        out = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+    except TypeError:
+        raise InvalidInputError(f"ids must be a string or a sequence of strings, got {type(ids).__name__}") from None
     bad = [i for i in out if not isinstance(i, str) or not i or len(i.encode()) > MAX_ID_LENGTH]
     if bad:
         raise InvalidInputError(f"ids must be non-empty strings of at most {MAX_ID_LENGTH} bytes; bad: {bad[:3]}")
@@ -97,6 +124,8 @@ class Gallery:
         ``collection=``.
         """
         folder = Path(path)
+        if folder.exists() and not folder.is_dir():
+            raise InvalidInputError(f"{folder} is a file, not a gallery folder")
         if (folder / MANIFEST).exists():
             raise InvalidInputError(f"{folder} already holds a gallery; open it instead")
         if protector is None and key is not None:
@@ -136,13 +165,15 @@ class Gallery:
             manifest["store"] = {"name": store, "options": backend.options}
             tmp.write_text(json.dumps(manifest, indent=2) + "\n")
             os.replace(tmp, folder / MANIFEST)
-        except BaseException:  # a store that cannot be made, a full disk, Ctrl-C: leave nothing behind
+        except BaseException as exc:  # a store that cannot be made, a full disk, Ctrl-C: leave nothing behind
             if backend is not None:
                 backend.drop()  # what the store made outside the folder (a Milvus collection)
             if existed:
                 tmp.unlink(missing_ok=True)
             else:
                 shutil.rmtree(folder, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise DataError(describe_os_error(exc, str(folder))) from exc
             raise
         return cls(folder, manifest, backend, prot)
 
@@ -218,13 +249,18 @@ class Gallery:
     def _manifest(folder: Path) -> dict:
         try:
             manifest = json.loads((folder / MANIFEST).read_text())
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise ArtifactError(f"no gallery at {folder} (no {MANIFEST}); `advface-cli gallery enroll` creates one") from None
-        except json.JSONDecodeError as exc:
+        except OSError as exc:
+            raise ArtifactError(f"cannot read {folder / MANIFEST}: {exc.strerror or exc}") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ArtifactError(f"{folder / MANIFEST} is corrupt: {exc}") from exc
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
             raise ArtifactError(f"{folder}: unknown gallery format {found!r}, expected {FORMAT}")
+        problem = _manifest_problem(manifest)
+        if problem:
+            raise ArtifactError(f"{folder / MANIFEST} is corrupt or was edited: {problem}")
         return manifest
 
     @staticmethod
@@ -343,8 +379,8 @@ class Gallery:
 
     def search(self, probes, k: int = 5, fingerprint: str | None = None) -> SearchResult:
         """Top-``k`` enrolled ids and cosine scores for each clean probe embedding (N, D) (keyed: prepared with the key)."""
-        if int(k) < 1:
-            raise InvalidInputError(f"k must be at least 1, got {k}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise InvalidInputError(f"k must be an integer of at least 1, got {k!r}")
         self._check_provenance(fingerprint, self.key_id)
         x = self._matrix(probes, "probes")
         if self._bucketed:
