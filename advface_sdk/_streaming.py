@@ -18,18 +18,16 @@ import shutil
 import signal
 import threading
 import zipfile
-import zlib
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from facecore.embeddings import ZIP_ERRORS
 from facecore.errors import DataError, FacePrivacyError, IncompatibleError, InvalidInputError
 from facecore.tempfiles import describe_os_error, remove_stale, temp_path, terminate_as_interrupt
 
 _MAGIC = b"\x93NUMPY"
-#: what reading a damaged ``.npz`` member raises (a bad CRC, a broken deflate stream)
-ZIP_ERRORS = (zipfile.BadZipFile, zlib.error)
 
 
 def _read_header(fh, where: str):
@@ -53,24 +51,6 @@ def _open_npz(src: Path) -> zipfile.ZipFile:
         return zipfile.ZipFile(src)
     except (zipfile.BadZipFile, EOFError, OSError) as exc:
         raise DataError(f"{src} is not a valid .npz file ({exc})") from exc
-
-
-@contextlib.contextmanager
-def read_npz(path: Path) -> Iterator[np.lib.npyio.NpzFile]:
-    """``np.load`` of an ``.npz`` (pickles never loaded); a missing, damaged or other file, or an unreadable member
-    read inside the block, is a :class:`DataError`."""
-    try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise DataError(f"{path} is a .npy array, not an .npz archive of named arrays")
-        with data:
-            yield data
-    except FileNotFoundError:
-        raise DataError(f"file not found: {path}") from None
-    except (ValueError, OSError, EOFError, *ZIP_ERRORS) as exc:
-        if isinstance(exc, FacePrivacyError):
-            raise
-        raise DataError(f"{path} is not a readable .npz ({exc})") from exc
 
 
 def _npz_member(src: Path, key: str):

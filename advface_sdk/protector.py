@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from facecore.embeddings import read_npz
 from facecore.errors import DataError, DeploymentKeyError, InvalidInputError, KeyMismatchError, NonFiniteError
 
-from ._streaming import read_npz
 from .artifact import ProtectorArtifact, load_artifact
 from .backends import create_backend, resolve_backend
 from .keys import DeploymentKey, _bucket_rotations_t32, _salted_rotation_t32, as_key, as_salt

@@ -7,18 +7,44 @@ embedded and merged, everything else is read back.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import zipfile
+import zlib
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .data.identity_folder import IdentityFolderDataset
-from .errors import DataError
+from .errors import DataError, FacePrivacyError
 from .paths import cache_dir
 from .recognizers.base import Recognizer
 from .tempfiles import describe_os_error, remove_stale, temp_path, terminate_as_interrupt
+
+
+#: what reading a damaged ``.npz`` member raises (a bad CRC, a broken deflate stream)
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error)
+
+
+@contextlib.contextmanager
+def read_npz(path: str | Path) -> Iterator[np.lib.npyio.NpzFile]:
+    """``np.load`` of an ``.npz`` (pickles never loaded); a missing, damaged or other file, or an unreadable member
+    read inside the block, is a :class:`DataError`."""
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise DataError(f"{path} is a .npy array, not an .npz archive of named arrays")
+        with data:
+            yield data
+    except FileNotFoundError:
+        raise DataError(f"file not found: {path}") from None
+    except (ValueError, OSError, EOFError, *ZIP_ERRORS) as exc:
+        if isinstance(exc, FacePrivacyError):
+            raise
+        raise DataError(f"{path} is not a readable .npz ({exc})") from exc
 
 
 def atomic_save_npz(path: str | Path, **arrays) -> None:

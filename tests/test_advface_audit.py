@@ -220,3 +220,23 @@ def test_insightface_pack_refuses_odd_photos_with_typed_errors(pack):
         pack.embed_photos(None)
     with pytest.raises(InvalidInputError, match="empty list"):
         pack.embed_photos(x for x in ())
+
+
+def test_training_packs_that_are_not_packs_give_one_error_line(tmp_path):
+    """A .npy, a truncated or a damaged pack given to train-shadow: one `error:` line, no traceback, no output."""
+    from facecore.training.face_pack import FaceTrainingSet
+
+    np.save(tmp_path / "x.npy", np.zeros((4, 128), np.float32))
+    rng = np.random.default_rng(0)
+    pack = tmp_path / "pack.npz"
+    FaceTrainingSet(rng.integers(0, 255, (8, 64, 64, 3), np.uint8), rng.standard_normal((8, 128)).astype(np.float32),
+                    np.arange(8) % 2, ["a", "b"], [f"{i}.jpg" for i in range(8)], FR128).save(pack)
+    (tmp_path / "cut.npz").write_bytes(pack.read_bytes()[:300])
+    _flip_embeddings_byte(pack, tmp_path / "bad.npz")
+    for name, what in (("x.npy", "not an .npz"), ("cut.npz", "not a readable .npz"), ("bad.npz", "not a readable .npz"),
+                       ("embeddings.npz", "not a valid training pack")):
+        out = tmp_path / f"out_{name}"
+        if name == "embeddings.npz":
+            _npz(tmp_path / name)
+        line = _error_line(_run("train-shadow", tmp_path / name, "-o", out, "--epochs", 1))
+        assert what in line and not out.exists(), line

@@ -10,9 +10,10 @@ import click
 import numpy as np
 
 from facecore._cli import friendly_errors
+from facecore.embeddings import ZIP_ERRORS, read_npz
 from facecore.errors import DataError, IncompatibleError, InvalidInputError
 
-from .._streaming import ZIP_ERRORS, _npz_member, read_npz
+from .._streaming import _npz_member
 
 ID_KEYS = ("ids", "relpaths")
 

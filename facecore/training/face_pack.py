@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from facecore.data.identity_folder import IdentityFolderDataset
-from facecore.embeddings import atomic_save_npz, extract_embeddings
+from facecore.embeddings import atomic_save_npz, extract_embeddings, read_npz
 from facecore.errors import DataError, InvalidInputError
 from facecore.recognizers.base import Recognizer
 
@@ -81,12 +81,12 @@ class FaceTrainingSet:
         if not path.is_file():
             raise DataError(f"training pack not found: {path}")
         try:
-            with np.load(path, allow_pickle=False) as z:
+            with read_npz(path) as z:
                 jpeg, off = z["jpeg"], z["offsets"]
                 images = np.stack([cv2.imdecode(jpeg[off[i]:off[i + 1]], cv2.IMREAD_COLOR)[..., ::-1] for i in range(len(off) - 1)])
                 return cls(images, z["embeddings"].astype(np.float32), z["labels"], z["identities"].tolist(),
                            z["relpaths"].tolist(), str(z["fingerprint"]))
-        except (KeyError, ValueError, OSError) as exc:
+        except (KeyError, ValueError, TypeError, cv2.error) as exc:  # a member missing or of the wrong kind
             raise DataError(f"{path} is not a valid training pack: {exc}") from exc
 
     def partners(self, seed: int = 0) -> np.ndarray:

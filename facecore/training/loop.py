@@ -3,7 +3,8 @@
 ``EpochTail`` is called once per epoch (the AdvFace loops): checkpoint, then stop once any rank has
 used its minutes. ``StepTail`` is called once per optimiser step (the VIGFace loops); it also keeps
 loss sums on the device (no host sync per step), writes a history entry every ``log_every`` steps
-and checkpoints every ``checkpoint_every`` steps.
+and checkpoints every ``checkpoint_every`` steps, and stops a diverged run (non-finite losses, or weights
+at a checkpoint) with :class:`~facecore.errors.NonFiniteError` before it saves anything.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from ._checks import check_finite
 from .distributed import DistContext, any_rank, barrier
 
 
@@ -56,14 +58,20 @@ class EpochTail(TimeBudget):
 
 
 class StepTail(TimeBudget):
-    """``tail(loss_terms)`` after each optimiser step; returns True when training should stop."""
+    """``tail(loss_terms)`` after each optimiser step; returns True when training should stop.
+
+    Before each history entry and checkpoint, and at the end, the loss sums must be finite (and ``model``'s
+    weights, when given, before a checkpoint and at the end), else :class:`NonFiniteError` ending in ``hint``.
+    """
 
     def __init__(self, ctx: DistContext, total_steps: int, start_step: int, history: list, desc: str,
                  log_every: int = 50, checkpoint_every: int = 500, max_minutes: float | None = None,
-                 save: Callable[[int], None] | None = None, progress: bool = True):
+                 save: Callable[[int], None] | None = None, progress: bool = True, model: torch.nn.Module | None = None,
+                 hint: str = "lower the learning rate or check the data"):
         super().__init__(ctx, max_minutes)
         self.total, self.step, self.history = total_steps, start_step, history
         self.log_every, self.checkpoint_every, self.save = log_every, checkpoint_every, save
+        self.model, self.hint = model, hint
         self.sums: dict[str, torch.Tensor] = {}
         self.count = 0
         self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, unit="step", disable=not (progress and ctx.is_main))
@@ -76,13 +84,18 @@ class StepTail(TimeBudget):
         self.count += 1
         self.bar.update(1)
         stop = self.exceeded() or self.step >= self.total
-        if self.step % self.log_every == 0 or stop:
+        log = self.step % self.log_every == 0 or stop
+        save = self.save is not None and (self.step % self.checkpoint_every == 0 or stop)
+        if log or save:
+            check_finite({k: float(v) for k, v in self.sums.items()}, self.step, self.ctx, self.hint,
+                         self.model if save or stop else None)
+        if log:
             entry = {"step": self.step, "minutes": round(self.minutes, 3),
                      **{k: round(float(v) / self.count, 6) for k, v in self.sums.items()}}
             self.history.append(entry)
             self.bar.set_postfix({k: f"{v:.4f}" for k, v in entry.items() if k not in ("step", "minutes")})
             self.sums, self.count = {}, 0
-        if self.save is not None and (self.step % self.checkpoint_every == 0 or stop):
+        if save:
             self.checkpoint(self.save, self.step)
         if stop:
             self.bar.close()

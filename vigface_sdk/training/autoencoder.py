@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facecore.errors import IncompatibleError, InvalidInputError
+from facecore.training._checks import check_config
 from facecore.training.checkpoints import load_checkpoint, save_checkpoint
 from facecore.training.distributed import DistContext, wrap_ddp
 from facecore.training.loop import StepTail
@@ -57,8 +58,10 @@ class AutoencoderTrainConfig:
     model: dict = field(default_factory=dict)  # FaceAutoencoder kwargs
 
     def __post_init__(self) -> None:
-        if self.batch_size < 2 or self.max_steps < 1 or not 0 < self.identity_batch <= self.batch_size:
-            raise InvalidInputError("batch_size >= 2, max_steps >= 1 and 0 < identity_batch <= batch_size are required")
+        check_config(self, max_steps=">= 1", max_minutes="> 0 or None", batch_size=">= 2", lr="> 0", warmup_steps=">= 0",
+                     kl_weight=">= 0", identity_weight=">= 0", swap_weight=">= 0",
+                     identity_batch=f"[1, {self.batch_size}]", adversarial_weight=">= 0", adversarial_start=">= 0",
+                     grad_clip=">= 0", log_every=">= 1", checkpoint_every=">= 1")
 
 
 def identity_residuals(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -168,7 +171,8 @@ def train_autoencoder(images: np.ndarray, embeddings: np.ndarray, labels: np.nda
         save_checkpoint(ckpt, both, opt, {**state, **meta, "step": step, "config": run_config})
 
     tail = StepTail(ctx, config.max_steps, state["step"], state["history"], "autoencoder", config.log_every,
-                    config.checkpoint_every, config.max_minutes, save if ckpt else None, progress)
+                    config.checkpoint_every, config.max_minutes, save if ckpt else None, progress, both,
+                    f"lower lr (now {config.lr:g}) or check the data")
     stop = state["step"] >= config.max_steps
     while not stop:
         g = step_generator(config.seed, tail.step, ctx.rank)

@@ -22,7 +22,8 @@ from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel
 from torch import nn
 
-from facecore.errors import IncompatibleError, InvalidInputError
+from facecore.errors import IncompatibleError
+from facecore.training._checks import check_config
 from facecore.training.checkpoints import load_checkpoint, save_checkpoint
 from facecore.training.distributed import DistContext, wrap_ddp
 from facecore.training.loop import StepTail
@@ -53,8 +54,9 @@ class DiffusionTrainConfig:
     model: dict = field(default_factory=dict)  # PrototypeDenoiser kwargs
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.max_steps < 1 or not 0 <= self.cond_drop_prob < 1:
-            raise InvalidInputError("batch_size and max_steps must be positive and 0 <= cond_drop_prob < 1")
+        check_config(self, max_steps=">= 1", max_minutes="> 0 or None", batch_size=">= 1", lr="> 0", warmup_steps=">= 0",
+                     cond_drop_prob="[0, 1)", ema_decay="[0, 1]", grad_clip=">= 0", log_every=">= 1",
+                     checkpoint_every=">= 1")
 
 
 @torch.no_grad()
@@ -119,7 +121,8 @@ def train_latent_diffusion(autoencoder: FaceAutoencoder, images: np.ndarray, emb
         save_checkpoint(ckpt, both, opt, {**state, **meta, "step": step, "config": run_config})
 
     tail = StepTail(ctx, config.max_steps, state["step"], state["history"], "latent diffusion", config.log_every,
-                    config.checkpoint_every, config.max_minutes, save if ckpt else None, progress)
+                    config.checkpoint_every, config.max_minutes, save if ckpt else None, progress, model,
+                    f"lower lr (now {config.lr:g}) or check the data")
     n, b = len(mean), config.batch_size
     stop = state["step"] >= config.max_steps
     while not stop:

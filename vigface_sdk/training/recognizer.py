@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from facecore.errors import InvalidInputError, NonFiniteError
+from facecore.training._checks import check_config
 
 from ..models.backbones import FaceBackbone, iresnet_backbone
 from ..models.heads import margin_logits
@@ -38,11 +39,8 @@ class RecognizerTrainConfig:
     scale: float = 32.0
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        if self.batch_size < 2 or not all(math.isfinite(v) and v > 0 for v in (self.lr, self.scale)) \
-                or not (math.isfinite(self.margin) and self.margin >= 0):
-            raise InvalidInputError(f"batch_size >= 2 (batch norm), finite lr > 0, scale > 0 and margin >= 0 are required; "
-                                    f"got batch_size={self.batch_size}, lr={self.lr}, scale={self.scale}, margin={self.margin}")
+    def __post_init__(self) -> None:  # batch_size >= 2: batch norm
+        check_config(self, steps=">= 1", batch_size=">= 2", lr="> 0", width=">= 1", dim=">= 1", margin=">= 0", scale="> 0")
 
 
 def augment_faces(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -78,8 +76,8 @@ def train_recognizer(images: np.ndarray, labels: np.ndarray, config: RecognizerT
         raise InvalidInputError(f"need one label per image and at least batch_size={config.batch_size} images, "
                                 f"got {len(images)} images and {len(labels)} labels")
     classes, y = np.unique(labels, return_inverse=True)
-    if len(classes) < 2 or config.steps < 1:
-        raise InvalidInputError("need at least two identities and one step")
+    if len(classes) < 2:
+        raise InvalidInputError("need at least two identities")
     torch.manual_seed(config.seed)
     net = iresnet_backbone(layers=config.layers, dim=config.dim, width=config.width, input_size=images.shape[1])
     head = torch.nn.Parameter(torch.randn(len(classes), config.dim) * 0.01)
@@ -104,9 +102,11 @@ def train_recognizer(images: np.ndarray, labels: np.ndarray, config: RecognizerT
         opt.step()
         sched.step()
         losses.append(loss.item())
-        if not math.isfinite(losses[-1]) or not all(torch.isfinite(p).all() for p in (head, *net.parameters())):
-            raise NonFiniteError(f"training diverged: loss {losses[-1]} or weights non-finite at step {len(losses)}; "
-                                 f"lower lr (now {config.lr}) or check the images")
+        if not math.isfinite(losses[-1]):
+            break
+    if not math.isfinite(losses[-1]) or not all(bool(torch.isfinite(p).all()) for p in (head, *net.parameters())):
+        raise NonFiniteError(f"training diverged: loss {losses[-1]} or weights non-finite at step {len(losses)}; "
+                             f"lower lr (now {config.lr}) or check the images")
     summary = {"config": asdict(config), "identities": len(classes), "images": len(images),
                "epochs": config.steps * config.batch_size / len(images), "minutes": (time.monotonic() - start) / 60,
                "first_loss": float(np.mean(losses[:10])), "final_loss": float(np.mean(losses[-20:]))}

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from facecore.artifacts import read_json
 from facecore.data.identity_folder import IMAGE_SUFFIXES, IdentityFolderDataset
 from facecore.errors import DataError, IncompatibleError, InvalidInputError
+from facecore.training._checks import check_config, check_finite
 from facecore.training.checkpoints import load_checkpoint, save_checkpoint
 from facecore.training.distributed import DistContext, barrier, wrap_ddp
 
@@ -58,10 +59,10 @@ class SpaceTrainConfig:
             raise InvalidInputError(f"margin_type must be one of {sorted(MARGINS)}, got {self.margin_type!r}")
         if self.margin is None:
             self.margin = MARGINS[self.margin_type]
-        if self.num_virtual < 1:
-            raise InvalidInputError(f"num_virtual must be at least 1, got {self.num_virtual}")
-        if self.batch_size < 1 or self.epochs < 1 or (self.max_steps is not None and self.max_steps < 1):
-            raise InvalidInputError("batch_size, epochs and max_steps must be positive")
+        # lr 0 is allowed: a frozen head, the untrained baseline of a comparison
+        check_config(self, num_virtual=">= 1", margin=">= 0", scale="> 0", sigma_momentum="[0, 1)", epochs=">= 1",
+                     max_steps=">= 1 or None", batch_size=">= 1", lr=">= 0", backbone_lr=">= 0", momentum="[0, 1)",
+                     weight_decay=">= 0", checkpoint_every=">= 1", log_every=">= 1")
 
 
 @dataclass
@@ -323,12 +324,16 @@ def train_space(
         step, count = step + 1, count + 1
         for key, value in out.items():
             totals[key] = totals.get(key, 0.0) + float(value.detach())
+        save = step == stop or bool(ckpt and step % config.checkpoint_every == 0)
+        if step % config.log_every == 0 or save:
+            check_finite(totals, step, ctx, f"lower lr (now {config.lr:g}) or backbone_lr (now {config.backbone_lr:g}) "
+                         "or check the data", model if save else None)
         if step % config.log_every == 0 or step == stop:
             state["history"].append({"step": step, **{k: v / count for k, v in totals.items()}})
             bar.set_postfix({k: f"{v / count:.3f}" for k, v in totals.items()})
             totals, count = {}, 0
         bar.update(1)
-        if step == stop or (ckpt and step % config.checkpoint_every == 0):
+        if save:
             _average_buffers(model, ctx)  # BatchNorm statistics differ across ranks; saved weights must not
             state["step"] = step
             if ckpt and ctx.is_main:
