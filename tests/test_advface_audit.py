@@ -192,6 +192,10 @@ def test_gallery_ids_k_and_paths_are_checked(tmp_path):
     (tmp_path / "dir" / "gallery.json").mkdir(parents=True)
     with pytest.raises(ArtifactError):
         Gallery.open(tmp_path / "dir")
+    empty = tmp_path / "empty.npz"
+    np.savez(empty, embeddings=np.zeros((0, 128), np.float32), ids=np.zeros(0, "U1"), fingerprint=np.asarray(FR128))
+    assert "nothing to enroll" in _error_line(_run("gallery", "enroll", tmp_path / "new", empty))
+    assert not (tmp_path / "new").exists()
     (tmp_path / "ids.txt").write_bytes(b"\xff\xfe\x00garbage")
     assert "not a text file" in _error_line(_run("gallery", "remove", folder, "--from-file", tmp_path / "ids.txt"))
     with Gallery.open(folder) as g:

@@ -116,6 +116,8 @@ def enroll(gallery_dir: Path, emb: Path, key: str, ids_key, model, store, index,
     shape, blocks = _chunks(emb, key, max(1, chunk))
     if shape[0] != len(ids):
         raise DataError(f"{emb}: {len(ids)} ids for {shape[0]} embeddings")
+    if shape[0] == 0:
+        raise DataError(f"{emb} holds no embeddings: nothing to enroll (no gallery was created or changed)")
     if (gallery_dir / MANIFEST).exists():
         g = _open(gallery_dir, uri, deployment_key, model, nprobe=nprobe)
         recorded = {"store": g.manifest["store"]["name"], **g.manifest["store"]["options"], "fresh_noise": g.fresh_noise}
