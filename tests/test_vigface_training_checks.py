@@ -138,3 +138,26 @@ def test_cli_synthesis_training_refuses_bad_settings(command: str, fr128, tmp_pa
     assert result.exit_code == 2, result.output
     assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: invalid "), result.output
     assert "max_steps=0" in result.stderr and "max_minutes=-1.0" in result.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["train-autoencoder", "train-diffusion"])
+@pytest.mark.parametrize("option, value, named", [("--steps", "0", "max_steps=0"), ("--max-minutes", "nan", "max_minutes=nan"),
+                                                   ("--batch-size", "0", "batch_size=0")])
+def test_cli_synthesis_training_checks_settings_before_reading_data(command: str, option: str, value: str, named: str,
+                                                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad setting is the error even when DATA (an empty folder) and the autoencoder (a missing folder) are unusable:
+    the config is checked before either is read."""
+    import vigface_sdk._cli_synthesis as synthesis
+
+    def no_data(*args: object) -> None:
+        pytest.fail("the training data were read before the settings were checked")
+
+    monkeypatch.setattr(synthesis, "_training_set", no_data)
+    (tmp_path / "faces").mkdir()
+    args = [command, str(tmp_path / "faces"), "-o", str(tmp_path / "out"), option, value, "--device", "cpu"]
+    if command == "train-diffusion":
+        args += ["-a", str(tmp_path / "no_autoencoder")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: invalid "), result.output
+    assert named in result.stderr and not (tmp_path / "out").exists()

@@ -9,6 +9,15 @@ import click
 from facecore._cli import friendly_errors
 
 
+def _widths(channels: str) -> list[int]:
+    """``--channels`` (comma-separated integers) as a list."""
+    from facecore.errors import InvalidInputError
+
+    try:
+        return [int(c) for c in channels.split(",")]
+    except ValueError:
+        raise InvalidInputError(f"--channels must be comma-separated integers, got {channels!r}") from None
+
 
 def _training_set(data: Path, recognizer: str, size: int, holdout_pairs: Path | None, holdout_folds: str, progress: bool):
     """DATA as a ``FaceTrainingSet``: a ``.npz`` pack, or an identity folder embedded with ``recognizer`` (cached)."""
@@ -62,20 +71,15 @@ def _common(func):
 def train_autoencoder_cmd(data, out, size, channels, batch_size, recognizer, holdout_pairs, holdout_folds, steps, max_minutes,
                           checkpoint, seed, device) -> None:
     """Stage 2a: the identity-conditioned face autoencoder on DATA (identity folder of aligned crops, or a .npz pack)."""
-    from facecore.errors import InvalidInputError
     from facecore.training.distributed import cleanup, init_distributed
 
     from .training.autoencoder import AutoencoderTrainConfig, train_autoencoder
 
-    ctx = init_distributed(device)
-    try:
-        widths = [int(c) for c in channels.split(",")]
-    except ValueError:
-        raise InvalidInputError(f"--channels must be comma-separated integers, got {channels!r}") from None
-    train, rec = _training_set(data, recognizer, int(size), holdout_pairs, holdout_folds, ctx.is_main)
     cfg = AutoencoderTrainConfig(max_steps=steps, max_minutes=max_minutes, batch_size=batch_size,
                                  identity_batch=max(1, batch_size // 2), seed=seed,
-                                 model={"block_out_channels": widths})
+                                 model={"block_out_channels": _widths(channels)})
+    ctx = init_distributed(device)
+    train, rec = _training_set(data, recognizer, int(size), holdout_pairs, holdout_folds, ctx.is_main)
     model, state = train_autoencoder(train.images, train.embeddings, train.labels, rec.to_torch(), cfg, ctx,
                                      checkpoint or out.with_name(out.name + ".checkpoint"),
                                      condition={"recognizer": recognizer, "fingerprint": rec.fingerprint}, progress=ctx.is_main)
@@ -104,26 +108,22 @@ def train_diffusion_cmd(data, autoencoder_dir, out, channels, batch_size, exclud
 
     from facecore.data import IdentityFolderDataset
     from facecore.embeddings import extract_embeddings
-    from facecore.errors import IncompatibleError, InvalidInputError
+    from facecore.errors import IncompatibleError
     from facecore.training.distributed import cleanup, init_distributed
 
     from .models.autoencoder import FaceAutoencoder
     from .training.autoencoder import identity_prototypes, identity_residuals
     from .training.diffusion import DiffusionTrainConfig, build_pipeline, latent_scaling_factor, train_latent_diffusion
 
+    cfg = DiffusionTrainConfig(max_steps=steps, max_minutes=max_minutes, batch_size=batch_size, seed=seed,
+                               model={"block_out_channels": _widths(channels)})
     ctx = init_distributed(device)
     ae = FaceAutoencoder.from_pretrained(autoencoder_dir, map_location=ctx.device)
     train, rec = _training_set(data, recognizer, ae.image_size, holdout_pairs, holdout_folds, ctx.is_main)
     if ae.config["condition"].get("fingerprint") not in (None, rec.fingerprint):
         raise IncompatibleError(f"{autoencoder_dir} was trained on prototypes of recognizer "
                                 f"{ae.config['condition']['fingerprint']}, not {recognizer} ({rec.fingerprint})")
-    try:
-        widths = [int(c) for c in channels.split(",")]
-    except ValueError:
-        raise InvalidInputError(f"--channels must be comma-separated integers, got {channels!r}") from None
     ae.config["scaling_factor"] = latent_scaling_factor(ae, train.images)
-    cfg = DiffusionTrainConfig(max_steps=steps, max_minutes=max_minutes, batch_size=batch_size, seed=seed,
-                               model={"block_out_channels": widths})
     _, ema, scheduler, state = train_latent_diffusion(ae, train.images, train.embeddings, train.labels, cfg, ctx,
                                                       checkpoint or out.with_name(out.name + ".checkpoint"), ctx.is_main)
     if ctx.is_main:

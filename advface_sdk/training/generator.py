@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from facecore.errors import IncompatibleError, InvalidInputError
+from facecore.training._checks import check_config, check_finite
 from facecore.training.checkpoints import load_checkpoint, save_checkpoint
 from facecore.training.distributed import DistContext, wrap_ddp
 from facecore.training.face_pack import FaceTrainingSet
@@ -42,9 +43,11 @@ class GeneratorTrainConfig:
     seed: int = 0
     max_minutes: float | None = None
 
-    def __post_init__(self) -> None:
-        if not 0 < self.budget < 2:
-            raise InvalidInputError(f"budget must lie in (0, 2), got {self.budget}")
+    def __post_init__(self) -> None:  # budget: an L2 norm on unit embeddings; no batch norm, so batch_size 1 is fine
+        check_config(self, budget="(0, 2)", hidden=">= 1", epochs=">= 1", batch_size=">= 1", lr="> 0",
+                     id_weight=">= 0", pixel_weight=">= 0", utility_weight=">= 0", genuine_weight=">= 0",
+                     genuine_margin=">= 0", margin_weight=">= 0", margin=">= 0", distortion_weight=">= 0",
+                     prior_id_weight=">= 0", prior_pixel_weight=">= 0", seed=">= 0", max_minutes="> 0 or None")
 
 
 def _as_priors(prior: "PriorShadow | Sequence[PriorShadow] | None") -> list[PriorShadow]:
@@ -187,6 +190,7 @@ def train_generator(
             for k, v in terms.items():
                 totals[k] = totals.get(k, 0.0) + v.item() / steps
             bar.set_postfix({k: f"{v.item():.3f}" for k, v in terms.items()})
+        check_finite(totals, (epoch + 1) * steps, ctx, f"lower lr (now {config.lr:g}) or check the data", gen)
         state = {"epoch": epoch + 1, "config": asdict(config), "clean_threshold": threshold,
                  "history": state["history"] + [totals]}
         if tail(state):

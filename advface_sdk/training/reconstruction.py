@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from facecore.errors import InvalidInputError
+from facecore.training._checks import check_config, check_finite
 from facecore.training.checkpoints import load_checkpoint, save_checkpoint
 from facecore.training.distributed import DistContext, wrap_ddp
 from facecore.training.face_pack import FaceTrainingSet
@@ -34,9 +35,9 @@ class DecoderTrainConfig:
     seed: int = 0
     max_minutes: float | None = None
 
-    def __post_init__(self) -> None:
-        if self.epochs <= 0 or self.batch_size <= 0 or self.lr <= 0:
-            raise InvalidInputError("epochs, batch_size and lr must be positive")
+    def __post_init__(self) -> None:  # batch_size >= 2: the decoder uses batch norm
+        check_config(self, epochs=">= 1", batch_size=">= 2", lr="> 0", pixel_weight=">= 0", id_weight=">= 0",
+                     id_start_epoch=">= 0", width=">= 1", seed=">= 0", max_minutes="> 0 or None")
 
 
 def identity_similarity(recognizer: torch.nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -133,6 +134,7 @@ def train_decoder(
             sched.step()
             totals["pixel"] += pixel.item()
             bar.set_postfix(pixel=f"{pixel.item():.3f}")
+        check_finite(totals, (epoch + 1) * steps, ctx, f"lower lr (now {config.lr:g}) or check the data", model)
         state = {"epoch": epoch + 1, "config": asdict(config),
                  "history": state["history"] + [{k: v / steps for k, v in totals.items()}]}
         if tail(state):
@@ -160,10 +162,8 @@ class ConvergenceConfig:
     max_minutes: float | None = None
 
     def __post_init__(self) -> None:
-        if self.max_epochs <= 0 or self.patience <= 0 or self.warmup_epochs < 0 or self.warmup_epochs >= self.max_epochs:
-            raise InvalidInputError("max_epochs and patience must be positive and 0 <= warmup_epochs < max_epochs")
-        if not 0 < self.val_fraction < 1 or self.min_delta < 0:
-            raise InvalidInputError("val_fraction must be in (0, 1) and min_delta >= 0")
+        check_config(self, max_epochs=">= 1", patience=">= 1", warmup_epochs=f"[0, {self.max_epochs})",
+                     val_fraction="(0, 1)", min_delta="[0, 1)", max_minutes="> 0 or None")
 
 
 def split_identities(labels, val_fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,7 +250,8 @@ def train_decoder_converged(
 
     history = [{"epoch": 0, "phase": "init", **validate()}]
     best, best_state, best_epoch, since = None, None, 0, 0
-    stopped, budget = "max_epochs", TimeBudget(DistContext(), stop.max_minutes)
+    ctx = DistContext()
+    stopped, budget = "max_epochs", TimeBudget(ctx, stop.max_minutes)
     steps = math.ceil(len(tr) / config.batch_size)
     for epoch in range(stop.max_epochs):
         t0 = time.monotonic()
@@ -275,6 +276,8 @@ def train_decoder_converged(
                "train_pixel": totals["pixel"] / steps, **({"train_identity": totals["identity"] / steps} if with_id else {}),
                **validate(), "lr": opt.param_groups[0]["lr"]}
         row["seconds"] = round(time.monotonic() - t0, 1)
+        check_finite({k: v for k, v in row.items() if k.startswith(("train_", "val_"))}, (epoch + 1) * steps,
+                     ctx, f"lower lr (now {config.lr:g}) or check the data", model)
         history.append(row)
         if not warm:
             if best is None or row["val_loss"] < best * (1 - stop.min_delta):
