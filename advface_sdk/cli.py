@@ -151,11 +151,11 @@ def train_shadow(pack_file, recognizer, channel_order, mean, std, out, epochs, b
 
     from .training.reconstruction import DecoderTrainConfig, train_decoder
 
+    cfg = DecoderTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, id_weight=id_weight, arch=arch, width=width,
+                             seed=seed, max_minutes=max_minutes)  # checked before the pack is decoded
     ctx = init_distributed(device)
     train = FaceTrainingSet.load(pack_file)
     rec = _matching_recognizer(recognizer, channel_order, mean, std, train) if id_weight > 0 else None
-    cfg = DecoderTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, id_weight=id_weight, arch=arch, width=width,
-                             seed=seed, max_minutes=max_minutes)
     model, state = train_decoder(train, rec.to_torch() if rec else None, cfg, ctx, checkpoint_dir or out.parent / f"{out.name}.ckpt")
     if ctx.is_main:
         model.cpu().save_pretrained(out, {"recognizer": _rec_info(train, rec), "training": {"images": len(train),
@@ -206,14 +206,14 @@ def train_generator_cmd(pack_file, recognizer, channel_order, mean, std, shadow,
     from .models.decoders import FaceDecoder
     from .training.generator import GeneratorTrainConfig, train_generator
 
-    ctx = init_distributed(device)
-    train = FaceTrainingSet.load(pack_file)
-    rec = _matching_recognizer(recognizer, channel_order, mean, std, train)
     cfg = GeneratorTrainConfig(budget=budget, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr,
                                utility_weight=utility_weight, genuine_weight=genuine_weight, genuine_margin=genuine_margin,
                                distortion_weight=distortion_weight, seed=seed, max_minutes=max_minutes,
                                prior_id_weight=prior_id_weight if face_prior else 0.0,
-                               prior_pixel_weight=prior_pixel_weight if face_prior else 0.0)
+                               prior_pixel_weight=prior_pixel_weight if face_prior else 0.0)  # checked before the pack
+    ctx = init_distributed(device)
+    train = FaceTrainingSet.load(pack_file)
+    rec = _matching_recognizer(recognizer, channel_order, mean, std, train)
     priors = []
     if face_prior:
         import torch

@@ -110,7 +110,9 @@ def train_decoder(
         inputs = torch.as_tensor(inputs, dtype=torch.float32).to(ctx.device)
     n = len(train)
     per_rank = n // ctx.world_size  # equal shards: every rank runs the same number of steps
-    steps = math.ceil(per_rank / config.batch_size)
+    if per_rank < 2:
+        raise InvalidInputError(f"{n} faces for {ctx.world_size} processes: each needs at least 2 (batch norm)")
+    steps = per_rank // config.batch_size + (per_rank % config.batch_size > 1)  # a last batch of one row is left out
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=config.epochs * steps, pct_start=0.1,
                                                 last_epoch=state["epoch"] * steps - 1 if state["epoch"] else -1)
     tail = EpochTail(ctx, config.max_minutes, (lambda st: save_checkpoint(ckpt, model, opt, st)) if ckpt else None)
