@@ -11,6 +11,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from facecore.errors import InvalidInputError
+
 INPUT, OUTPUT = "embeddings", "protected"
 #: second input of a bucketed keyed graph: each row's bucket (``DeploymentKey.bucket(id)``, computed by the caller)
 BUCKETS = "buckets"
@@ -23,10 +25,15 @@ def generator_to_onnx(state: dict[str, np.ndarray], config: dict, precision: str
     input, :data:`BUCKETS` (int64, one bucket per row). ``fresh_noise`` (keyed graphs): Gaussian noise of that
     relative size added to ``ẑ + δ`` before the rotation, norm kept, as :meth:`Protector.protect` adds it; drawn
     by ``RandomNormalLike`` without a seed, so the runtime draws it afresh on every run."""
+    from .protector import check_fresh_noise
+
     if precision not in ("fp32", "fp16"):
-        raise ValueError(f"precision must be fp32 or fp16, got {precision}")
+        raise InvalidInputError(f"precision must be fp32 or fp16, got {precision!r}")
+    fresh_noise = check_fresh_noise(fresh_noise)
     if fresh_noise and rotation is None:
-        raise ValueError("fresh_noise belongs in a keyed graph (pass the key's rotation)")
+        raise InvalidInputError("fresh_noise belongs in a keyed graph (pass the key's rotation)")
+    if rotation is not None:
+        _check_rotation(rotation, config["dim"])
     ft = np.float16 if precision == "fp16" else np.float32
     et = TensorProto.FLOAT16 if precision == "fp16" else TensorProto.FLOAT
     inits, nodes = [], []
@@ -119,10 +126,20 @@ def generator_to_onnx(state: dict[str, np.ndarray], config: dict, precision: str
     return model
 
 
+def _check_rotation(rotation: np.ndarray, dim: int | None = None) -> None:
+    """A finite ``(d, d)`` matrix or ``(K, d, d)`` stack (``d == dim`` when given); :class:`InvalidInputError` otherwise."""
+    shape = np.shape(rotation)
+    if len(shape) not in (2, 3) or shape[-1] != shape[-2] or (dim is not None and shape[-1] != dim) \
+            or not np.isfinite(rotation).all():
+        raise InvalidInputError(f"rotation must be a finite ({dim or 'd'}, {dim or 'd'}) matrix or a (K, "
+                                f"{dim or 'd'}, {dim or 'd'}) stack of them, got shape {shape}")
+
+
 def probe_to_onnx(rotation: np.ndarray) -> onnx.ModelProto:
     """The probe graph of a keyed protector: ``z ↦ R·z`` (float32, dynamic batch). A stack of ``K`` rotations
     ``(K, d, d)`` (a bucketed key) prepares each probe for every bucket: ``(batch, K, d)``, row ``b`` = ``R_b·z``."""
     rotation = np.asarray(rotation, np.float32)
+    _check_rotation(rotation)
     dim = int(rotation.shape[-1])
     if rotation.ndim == 3:  # (d, K·d): columns b·d:(b+1)·d are R_bᵀ; one product, then (batch, K, d)
         k = int(rotation.shape[0])

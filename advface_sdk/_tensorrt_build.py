@@ -90,8 +90,11 @@ def read_sidecar(engine: str | Path) -> dict:
         raise ArtifactError(f"{path} is missing: every engine needs the sidecar written by advface-cli export-trt")
     try:
         meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("gpu", {}), dict) \
+            or not isinstance(meta.get("artifact", {}), dict):
+        raise ArtifactError(f"{path} is not an engine sidecar (damaged or edited); rebuild it with advface-cli export-trt")
     if meta.get("format") != FORMAT:
         raise ArtifactError(f"{path}: unknown sidecar format {meta.get('format')!r}, expected {FORMAT}")
     return meta

@@ -45,8 +45,12 @@ def _umask() -> int:
 
 
 def replace_dir(built: Path, directory: Path) -> None:
-    """Move the finished folder ``built`` to ``directory``, swapping out any previous one."""
+    """Move the finished folder ``built`` to ``directory``, swapping out a previous artifact (or an empty folder);
+    anything else there (a file, a folder without :data:`CHECKSUMS`) is refused, never deleted."""
     if directory.exists():
+        if not directory.is_dir() or (not (directory / CHECKSUMS).is_file() and any(directory.iterdir())):
+            raise ArtifactError(f"{directory} exists and is not an artifact folder; refusing to replace it (and delete "
+                                "what it holds): write the artifact to a new or empty folder")
         old = directory.with_name(f".{directory.name}.tmp{os.getpid()}.old")
         os.replace(directory, old)
         os.replace(built, directory)
@@ -166,7 +170,7 @@ def read_json(directory: str | Path, name: str = "config.json", expect: type = d
         value = json.loads(path.read_text())
     except FileNotFoundError:
         raise ArtifactError(f"{path} is missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ArtifactError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(value, expect):
         kind = {dict: "object", list: "array"}.get(expect, expect.__name__)

@@ -43,6 +43,7 @@ def as_image_batch(images: np.ndarray | Sequence[np.ndarray], size: tuple[int, i
     if isinstance(images, np.ndarray):
         batch = images
     else:
+        images = images if hasattr(images, "__len__") else list(images)  # a generator of crops
         if len(images) == 0:
             raise InvalidInputError("empty list of images: pass at least one aligned face crop")
         shapes = {np.asarray(im).shape for im in images}
@@ -65,6 +66,9 @@ def as_image_batch(images: np.ndarray | Sequence[np.ndarray], size: tuple[int, i
             raise InvalidInputError("images contain NaN or Inf")
         if batch.min() < 0 or batch.max() > 255:
             raise InvalidInputError("image values must lie in 0..255 (uint8 BGR as cv2 reads them)")
+        if np.issubdtype(batch.dtype, np.floating) and not all(np.array_equal(im, np.round(im)) for im in batch):
+            raise InvalidInputError("float images must hold whole values 0..255 (uint8 BGR as cv2 reads them), got "
+                                    "fractions: for images in 0..1 pass (img * 255).round().astype(np.uint8)")
         batch = batch.astype(np.uint8)
     return batch
 

@@ -102,12 +102,15 @@ class Registry(Generic[T]):
             if ep is None:
                 raise self.error(f"unknown {self.kind} {name!r}; available: {', '.join(self.names()) or 'none'}")
             load = ep
+        where = load if isinstance(load, str) else f"{load.value}, from {load.dist.name if load.dist else 'an entry point'}"
         try:
             factory = import_object(load) if isinstance(load, str) else load.load()
-        except (ImportError, AttributeError) as exc:
-            raise self.error(f"{self.kind} {name!r} cannot be imported here: {exc}") from exc
+        except Exception as exc:  # a plug-in failing at import (any error) must not take the others down
+            raise self.error(f"{self.kind} {name!r} cannot be imported here ({where}): {type(exc).__name__}: {exc}") from exc
         if self.base is not None and not (isinstance(factory, type) and issubclass(factory, self.base)):
             raise self.error(f"{self.kind} {name!r} loads {factory!r}, not a {self.base.__name__} subclass")
+        if not callable(factory):
+            raise self.error(f"{self.kind} {name!r} ({where}) loads {factory!r}: not a class or a factory")
         self._factories[name] = factory
         self._lazy.pop(name, None)
         return factory

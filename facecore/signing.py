@@ -96,8 +96,11 @@ def sign_artifact(directory: str | Path, private_key: str | Path, signer: str) -
               "public_key": base64.b64encode(public).decode(), "signed": "checksums.sha256",
               "signature": base64.b64encode(private.sign(manifest)).decode()}
     tmp = directory / f".{SIGNATURE}.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, directory / SIGNATURE)
+    try:
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, directory / SIGNATURE)
+    finally:
+        tmp.unlink(missing_ok=True)
     return record
 
 
@@ -143,7 +146,9 @@ def check_signature(directory: str | Path, trusted: dict[str, bytes]) -> Signatu
         signature = base64.b64decode(record["signature"], validate=True)
         if len(public) != 32 or len(signature) != 64:
             raise ValueError("wrong key or signature length")
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        if record.get("key_id") != key_id(public):
+            raise ValueError(f"key_id {record.get('key_id')!r} is not the id of its public key ({key_id(public)})")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, OSError) as exc:
         raise SignatureError(f"{path} is malformed ({exc}); the artifact is damaged or was edited") from exc
     try:
         ed25519.Ed25519PublicKey.from_public_bytes(public).verify(signature, manifest)

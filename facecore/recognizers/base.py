@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,9 +28,20 @@ class Preprocessing:
     def __post_init__(self) -> None:
         if self.channel_order not in ("RGB", "BGR"):
             raise InvalidInputError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                    or not math.isfinite(value):
+                raise InvalidInputError(f"{key} must be a finite number, got {value!r}")
+            object.__setattr__(self, key, value.item() if isinstance(value, np.generic) else value)  # JSON-able
         if not self.std > 0:
             raise InvalidInputError(f"std must be positive, got {self.std}")
-        object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
+        size = self.input_size
+        if isinstance(size, (str, bytes)) or not hasattr(size, "__len__") or len(size) != 2 \
+                or not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and v >= 1
+                           and float(v).is_integer() for v in size):
+            raise InvalidInputError(f"input_size must be two positive integers (width, height), got {size!r}")
+        object.__setattr__(self, "input_size", tuple(int(v) for v in size))
 
     def apply(self, batch_bgr: np.ndarray) -> np.ndarray:
         """uint8 ``(N, H, W, 3)`` BGR → float32 ``(N, 3, H, W)`` network input."""
@@ -122,16 +134,19 @@ class FileRecognizer(Recognizer):
         self.name = name
         self._sha = model_sha256 or sha256_file(self.model_path)
         self.fixed_batch = fixed_batch
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = int(batch_size)
         self._dim: int | None = None
 
     def set_dim(self, static: object) -> None:
-        """The embedding width: ``static`` when the model declares it (an int), else measured on one blank crop."""
+        """The embedding width: ``static`` when the model declares it (an int), else measured on a blank batch."""
         if isinstance(static, int):
             self._dim = int(static)
         else:
             w, h = self._pre.input_size
-            self._dim = int(self.infer(np.zeros((1, h, w, 3), np.uint8)).reshape(1, -1).shape[-1])
+            n = self.fixed_batch or 1
+            self._dim = int(self.infer(np.zeros((n, h, w, 3), np.uint8)).reshape(n, -1).shape[-1])
 
     @property
     def dim(self) -> int:

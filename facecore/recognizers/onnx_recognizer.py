@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import ModelLoadError
+from ..errors import BackendUnavailableError, ModelLoadError
 from .base import FileRecognizer, Preprocessing
 
 
@@ -29,6 +29,16 @@ def check_external_data(path: Path) -> None:
         if not location or Path(location).is_absolute() or ".." in Path(location).parts or root not in target.parents:
             raise ModelLoadError(f"{path}: tensor {tensor.name} points to external data {location!r} outside the "
                                  "model's folder; refusing it")
+
+
+#: ONNX input element types a recognizer may take (the preprocessed crops are cast to it)
+INPUT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+def _available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return ort.get_available_providers()
 
 
 def _session(path: Path, providers: Sequence[str] | None, threads: int | None):
@@ -66,8 +76,19 @@ class OnnxRecognizer(FileRecognizer):
         super().__init__(path, preprocessing or Preprocessing(), name or path.stem, batch_size=batch_size)
         check_external_data(self.model_path)
         self.session = _session(self.model_path, providers, threads)
-        inp = self.session.get_inputs()[0]
+        active = self.session.get_providers()
+        if providers and (not active or active[0] not in [p if isinstance(p, str) else p[0] for p in providers]):
+            raise BackendUnavailableError(f"onnxruntime could not run {self.model_path} on {list(providers)} (active: "
+                                          f"{active}; available here: {_available_providers()}); refusing to fall back")
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise ModelLoadError(f"{self.model_path}: a recognizer takes one input (the face crops), this model takes "
+                                 f"{[i.name for i in inputs]}")
+        inp = inputs[0]
         self._input_name = inp.name
+        self._input_dtype = INPUT_TYPES.get(inp.type)
+        if self._input_dtype is None:
+            raise ModelLoadError(f"{self.model_path}: the input is {inp.type}, not a float image tensor")
         shape = inp.shape
         if len(shape) != 4 or shape[1] != 3:
             raise ModelLoadError(f"{self.model_path}: expected an NCHW 3-channel input, got shape {shape}")
@@ -81,8 +102,17 @@ class OnnxRecognizer(FileRecognizer):
         if len(out_shape) != 2 and not (len(out_shape) == 4 and out_shape[2:] == [1, 1]):
             raise ModelLoadError(f"{self.model_path}: the output has shape {out_shape}, not (N, D) embeddings: "
                                  "is it a face recognizer?")
-        self.set_dim(out_shape[-1])
+        # the output's first axis must be the input's batch; otherwise (e.g. a detector's anchors) measure and check it
+        batch_axis = out_shape[0] == shape[0] if self.fixed_batch else not isinstance(out_shape[0], int)
+        self.set_dim(out_shape[-1] if batch_axis else None)
 
     def infer(self, crops: np.ndarray) -> np.ndarray:
-        x = self._pre.apply(crops)
-        return self.session.run(None, {self._input_name: x})[0].reshape(x.shape[0], -1)
+        x = self._pre.apply(crops).astype(self._input_dtype, copy=False)
+        try:
+            out = self.session.run(None, {self._input_name: x})[0]
+        except Exception as exc:  # onnxruntime's own exception types: shapes the graph cannot take, ...
+            raise ModelLoadError(f"{self.model_path}: onnxruntime failed on a batch of {x.shape}: {exc}") from exc
+        if out.ndim < 2 or out.shape[0] != x.shape[0]:
+            raise ModelLoadError(f"{self.model_path}: the model returned {out.shape} for {x.shape[0]} crops, not one "
+                                 "embedding per crop: is it a face recognizer?")
+        return out.reshape(x.shape[0], -1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, ModelLoadError
 from ..paths import shared_path
 from ..registry import Registry
 from .base import Preprocessing, Recognizer
@@ -58,8 +58,15 @@ def create_recognizer(spec: str, **kwargs) -> Recognizer:
 
         pre_keys = {"channel_order", "mean", "std", "input_size"}
         pre = Preprocessing(**{k: kwargs.pop(k) for k in list(kwargs) if k in pre_keys})
-        return OnnxRecognizer(Path(name), kwargs.pop("preprocessing", pre), **kwargs)
+        try:
+            return OnnxRecognizer(Path(name), kwargs.pop("preprocessing", pre), **kwargs)
+        except TypeError as exc:
+            raise InvalidInputError(f"bad parameters for ONNX recognizer {name}: {exc}") from exc
     if name not in RECOGNIZERS:
         raise InvalidInputError(f"unknown recognizer {name!r}; available: {', '.join(list_recognizers())} "
                                 "or a path to an .onnx file")
-    return RECOGNIZERS.create(name, **kwargs)
+    recognizer = RECOGNIZERS.create(name, **kwargs)
+    if not isinstance(recognizer, Recognizer):
+        raise ModelLoadError(f"recognizer {name!r} built a {type(recognizer).__name__}, not a Recognizer "
+                             "(embed, dim, fingerprint, preprocessing): the adapter or plug-in is broken")
+    return recognizer

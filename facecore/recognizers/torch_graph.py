@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import nn
 
-from ..errors import ModelLoadError
+from ..errors import InvalidInputError, ModelLoadError
 from .base import Preprocessing
 
 
@@ -35,6 +35,22 @@ def _same_pads(x: torch.Tensor, kernel, strides, dilations, upper: bool) -> list
     return pads
 
 
+def _unsupported_pool(node) -> str | None:
+    """Why a pooling node has no torch equivalent here (auto padding, uneven pads, not 2-D), or ``None``."""
+    if node.op_type not in ("AveragePool", "MaxPool"):
+        return None
+    at = _attrs(node)
+    auto = at.get("auto_pad", b"NOTSET")
+    pads = list(at.get("pads", [0, 0, 0, 0]))
+    if len(at["kernel_shape"]) != 2:
+        return "not 2-D"
+    if (auto.decode() if isinstance(auto, bytes) else auto) not in ("NOTSET", "VALID"):
+        return f"auto_pad {auto!r}"
+    if pads[:2] != pads[2:] or any(2 * p > k for p, k in zip(pads, at["kernel_shape"])):
+        return f"pads {pads}"
+    return None
+
+
 class OnnxGraphModule(nn.Module):
     """Runs an ONNX graph with torch ops; float initializers become (frozen) parameters."""
 
@@ -48,6 +64,7 @@ class OnnxGraphModule(nn.Module):
         super().__init__()
         graph = model.graph
         unsupported = sorted({n.op_type for n in graph.node} - self.SUPPORTED)
+        unsupported += sorted({f"{n.op_type} ({why})" for n in graph.node if (why := _unsupported_pool(n))})
         if unsupported:
             raise ModelLoadError(f"cannot convert ONNX graph to torch: unsupported operators {unsupported}")
         self.params = nn.ParameterDict()
@@ -154,11 +171,13 @@ class OnnxGraphModule(nn.Module):
                 y = a @ self._tensor(env, ins[1], a)
             elif op == "GlobalAveragePool":
                 y = a.mean(dim=(2, 3), keepdim=True)
-            elif op in ("AveragePool", "MaxPool"):
-                k, s = at["kernel_shape"], at.get("strides", [1, 1])
-                p = at.get("pads", [0, 0, 0, 0])
-                fn = F.avg_pool2d if op == "AveragePool" else F.max_pool2d
-                y = fn(a, k, s, p[:2])
+            elif op == "AveragePool":
+                y = F.avg_pool2d(a, at["kernel_shape"], at.get("strides", 1), at.get("pads", [0, 0])[:2],
+                                 ceil_mode=bool(at.get("ceil_mode", 0)),
+                                 count_include_pad=bool(at.get("count_include_pad", 0)))
+            elif op == "MaxPool":
+                y = F.max_pool2d(a, at["kernel_shape"], at.get("strides", 1), at.get("pads", [0, 0])[:2],
+                                 at.get("dilations", 1), ceil_mode=bool(at.get("ceil_mode", 0)))
             elif op in ("Identity", "Dropout"):
                 y = a
             elif op == "Transpose":
@@ -183,6 +202,9 @@ class DifferentiableRecognizer(nn.Module):
         self.preprocessing = preprocessing
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
+            raise InvalidInputError(f"expected float RGB images in [0, 1] of shape (N, 3, H, W), got {images.dtype} "
+                                    f"{tuple(images.shape)}")
         w, h = self.preprocessing.input_size
         if images.shape[-2:] != (h, w):
             images = F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False)
