@@ -50,9 +50,13 @@ def recognizer_option(func):
 
 
 def build_recognizer(recognizer: str, channel_order, mean, std):
+    from .errors import InvalidInputError
     from .recognizers import create_recognizer
 
     kwargs = {k: v for k, v in {"channel_order": channel_order, "mean": mean, "std": std}.items() if v is not None}
+    if kwargs and not recognizer.endswith(".onnx"):
+        options = ", ".join(f"--{k.replace('_', '-')}" for k in kwargs)
+        raise InvalidInputError(f"{options}: for a raw .onnx recognizer only; {recognizer!r} brings its own preprocessing")
     return create_recognizer(recognizer, **kwargs)
 
 

@@ -53,7 +53,11 @@ def replace_dir(built: Path, directory: Path) -> None:
                                 "what it holds): write the artifact to a new or empty folder")
         old = directory.with_name(f".{directory.name}.tmp{os.getpid()}.old")
         os.replace(directory, old)
-        os.replace(built, directory)
+        try:
+            os.replace(built, directory)
+        except BaseException:  # a signal or an error between the two renames: the previous artifact goes back
+            os.replace(old, directory)
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(built, directory)

@@ -303,3 +303,32 @@ def test_damaged_tensorrt_sidecars_are_artifact_errors(tmp_path, content):
         meta = tb.read_sidecar(engine)
         tb.check_engine(meta, "10.0", {"name": "H100", "compute_capability": "9.0"})
 
+
+
+def test_preprocessing_options_on_a_named_recognizer_are_one_clear_line(tmp_path):
+    """``-r fr128 --channel-order BGR`` said "unexpected keyword argument 'channel_order'"; now it names the options."""
+    result = CliRunner().invoke(cli, ["embed", str(tmp_path), "-r", "fr128", "--channel-order", "BGR", "--mean", "1",
+                                       "-o", str(tmp_path / "x.npz")])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == ("error: --channel-order, --mean: for a raw .onnx recognizer only; 'fr128' brings "
+                                     "its own preprocessing")
+
+
+def test_replacing_an_artifact_puts_the_old_one_back_when_the_swap_fails(tmp_path, monkeypatch):
+    """A failure between replace_dir's two renames (a signal, an error) restores the previous artifact."""
+    from facecore import artifacts
+
+    target = artifacts.write_artifact(tmp_path / "art", {"config.json": {"v": 1}})
+    real_replace, calls = artifacts.os.replace, []
+
+    def failing_second_rename(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(artifacts.os, "replace", failing_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        artifacts.write_artifact(target, {"config.json": {"v": 2}})
+    monkeypatch.undo()
+    assert json.loads((target / "config.json").read_text()) == {"v": 1}
