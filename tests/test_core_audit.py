@@ -332,3 +332,16 @@ def test_replacing_an_artifact_puts_the_old_one_back_when_the_swap_fails(tmp_pat
         artifacts.write_artifact(target, {"config.json": {"v": 2}})
     monkeypatch.undo()
     assert json.loads((target / "config.json").read_text()) == {"v": 1}
+
+
+def test_images_outside_the_identity_folder_layout_are_reported_not_silently_dropped(tmp_path):
+    """``<root>/<id>/<session>/<img>`` and ``<root>/<img>`` are not part of the layout: a warning counts them."""
+    from facecore.data.identity_folder import IdentityFolderDataset
+    from facecore.errors import FacePrivacyWarning
+
+    for rel in ("a/1.jpg", "a/2.jpg", "b/s1/1.jpg", "b/s1/deeper/2.png", "loose.jpg", "a/notes.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    with pytest.warns(FacePrivacyWarning, match="3 images .* were left out"):
+        ds = IdentityFolderDataset.from_folder(tmp_path)
+    assert ds.identities == ["a"] and ds.relpaths == ["a/1.jpg", "a/2.jpg"]

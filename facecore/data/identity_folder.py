@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, FacePrivacyWarning
 from ..images import read_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".webp"}
@@ -32,13 +33,20 @@ class IdentityFolderDataset:
         if not root.is_dir():
             raise DataError(f"dataset folder not found: {root}")
         identities, paths, labels = [], [], []
+        ignored = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
         for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-            files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.is_dir())
+            ignored += [f for sub in folder.iterdir() if sub.is_dir() for f in sub.rglob("*")
+                        if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
             if len(files) < min_images:
                 continue
             labels += [len(identities)] * len(files)
             identities.append(folder.name)
             paths += files
+        if ignored:
+            warnings.warn(f"{len(ignored)} images in {root} are not <identity>/<image> files and were left out "
+                          f"(e.g. {ignored[0].relative_to(root).as_posix()}): move them into their identity's folder",
+                          FacePrivacyWarning, stacklevel=2)
         if not paths:
             raise DataError(f"no images found in {root}: expected <identity>/<image> folders with {sorted(IMAGE_SUFFIXES)} files")
         return cls(root, paths, np.asarray(labels, np.int64), identities, tuple(size))
