@@ -132,6 +132,11 @@ class InsightFacePack(ArcFaceEmbedder):
                  det_thresh: float = 0.5, name: str | None = None):
         from insightface.app import FaceAnalysis
 
+        if isinstance(det_thresh, bool) or not isinstance(det_thresh, (int, float, np.integer, np.floating)) \
+                or not 0 < det_thresh < 1:
+            raise InvalidInputError(f"det_thresh must be a detector score in (0, 1), got {det_thresh!r}")
+        if len(det_size) != 2 or not all(isinstance(v, (int, np.integer)) and v >= 32 and v % 32 == 0 for v in det_size):
+            raise InvalidInputError(f"det_size must be two multiples of 32 (the detector's stride), got {det_size!r}")
         folder = Path(root).expanduser()
         if name is not None:
             folder = folder / "models" / name

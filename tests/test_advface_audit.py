@@ -244,3 +244,17 @@ def test_training_packs_that_are_not_packs_give_one_error_line(tmp_path):
             _npz(tmp_path / name)
         line = _error_line(_run("train-shadow", tmp_path / name, "-o", out, "--epochs", 1))
         assert what in line and not out.exists(), line
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("kwargs", [{"det_thresh": 1.5}, {"det_thresh": "0.5"}, {"det_thresh": float("nan")},
+                                    {"det_size": (100, 100)}, {"det_size": (640,)}])
+def test_insightface_pack_refuses_odd_detector_settings(shared, tmp_path, kwargs):
+    """A detector threshold outside (0, 1) found no face or raised ValueError later; a det_size off the stride broke
+    the anchors: both are InvalidInputError when the pack is made."""
+    from facepriv_plugins.insightface_adapter import InsightFacePack
+
+    for rel in ("models/scrfd/scrfd_500m_bnkps.onnx", "models/fr512_faceplugin/fr_feature.onnx"):
+        (tmp_path / rel.rsplit("/", 1)[1]).symlink_to(shared / rel)
+    with pytest.raises(InvalidInputError, match="det_thresh|det_size"):
+        InsightFacePack(tmp_path, **kwargs)
