@@ -244,6 +244,12 @@ class Protector:
         """``(..., K, D)``: each probe prepared for each of the key's K buckets (batches of batch_size / K rows)."""
         if not isinstance(embeddings, np.ndarray):
             raise InvalidInputError(f"embeddings must be a numpy array or torch tensor, got {type(embeddings).__name__}")
+        if isinstance(embeddings, np.matrix):
+            raise InvalidInputError("embeddings must be a plain numpy array, got np.matrix: pass np.asarray(embeddings)")
+        if isinstance(embeddings, np.ma.MaskedArray):
+            if np.ma.getmaskarray(embeddings).any():
+                raise InvalidInputError("embeddings have masked entries, which have no value to protect: drop those rows")
+            embeddings = embeddings.data
         self._check(embeddings, _NP_FLOATS.get(embeddings.dtype) or embeddings.dtype.name, embeddings.shape)
         flat, k = embeddings.reshape(-1, self.dim), self.buckets
         out = np.empty((len(flat), k * self.dim), embeddings.dtype)
@@ -317,6 +323,12 @@ class Protector:
     def _map_numpy(self, embeddings, rows_fn, salts=None, users=None):
         if not isinstance(embeddings, np.ndarray):
             raise InvalidInputError(f"embeddings must be a numpy array or torch tensor, got {type(embeddings).__name__}")
+        if isinstance(embeddings, np.matrix):
+            raise InvalidInputError("embeddings must be a plain numpy array, got np.matrix: pass np.asarray(embeddings)")
+        if isinstance(embeddings, np.ma.MaskedArray):
+            if np.ma.getmaskarray(embeddings).any():
+                raise InvalidInputError("embeddings have masked entries, which have no value to protect: drop those rows")
+            embeddings = embeddings.data
         self._check(embeddings, _NP_FLOATS.get(embeddings.dtype) or embeddings.dtype.name, embeddings.shape)
         flat = embeddings.reshape(-1, self.dim)
         plan = self._plan(salts, users, len(flat), probe=rows_fn == self._probe_rows)

@@ -258,3 +258,14 @@ def test_insightface_pack_refuses_odd_detector_settings(shared, tmp_path, kwargs
         (tmp_path / rel.rsplit("/", 1)[1]).symlink_to(shared / rel)
     with pytest.raises(InvalidInputError, match="det_thresh|det_size"):
         InsightFacePack(tmp_path, **kwargs)
+
+
+def test_protect_refuses_matrices_and_masked_entries():
+    """np.matrix raised a bare TypeError; a masked array was protected with its mask ignored (garbage rows stored)."""
+    p, x = Protector("fr128"), np.random.default_rng(0).standard_normal((3, 128)).astype(np.float32)
+    with pytest.raises(InvalidInputError, match="np.matrix"):
+        p.protect(np.matrix(x))
+    with pytest.raises(InvalidInputError, match="masked"):
+        p.protect(np.ma.masked_array(x, mask=np.arange(x.size).reshape(x.shape) == 5))
+    out = p.protect(np.ma.masked_array(x, mask=False))
+    assert type(out) is np.ndarray and np.array_equal(out, p.protect(x))
