@@ -1,13 +1,15 @@
-"""Fault injection (issue 13): hostile and clumsy inputs against the API, the CLI and the artifacts.
+"""Fault injection (issue 13): hostile and clumsy inputs against the API, the CLIs and the artifacts.
 
     python tests/fault_injection.py [--out benchmarks/results/fault_injection.md]
 
 Five categories: bad arrays, bad files, edited artifacts, signals, full disk. A probe is *handled*
 when the SDK either gives the right result or refuses with a typed :class:`FacePrivacyError`
 (CLI: exit code 2, one ``error:`` line, no output and no temp file left); anything else — a
-traceback, a wrong or non-finite result, exit 0 on nonsense, debris — is a *defect*. Real
-components only: the shipped artifacts, ONNX Runtime, subprocesses, ``RLIMIT_FSIZE``. Exits 1
-when any probe is a defect. Needs no face data; image probes use synthetic files.
+traceback, a wrong or non-finite result, exit 0 on nonsense, an overwritten input, a read outside
+a gallery folder, debris — is a *defect*. Real components only: the shipped artifacts, ONNX Runtime,
+subprocesses (``advface-cli``, ``vigface-cli``), ``RLIMIT_FSIZE``. Exits 1 when any probe is a
+defect. Needs no face data: image probes use synthetic files, recognizer and detector probes tiny
+``onnx.helper`` graphs, the synthesis probe a random 16x16 VIGFace pipeline.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import resource
 import signal
 import subprocess
@@ -93,6 +96,39 @@ def p128():
 
 def emb(n=16, dim=128, seed=0):
     return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+
+
+def fr128_npz(path: Path, n=16, seed=0) -> Path:
+    """An embeddings file of fr128 as ``advface-cli embed`` writes it: embeddings, ids, the recognizer's fingerprint."""
+    from advface_sdk import load_artifact
+
+    np.savez(path, embeddings=emb(n, seed=seed), ids=np.asarray([f"p{i}" for i in range(n)]),
+             fingerprint=np.asarray(load_artifact("fr128").recognizer_fingerprint))
+    return path
+
+
+def tiny_onnx(path: Path, in_shape, out_shape, detector: bool = False) -> Path:
+    """A linear recognizer (mean colour times a fixed matrix, one 8-d embedding per crop) or, with ``detector``, a
+    detector-like graph: one score per pixel of a batch-1 image, shape ``(anchors, 1)`` (no batch axis)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.asarray([-1, 1] if detector else [0, -1], np.int64), "shape"),
+             numpy_helper.from_array(np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32), "w")]
+    nodes = ([helper.make_node("Reshape", ["x", "shape"], ["y"])] if detector else
+             [helper.make_node("GlobalAveragePool", ["x"], ["g"]), helper.make_node("Reshape", ["g", "shape"], ["f"]),
+              helper.make_node("MatMul", ["f", "w"], ["y"])])
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape))], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def unchanged(path: Path, before: bytes) -> None:
+    if not path.exists() or path.read_bytes() != before:
+        raise Defect(f"{path.name} was changed")
 
 
 # --- bad arrays -----------------------------------------------------------------------------------------------------------
@@ -176,6 +212,45 @@ def _(tmp):
     if torch.cuda.is_available():
         return  # the GPU path is the right result here
     expect_error(lambda: protector(device="cuda"))
+
+
+@probe("bad arrays", "float images in 0..1 to a recognizer's embed")
+def _(tmp):
+    from facecore.errors import InvalidInputError
+    from facecore.recognizers import create_recognizer
+
+    rec = create_recognizer(str(tiny_onnx(tmp / "r.onnx", ["N", 3, 112, 112], ["N", 8])))
+    crops = np.random.default_rng(0).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
+    expect_error(lambda: rec.embed(crops.astype(np.float32) / 255), InvalidInputError)  # not silently black
+    if not np.array_equal(rec.embed(crops.astype(np.float32)), rec.embed(crops)):
+        raise Defect("whole-valued float crops embed differently from the uint8 ones")
+
+
+@probe("bad arrays", "GeneratorTrainConfig(lr=nan), DecoderTrainConfig(epochs=0)")
+def _(tmp):
+    from advface_sdk.training.generator import GeneratorTrainConfig
+    from advface_sdk.training.reconstruction import DecoderTrainConfig
+    from facecore.errors import InvalidInputError
+
+    for make, field in ((lambda: GeneratorTrainConfig(lr=float("nan")), "lr=nan"),
+                        (lambda: DecoderTrainConfig(epochs=0), "epochs=0")):
+        exc = expect_error(make, InvalidInputError)
+        if field not in str(exc):
+            raise Defect(f"{field} not named in {exc}")
+
+
+@probe("bad arrays", "Gallery.enroll('xy', one row) is one id")
+def _(tmp):
+    from advface_sdk import Gallery
+
+    x = emb(3)
+    with Gallery.create(tmp / "g") as g:
+        g.enroll(["a", "b"], x[:2])
+        g.enroll("xy", x[2])
+        if len(g) != 3 or g.contains(["xy", "x", "y"]).tolist() != [True, False, False]:
+            raise Defect(f"{len(g)} templates, contains(xy, x, y) = {g.contains(['xy', 'x', 'y']).tolist()}")
+        if g.remove("ab") != 0 or g.remove("xy") != 1 or len(g) != 2 or g.contains(["a", "b"]).tolist() != [True, True]:
+            raise Defect(f"remove took a string for its characters ({len(g)} templates left)")
 
 
 # --- bad files --------------------------------------------------------------------------------------------------------------
@@ -267,6 +342,73 @@ def _rec_probe(name, output):
 
 _rec_probe("recognizer that outputs an image", "image")
 _rec_probe("recognizer that outputs zeros", "zeros")
+
+
+@probe("bad files", "detector .onnx (no batch axis) given to create_recognizer")
+def _(tmp):
+    from facecore.errors import ModelLoadError
+    from facecore.recognizers import create_recognizer
+
+    path = tiny_onnx(tmp / "det.onnx", [1, 3, "h", "w"], ["anchors", 1], detector=True)  # once a "recognizer" of dim 1
+    expect_error(lambda: create_recognizer(str(path)), ModelLoadError)
+
+
+@probe("bad files", "export-onnx -o onto its own deployment key")
+def _(tmp):
+    key = tmp / "deploy.key"
+    run_cli(["keygen", key], tmp, expect_ok=True)
+    before = key.read_bytes()
+    run_cli(["export-onnx", "fr128", "-o", key, "-K", key], tmp)
+    unchanged(key, before)
+
+
+@probe("bad files", "gallery search -o onto the probes file")
+def _(tmp):
+    probes = fr128_npz(tmp / "probes.npz")
+    before = probes.read_bytes()
+    run_cli(["gallery", "enroll", tmp / "g", probes], tmp, expect_ok=True)
+    run_cli(["gallery", "search", tmp / "g", probes, "-o", probes], tmp)
+    unchanged(probes, before)
+
+
+@probe("bad files", "gallery enroll of an .npz with a flipped byte (bad CRC)")
+def _(tmp):
+    data = bytearray(fr128_npz(tmp / "e.npz", n=300).read_bytes())
+    data[data.find(b"embeddings.npy") + 400] ^= 0xFF  # inside the member: its CRC no longer matches
+    (tmp / "e.npz").write_bytes(bytes(data))
+    run_cli(["gallery", "enroll", tmp / "g", tmp / "e.npz", "--chunk", "16"], tmp)
+    if (tmp / "g").exists():
+        raise Defect("a gallery was created from the chunks before the damage")
+
+
+@probe("bad files", "gallery enroll of an empty embeddings file")
+def _(tmp):
+    from advface_sdk import load_artifact
+
+    np.savez(tmp / "e.npz", embeddings=np.zeros((0, 128), np.float32), ids=np.zeros(0, "U1"),
+             fingerprint=np.asarray(load_artifact("fr128").recognizer_fingerprint))
+    run_cli(["gallery", "enroll", tmp / "g", tmp / "e.npz"], tmp)
+    if (tmp / "g").exists():
+        raise Defect("an empty gallery was created")
+
+
+@probe("bad files", "train-shadow of a .npy; train-shadow --lr nan")
+def _(tmp):
+    from advface_sdk import load_artifact
+    from facecore.training.face_pack import FaceTrainingSet
+
+    rng = np.random.default_rng(0)
+    np.save(tmp / "x.npy", emb(8))
+    FaceTrainingSet(rng.integers(0, 255, (8, 64, 64, 3), np.uint8), emb(8), np.arange(8) % 2, ["a", "b"],
+                    [f"{i}.jpg" for i in range(8)], load_artifact("fr128").recognizer_fingerprint).save(tmp / "pack.npz")
+    before = sorted(p.name for p in tmp.iterdir())
+    small = ["--epochs", 1, "--batch-size", 4, "--width", 4, "--id-weight", 0, "--device", "cpu"]
+    run_cli(["train-shadow", tmp / "x.npy", "-o", tmp / "out", *small], tmp)
+    line = run_cli(["train-shadow", tmp / "pack.npz", "-o", tmp / "out", *small, "--lr", "nan"], tmp).stderr
+    if "lr=nan" not in line:
+        raise Defect(f"lr=nan not named: {line.strip()!r}")
+    if sorted(p.name for p in tmp.iterdir()) != before:
+        raise Defect(f"wrote {sorted(set(p.name for p in tmp.iterdir()) - set(before))}")
 
 
 # --- edited artifacts --------------------------------------------------------------------------------------------------------
@@ -429,6 +571,64 @@ def _(tmp):
     expect_error(lambda: protector(backend="identity-probe"))
 
 
+_OPENED: list[str] | None = None  # paths opened while a probe watches (an audit hook: Python's own open events)
+_PROBE_HOOK: list[bool] = []  # the hook is added once (audit hooks cannot be removed)
+
+
+def _watch_opens(event, args):
+    if event == "open" and _OPENED is not None and isinstance(args[0], (str, bytes, os.PathLike)):
+        _OPENED.append(os.fsdecode(args[0]))
+
+
+def _gallery_edit(name, edit):
+    def run(tmp):
+        global _OPENED
+        from advface_sdk import Gallery
+        from facecore.errors import ArtifactError
+
+        folder = tmp / "g"
+        with Gallery.create(folder) as g:
+            g.enroll([f"p{i}" for i in range(6)], emb(6))
+        manifest, state = (json.loads((folder / f).read_text()) for f in ("gallery.json", "state.json"))
+        (tmp / "outside.npz").write_bytes((folder / state["segments"][0]["file"]).read_bytes())  # its sha256 matches
+        edit(manifest, state)
+        for f, record in (("gallery.json", manifest), ("state.json", state)):
+            (folder / f).write_text(json.dumps(record))
+        if not _PROBE_HOOK:
+            sys.addaudithook(_watch_opens)
+            _PROBE_HOOK.append(True)
+        _OPENED = []
+        try:
+            expect_error(lambda: Gallery.open(folder).search(emb(2), k=1), ArtifactError)
+        finally:
+            opened, _OPENED = _OPENED, None
+        if any(Path(o).name == "outside.npz" for o in opened):  # the copy next to the folder
+            raise Defect("read the segment outside the gallery folder")
+        run_cli(["gallery", "info", folder], tmp)
+    probe("edited artifacts", name)(run)
+
+
+_gallery_edit('gallery.json "dim": "abc"', lambda m, s: m.update(dim="abc"))
+_gallery_edit("state.json segment renamed ../outside.npz (sha256 matches)",
+              lambda m, s: s["segments"][0].update(file="../outside.npz"))
+
+
+@probe("edited artifacts", "signature.json with an edited key_id (the pinned key's)")
+def _(tmp):
+    from advface_sdk import load_artifact
+    from facecore.errors import SignatureError
+    from facecore.signing import generate_key, sign_artifact
+
+    path = _toy(tmp)
+    generate_key(tmp / "k.pem")
+    sign_artifact(path, tmp / "k.pem", "me")
+    record = json.loads((path / "signature.json").read_text())
+    pinned = json.loads((load_artifact("fr128").directory / "signature.json").read_text())["key_id"]
+    (path / "signature.json").write_text(json.dumps({**record, "key_id": pinned}))
+    expect_error(lambda: load_artifact(path), SignatureError)
+    run_cli(["info", path], tmp)
+
+
 # --- signals -------------------------------------------------------------------------------------------------------------------
 def _signal_probe(sig, suffix):
     def run(tmp):
@@ -455,6 +655,53 @@ def _signal_probe(sig, suffix):
 for _sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
     for _suffix in (".npy", ".npz"):
         _signal_probe(_sig, _suffix)
+
+
+def _tiny_pipeline(folder: Path) -> Path:
+    """A randomly initialised VIGFace pipeline of 16x16 faces (seconds per shard on one core), saved to ``folder``."""
+    import torch
+    from diffusers import DDIMScheduler
+
+    from vigface_sdk.models.autoencoder import FaceAutoencoder
+    from vigface_sdk.models.denoiser import PrototypeDenoiser
+    from vigface_sdk.models.virtual import VirtualPrototypeSampler
+    from vigface_sdk.pipelines.pipeline import VIGFacePipeline
+
+    torch.manual_seed(0)
+    ae = FaceAutoencoder(image_size=16, latent_channels=2, block_out_channels=(8, 16), cond_dim=8, cond_embed_dim=16,
+                         norm_groups=4, condition={"fingerprint": "bb"})
+    den = PrototypeDenoiser(sample_size=8, latent_channels=2, cond_dim=8, block_out_channels=(16, 32), layers_per_block=1,
+                            attention_head_dim=8, norm_num_groups=8)
+    with torch.no_grad():
+        for p in [*ae.parameters(), *den.parameters()]:
+            p.add_(0.05 * torch.randn_like(p))
+    sampler = VirtualPrototypeSampler.fit(np.random.default_rng(0).standard_normal((30, 8)))
+    VIGFacePipeline(ae, den, DDIMScheduler(), sampler).save_pretrained(folder)
+    return folder
+
+
+@probe("signals", "SIGTERM during vigface-cli synthesize, then the same command resumes")
+def _(tmp):
+    out = tmp / "out"
+    args = [sys.executable, "-m", "vigface_sdk", "synthesize", "--pipeline", _tiny_pipeline(tmp / "pipe"), "-n", 40, "-m", 2,
+            "--steps", 2, "--shard-size", 1, "--device", "cpu", "-q", "--out", out]
+    proc = subprocess.Popen([*map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while len(list(out.glob(".shards/*.json"))) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    if proc.poll() is not None:
+        raise Defect(f"finished (exit {proc.returncode}) before the signal")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    lines = err.strip().splitlines()
+    debris = [p.name for p in out.rglob("*") if ".tmp" in p.name]
+    if (proc.returncode in (0, -signal.SIGTERM) or len(lines) != 1 or not lines[0].startswith("error:") or debris
+            or (out / "manifest.jsonl").exists()):
+        raise Defect(f"exit {proc.returncode}, stderr {err.strip()[-200:]!r}, debris {debris}")
+    rerun = subprocess.run([*map(str, args)], capture_output=True, text=True, timeout=300)
+    rows = (out / "manifest.jsonl").read_text().splitlines() if (out / "manifest.jsonl").exists() else []
+    if rerun.returncode != 0 or len(rows) != 80 or [p.name for p in out.rglob("*") if ".tmp" in p.name]:
+        raise Defect(f"rerun: exit {rerun.returncode}, {len(rows)} manifest rows, stderr {rerun.stderr.strip()[-200:]!r}")
 
 
 # --- full disk -----------------------------------------------------------------------------------------------------------------
