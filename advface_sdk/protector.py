@@ -242,15 +242,7 @@ class Protector:
 
     def _probe_every_bucket(self, embeddings) -> np.ndarray:
         """``(..., K, D)``: each probe prepared for each of the key's K buckets (batches of batch_size / K rows)."""
-        if not isinstance(embeddings, np.ndarray):
-            raise InvalidInputError(f"embeddings must be a numpy array or torch tensor, got {type(embeddings).__name__}")
-        if isinstance(embeddings, np.matrix):
-            raise InvalidInputError("embeddings must be a plain numpy array, got np.matrix: pass np.asarray(embeddings)")
-        if isinstance(embeddings, np.ma.MaskedArray):
-            if np.ma.getmaskarray(embeddings).any():
-                raise InvalidInputError("embeddings have masked entries, which have no value to protect: drop those rows")
-            embeddings = embeddings.data
-        self._check(embeddings, _NP_FLOATS.get(embeddings.dtype) or embeddings.dtype.name, embeddings.shape)
+        embeddings = self._checked_numpy(embeddings)
         flat, k = embeddings.reshape(-1, self.dim), self.buckets
         out = np.empty((len(flat), k * self.dim), embeddings.dtype)
         step = max(1, self.batch_size // k)
@@ -320,7 +312,8 @@ class Protector:
 
         return matrix, None if single else index.astype(np.intp)
 
-    def _map_numpy(self, embeddings, rows_fn, salts=None, users=None):
+    def _checked_numpy(self, embeddings) -> np.ndarray:
+        """``embeddings`` as a plain ndarray after the type, dtype and shape checks (no np.matrix, no masked entries)."""
         if not isinstance(embeddings, np.ndarray):
             raise InvalidInputError(f"embeddings must be a numpy array or torch tensor, got {type(embeddings).__name__}")
         if isinstance(embeddings, np.matrix):
@@ -330,6 +323,10 @@ class Protector:
                 raise InvalidInputError("embeddings have masked entries, which have no value to protect: drop those rows")
             embeddings = embeddings.data
         self._check(embeddings, _NP_FLOATS.get(embeddings.dtype) or embeddings.dtype.name, embeddings.shape)
+        return embeddings
+
+    def _map_numpy(self, embeddings, rows_fn, salts=None, users=None):
+        embeddings = self._checked_numpy(embeddings)
         flat = embeddings.reshape(-1, self.dim)
         plan = self._plan(salts, users, len(flat), probe=rows_fn == self._probe_rows)
         out = np.empty(flat.shape, embeddings.dtype)

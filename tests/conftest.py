@@ -17,6 +17,46 @@ MILVUS_SKIP_REASON = ("no Milvus server: set FACEPRIV_MILVUS_URI (e.g. http://12
 _COLLECTION_PREFIX = os.environ.setdefault("FACEPRIV_TEST_COLLECTIONS", f"test_{uuid.uuid4().hex[:12]}")
 
 
+def tiny_vigface_pipeline():
+    """A randomly initialised VIGFace pipeline of 16x16 faces in an 8-d space (seconds per shard on one core)."""
+    import numpy as np
+    import torch
+    from diffusers import DDIMScheduler
+
+    from vigface_sdk.models.autoencoder import FaceAutoencoder
+    from vigface_sdk.models.denoiser import PrototypeDenoiser
+    from vigface_sdk.models.virtual import VirtualPrototypeSampler
+    from vigface_sdk.pipelines.pipeline import VIGFacePipeline
+
+    torch.manual_seed(0)
+    ae = FaceAutoencoder(image_size=16, latent_channels=2, block_out_channels=(8, 16), cond_dim=8, cond_embed_dim=16,
+                         norm_groups=4, condition={"fingerprint": "bb"})
+    den = PrototypeDenoiser(sample_size=8, latent_channels=2, cond_dim=8, block_out_channels=(16, 32), layers_per_block=1,
+                            attention_head_dim=8, norm_num_groups=8)
+    with torch.no_grad():
+        for p in [*ae.parameters(), *den.parameters()]:
+            p.add_(0.05 * torch.randn_like(p))
+    sampler = VirtualPrototypeSampler.fit(np.random.default_rng(0).standard_normal((30, 8)))
+    return VIGFacePipeline(ae, den, DDIMScheduler(), sampler)
+
+
+def sigterm_once_writing(cmd: list[str], folder: Path, temp_glob: str, env: dict | None = None) -> tuple[int, str]:
+    """Run ``cmd``, send it SIGTERM as soon as a temp file matching ``temp_glob`` appears in ``folder`` (it must
+    still be running then), and return its exit code and stderr."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 60
+    while not list(folder.glob(temp_glob)) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    assert proc.poll() is None, "finished before it could be signalled"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
 def server_collection() -> str:
     """A fresh collection name on the Milvus server, dropped when the test session ends."""
     return f"{_COLLECTION_PREFIX}_{uuid.uuid4().hex[:12]}"

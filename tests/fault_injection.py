@@ -659,24 +659,9 @@ for _sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
 
 def _tiny_pipeline(folder: Path) -> Path:
     """A randomly initialised VIGFace pipeline of 16x16 faces (seconds per shard on one core), saved to ``folder``."""
-    import torch
-    from diffusers import DDIMScheduler
+    from conftest import tiny_vigface_pipeline
 
-    from vigface_sdk.models.autoencoder import FaceAutoencoder
-    from vigface_sdk.models.denoiser import PrototypeDenoiser
-    from vigface_sdk.models.virtual import VirtualPrototypeSampler
-    from vigface_sdk.pipelines.pipeline import VIGFacePipeline
-
-    torch.manual_seed(0)
-    ae = FaceAutoencoder(image_size=16, latent_channels=2, block_out_channels=(8, 16), cond_dim=8, cond_embed_dim=16,
-                         norm_groups=4, condition={"fingerprint": "bb"})
-    den = PrototypeDenoiser(sample_size=8, latent_channels=2, cond_dim=8, block_out_channels=(16, 32), layers_per_block=1,
-                            attention_head_dim=8, norm_num_groups=8)
-    with torch.no_grad():
-        for p in [*ae.parameters(), *den.parameters()]:
-            p.add_(0.05 * torch.randn_like(p))
-    sampler = VirtualPrototypeSampler.fit(np.random.default_rng(0).standard_normal((30, 8)))
-    VIGFacePipeline(ae, den, DDIMScheduler(), sampler).save_pretrained(folder)
+    tiny_vigface_pipeline().save_pretrained(folder)
     return folder
 
 

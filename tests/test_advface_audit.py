@@ -6,16 +6,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 import warnings
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import sigterm_once_writing
 from advface_sdk import DeploymentKey, Gallery, Protector
 from advface_sdk.cli import main
 from facecore.errors import ArtifactError, DataError, InvalidInputError
@@ -121,16 +119,9 @@ def test_sigterm_during_a_tsv_search_leaves_no_temp_file(tmp_path):
     np.savez(probes, embeddings=rng.standard_normal((20000, 128)).astype(np.float32),
              ids=np.asarray([f"q{i}" for i in range(20000)]))
     out = tmp_path / "hits.tsv"
-    proc = subprocess.Popen([*CLI, "gallery", "search", str(tmp_path / "g"), str(probes), "--batch", "4", "-o", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 60
-    while not list(tmp_path.glob(".hits.tsv.tmp*")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.005)
-    assert proc.poll() is None, "finished before it could be signalled"
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0 and err.strip().splitlines()[-1].startswith("error:")
+    code, err = sigterm_once_writing([*CLI, "gallery", "search", str(tmp_path / "g"), str(probes), "--batch", "4", "-o",
+                                      str(out)], tmp_path, ".hits.tsv.tmp*", {**os.environ, "OMP_NUM_THREADS": "1"})
+    assert code != 0 and err.strip().splitlines()[-1].startswith("error:")
     assert not out.exists() and not list(tmp_path.glob(".hits.tsv.tmp*"))
 
 

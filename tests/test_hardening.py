@@ -5,11 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
-import time
 import warnings
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import torch
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
+from conftest import sigterm_once_writing
 from advface_sdk import Protector, load_artifact, save_artifact
 from advface_sdk import protector as protector_module
 from advface_sdk.backends import register_backend
@@ -241,15 +240,8 @@ def test_sigterm_removes_the_temp_file_and_stale_ones_are_cleaned(tmp_path):
     src = tmp_path / "in.npy"
     np.save(src, np.random.default_rng(0).standard_normal((60000, 128)).astype(np.float32))
     dst = tmp_path / "out.npy"
-    proc = subprocess.Popen([*CLI, "protect", str(src), str(dst), "--chunk", "8"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not list(tmp_path.glob(".out.npy.tmp*")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.005)
-    assert proc.poll() is None, "finished before it could be signalled"
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0 and err.startswith("error:")
+    code, err = sigterm_once_writing([*CLI, "protect", str(src), str(dst), "--chunk", "8"], tmp_path, ".out.npy.tmp*")
+    assert code != 0 and err.startswith("error:")
     assert not dst.exists() and not list(tmp_path.glob(".out.npy.tmp*"))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

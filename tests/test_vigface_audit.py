@@ -16,14 +16,11 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from diffusers import DDIMScheduler
 
+from conftest import tiny_vigface_pipeline
 from facecore.errors import ArtifactError, DataError, InvalidInputError
 from vigface_sdk.cli import main as cli
 from vigface_sdk.evaluation.synthesis_report import load_synthetic
-from vigface_sdk.models.autoencoder import FaceAutoencoder
-from vigface_sdk.models.denoiser import PrototypeDenoiser
-from vigface_sdk.models.virtual import VirtualPrototypeSampler
 from vigface_sdk.pipelines.pipeline import VIGFacePipeline, sample_seed
 from vigface_sdk.pipelines.synthesize import synthesize
 
@@ -34,16 +31,7 @@ FAST = dict(num_inference_steps=3, shard_size=2, fmt="folders", progress=False)
 
 @pytest.fixture(scope="module")
 def pipe() -> VIGFacePipeline:
-    torch.manual_seed(0)
-    ae = FaceAutoencoder(image_size=16, latent_channels=2, block_out_channels=(8, 16), cond_dim=8, cond_embed_dim=16,
-                         norm_groups=4, condition={"fingerprint": "bb"})
-    den = PrototypeDenoiser(sample_size=8, latent_channels=2, cond_dim=8, block_out_channels=(16, 32), layers_per_block=1,
-                            attention_head_dim=8, norm_num_groups=8)
-    with torch.no_grad():
-        for p in [*ae.parameters(), *den.parameters()]:
-            p.add_(0.05 * torch.randn_like(p))
-    sampler = VirtualPrototypeSampler.fit(np.random.default_rng(0).standard_normal((30, 8)))
-    return VIGFacePipeline(ae, den, DDIMScheduler(), sampler)
+    return tiny_vigface_pipeline()
 
 
 def _cli(args: list[str], **kw) -> subprocess.Popen:

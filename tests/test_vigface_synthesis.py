@@ -16,16 +16,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_vigface_pipeline
 from facecore.data import IdentityFolderDataset
 from facecore.errors import ArtifactError, IncompatibleError, InvalidInputError
 from facecore.images import read_image
-from diffusers import DDIMScheduler
 
 from vigface_sdk.evaluation.synthesis_report import build_report, embed_faces, identity_consistency, load_synthetic, save_grid
-from vigface_sdk.models.autoencoder import FaceAutoencoder
-from vigface_sdk.models.denoiser import PrototypeDenoiser
 from vigface_sdk.models.prototypes import PrototypeStore
-from vigface_sdk.models.virtual import VirtualPrototypeSampler
 from vigface_sdk.pipelines.pipeline import VIGFacePipeline, sample_seed
 from vigface_sdk.pipelines.synthesize import synthesize
 from vigface_sdk.pipelines.writers import (MAGIC, RecordIOReader, RecordIOWriter, encode_jpeg, pack_record,
@@ -38,16 +35,7 @@ FAST = dict(num_inference_steps=3, shard_size=2, fmt="folders", progress=False)
 
 @pytest.fixture(scope="module")
 def pipe() -> VIGFacePipeline:
-    torch.manual_seed(0)
-    ae = FaceAutoencoder(image_size=16, latent_channels=2, block_out_channels=(8, 16), cond_dim=8, cond_embed_dim=16,
-                         norm_groups=4, condition={"fingerprint": "bb"})
-    den = PrototypeDenoiser(sample_size=8, latent_channels=2, cond_dim=8, block_out_channels=(16, 32), layers_per_block=1,
-                            attention_head_dim=8, norm_num_groups=8)
-    with torch.no_grad():
-        for p in [*ae.parameters(), *den.parameters()]:
-            p.add_(0.05 * torch.randn_like(p))
-    sampler = VirtualPrototypeSampler.fit(np.random.default_rng(0).standard_normal((30, 8)))
-    return VIGFacePipeline(ae, den, DDIMScheduler(), sampler)
+    return tiny_vigface_pipeline()
 
 
 # --- RecordIO ----------------------------------------------------------------------------------
