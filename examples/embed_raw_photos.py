@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from facecore.errors import FacePrivacyError
-from facecore.paths import ENV_VAR, shared_root
+from facecore.paths import ENV_VAR, shared_path, shared_root
 from facecore.recognizers import Preprocessing
 from facepriv_plugins.insightface_adapter import InsightFacePack
 
@@ -26,12 +26,13 @@ DEMO_MODELS = ("models/scrfd/scrfd_500m_bnkps.onnx", "models/fr512_faceplugin/fr
 DEMO_PEOPLE = ("Colin_Powell", "Serena_Williams")
 
 
-def demo_inputs(shared: Path, tmp: Path) -> tuple[Path, list[Path]]:
-    """A pack of symlinks to the shared models and 3 raw LFW photos of each demo person."""
+def demo_inputs(tmp: Path) -> tuple[Path, list[Path]]:
+    """A pack of symlinks to the shared models and 3 raw LFW photos of each demo person (``DataError`` if the
+    shared folder lacks them)."""
     for rel in DEMO_MODELS:
-        (tmp / Path(rel).name).symlink_to(shared / rel)
-    raw = shared / "data" / "lfw" / "raw250"
-    return tmp, [p for name in DEMO_PEOPLE for p in sorted((raw / name).glob("*.jpg"))[:3]]
+        (tmp / Path(rel).name).symlink_to(shared_path(*Path(rel).parts))
+    return tmp, [p for name in DEMO_PEOPLE
+                 for p in sorted(shared_path("data", "lfw", "raw250", name).glob("*.jpg"))[:3]]
 
 
 def similarity_table(names: list[str], embeddings: np.ndarray) -> str:
@@ -56,15 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
-        if args.pack is None and not args.photos:
-            shared = shared_root(required=False)
-            if shared is None:
-                print(f"pass --pack PACK_DIR and photos, or set {ENV_VAR} to run the demo on shared LFW photos")
-                return 2
-            args.pack, args.photos = demo_inputs(shared, Path(tmp))
-        elif args.pack is None or not args.photos:
+        if (args.pack is None) != (not args.photos):
             parser.error("pass both --pack PACK_DIR and at least one photo")
         try:
+            if args.pack is None:  # the demo: shared models and LFW photos
+                if shared_root(required=False) is None:
+                    print(f"error: pass --pack PACK_DIR and photos, or set {ENV_VAR} to run the demo on shared LFW "
+                          "photos", file=sys.stderr)
+                    return 2
+                args.pack, args.photos = demo_inputs(Path(tmp))
             pre = Preprocessing(args.channel_order, args.mean, args.std) if args.channel_order else None
             pack = InsightFacePack(args.pack, preprocessing=pre, det_thresh=args.det_thresh)
             embeddings = pack.embed_photos(args.photos)

@@ -12,6 +12,7 @@ written step by step.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, UniPCMultistepScheduler
 
+from facecore.errors import FacePrivacyError
 from vigface_sdk import VIGFacePipeline, load_pipeline, sample_seed, synthesize
 from vigface_sdk.evaluation.synthesis_report import save_grid
 from vigface_sdk.models.virtual import load_prototype_store
@@ -30,9 +32,17 @@ from vigface_sdk.models.virtual import load_prototype_store
 @click.option("--prototypes", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Stage-1 space folder (its prototypes/ store) for learned virtual prototypes.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--identities", default=8, show_default=True)
-@click.option("--per-identity", default=4, show_default=True)
+@click.option("--identities", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--per-identity", type=click.IntRange(min=1), default=4, show_default=True)
 def main(pipe_dir: Path | None, prototypes: Path | None, out: Path, identities: int, per_identity: int) -> None:
+    try:
+        run(pipe_dir, prototypes, out, identities, per_identity)
+    except FacePrivacyError as exc:  # not a pipeline / prototype folder, too few prototypes, another run in --out, ...
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run(pipe_dir: Path | None, prototypes: Path | None, out: Path, identities: int, per_identity: int) -> None:
     # 1. one folder holds every component: autoencoder, denoiser, scheduler, virtual prototype sampler
     pipe: VIGFacePipeline = load_pipeline(pipe_dir)
     # 2. virtual identities: the pipeline's sampler (kept away from every real identity it excludes),

@@ -11,6 +11,9 @@ all AT&T pairs; report how far the virtual prototypes sit from the real ones.
     python examples/vigface_train_space.py --recognizer fr512 --finetune --steps 40 --batch-size 16 \\
         --init-from runs/vigface_space_fr512/prototypes --out runs/vigface_space_fr512_ft \\
         --name lfw_fr512_arcface_finetune_from_head
+    # a quick look: the 128-d recognizer, 200 of the training identities, 20 steps (the evaluation is unchanged)
+    python examples/vigface_train_space.py --recognizer fr128 --identities 200 --steps 20 --out runs/space_quick \\
+        --results runs/space_quick/results
 
 Writes the space (prototypes/, backbone/) under --out and NAME.json/.md/.png under --results.
 """
@@ -28,6 +31,7 @@ import torch
 
 from facecore.data import IdentityFolderDataset, pair_indices, read_pairs
 from facecore.embeddings import extract_embeddings
+from facecore.errors import FacePrivacyError
 from facecore.metrics import cosine_scores, verification_report
 from facecore.paths import shared_path
 from facecore.recognizers import create_recognizer
@@ -64,9 +68,19 @@ def embed_subset(module, dataset, indices: np.ndarray) -> np.ndarray:
               help="With --finetune: start from this head-only space's prototypes (else from class means).")
 @click.option("--check-images", default=300, show_default=True,
               help="Frozen mode: LFW evaluation images also embedded by the saved torch backbone, to compare with ONNX.")
+@click.option("--identities", type=click.IntRange(min=2), default=None,
+              help="Train on only the first N training identities (a quick run; default: all of them).")
 @click.option("--seed", default=0, show_default=True)
-def main(recognizer, out, results, name, virtual_ratio, margin_type, epochs, steps, batch_size, finetune, backbone_lr,
-         init_from, check_images, seed):
+def main(**options):
+    try:
+        run(**options)
+    except FacePrivacyError as exc:  # no shared data, a wrong --init-from folder, ...
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run(recognizer, out, results, name, virtual_ratio, margin_type, epochs, steps, batch_size, finetune, backbone_lr,
+        init_from, check_images, identities, seed):
     torch.set_num_threads(1)
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     lfw_root = shared_path("data", "lfw", "aligned112")
@@ -76,7 +90,7 @@ def main(recognizer, out, results, name, virtual_ratio, margin_type, epochs, ste
 
     # ---- train: identities of folds 1-5 or of no fold; all of them, single-image ones included
     train_ds = load_training_dataset(lfw_root, min_images=1)
-    train_ds = train_ds.subset(set(train_ds.identities) - held_out)
+    train_ds = train_ds.subset(sorted(set(train_ds.identities) - held_out)[:identities])
     data = EmbeddingSet.from_recognizer(rec, train_ds)  # cached; mirrored crops augment
     counts = np.bincount(data.labels)
     k = int(round(virtual_ratio * len(data.identities)))
