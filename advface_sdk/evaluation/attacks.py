@@ -229,12 +229,15 @@ def align_without_pairs(templates: np.ndarray, clean: np.ndarray, top: int = 64,
         s = np.sort(z @ z.T, axis=1)[:, ::-1][:, 1:top + 1]
         return l2_normalize(s - s.mean(1, keepdims=True))
 
-    sim, w = profile(x) @ profile(y).T, None
+    sim, w, pairs = profile(x) @ profile(y).T, None, None
     for _ in range(iters):
         fwd, bwd = sim.argmax(1), sim.argmax(0)
         mutual = np.flatnonzero(bwd[fwd] == np.arange(len(x)))
         if len(mutual) < 2:
             break
+        if pairs is not None and np.array_equal(pairs, fwd[mutual] * len(x) + mutual):
+            break  # the same pairs give the same map: a fixed point, every further iteration repeats it exactly
+        pairs = fwd[mutual] * len(x) + mutual
         w = procrustes(x[mutual], y[fwd[mutual]])
         sim = (x @ w) @ y.T
     return l2_normalize(x @ w) if w is not None else l2_normalize(x[:, :y.shape[1]])
