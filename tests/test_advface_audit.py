@@ -260,3 +260,11 @@ def test_protect_refuses_matrices_and_masked_entries():
         p.protect(np.ma.masked_array(x, mask=np.arange(x.size).reshape(x.shape) == 5))
     out = p.protect(np.ma.masked_array(x, mask=False))
     assert type(out) is np.ndarray and np.array_equal(out, p.protect(x))
+
+
+def test_ids_that_are_not_utf8_are_refused_by_name(tmp_path):
+    """A lone surrogate (``"\\udcff"``, what os.fsdecode makes of a non-UTF-8 file name) raised UnicodeEncodeError."""
+    with Gallery.create(tmp_path / "g") as g:
+        with pytest.raises(InvalidInputError, match="UTF-8"):
+            g.enroll(["ok", "bad\udcff"], np.random.default_rng(0).standard_normal((2, 128)).astype(np.float32))
+        assert len(g) == 0

@@ -77,9 +77,10 @@ def _ids(ids) -> list[str]:
         out = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
     except TypeError:
         raise InvalidInputError(f"ids must be a string or a sequence of strings, got {type(ids).__name__}") from None
-    bad = [i for i in out if not isinstance(i, str) or not i or len(i.encode()) > MAX_ID_LENGTH]
+    bad = [i for i in out if not isinstance(i, str) or not i or len(i.encode(errors="replace")) > MAX_ID_LENGTH
+           or not i.isprintable() and any(0xD800 <= ord(c) <= 0xDFFF for c in i)]
     if bad:
-        raise InvalidInputError(f"ids must be non-empty strings of at most {MAX_ID_LENGTH} bytes; bad: {bad[:3]}")
+        raise InvalidInputError(f"ids must be non-empty UTF-8 strings of at most {MAX_ID_LENGTH} bytes; bad: {bad[:3]}")
     if len(set(out)) != len(out):
         dup = [i for i, n in Counter(out).items() if n > 1]
         raise DuplicateIdError(f"{len(dup)} ids are given more than once (first: {dup[:3]}); nothing was changed")
