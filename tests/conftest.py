@@ -40,6 +40,16 @@ def tiny_vigface_pipeline():
     return VIGFacePipeline(ae, den, DDIMScheduler(), sampler)
 
 
+#: synthesis settings fast enough for tests on the tiny pipeline
+FAST_SYNTHESIS = dict(num_inference_steps=3, shard_size=2, fmt="folders", progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe():
+    """:func:`tiny_vigface_pipeline`, built once per test module."""
+    return tiny_vigface_pipeline()
+
+
 def sigterm_once_writing(cmd: list[str], folder: Path, temp_glob: str, env: dict | None = None) -> tuple[int, str]:
     """Run ``cmd``, send it SIGTERM as soon as a temp file matching ``temp_glob`` appears in ``folder`` (it must
     still be running then), and return its exit code and stderr."""

@@ -17,7 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import tiny_vigface_pipeline
+from conftest import FAST_SYNTHESIS as FAST
 from facecore.errors import ArtifactError, DataError, InvalidInputError
 from vigface_sdk.cli import main as cli
 from vigface_sdk.evaluation.synthesis_report import load_synthetic
@@ -26,12 +26,6 @@ from vigface_sdk.pipelines.synthesize import synthesize
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
-FAST = dict(num_inference_steps=3, shard_size=2, fmt="folders", progress=False)
-
-
-@pytest.fixture(scope="module")
-def pipe() -> VIGFacePipeline:
-    return tiny_vigface_pipeline()
 
 
 def _cli(args: list[str], **kw) -> subprocess.Popen:
@@ -53,34 +47,34 @@ def _temp_files(root: Path) -> list[Path]:
 # 1 -- a refused call pinned its settings in run.json, so the corrected call was refused as "another run" ----------------
 @pytest.mark.parametrize("bad", [dict(num_inference_steps=0), dict(guidance_scale=float("nan")), dict(batch_size=0),
                                  dict(seed=-1), dict(seed=1.5), dict(jpeg_quality=500), dict(per_identity=2.5)])
-def test_bad_arguments_are_refused_before_the_out_folder_is_claimed(pipe, tmp_path, bad):
+def test_bad_arguments_are_refused_before_the_out_folder_is_claimed(tiny_pipe, tmp_path, bad):
     args = {**FAST, "per_identity": 2, **bad}
     with pytest.raises(InvalidInputError):
-        synthesize(pipe, tmp_path / "out", 2, **args)
+        synthesize(tiny_pipe, tmp_path / "out", 2, **args)
     assert not (tmp_path / "out").exists()
-    assert synthesize(pipe, tmp_path / "out", 2, 2, **FAST).complete
+    assert synthesize(tiny_pipe, tmp_path / "out", 2, 2, **FAST).complete
 
 
-def test_an_out_path_that_is_a_file_is_a_typed_error(pipe, tmp_path):
+def test_an_out_path_that_is_a_file_is_a_typed_error(tiny_pipe, tmp_path):
     (tmp_path / "file").write_text("keep me")
     with pytest.raises(InvalidInputError, match="is a file"):
-        synthesize(pipe, tmp_path / "file", 1, 1, **FAST)
+        synthesize(tiny_pipe, tmp_path / "file", 1, 1, **FAST)
     assert (tmp_path / "file").read_text() == "keep me"
 
 
-def test_negative_or_fractional_seeds_are_typed_errors(pipe):
+def test_negative_or_fractional_seeds_are_typed_errors(tiny_pipe):
     for seed in (-1, 1.5, "1"):
         with pytest.raises(InvalidInputError, match="seed"):
             sample_seed(seed, 0, 0)
         with pytest.raises(InvalidInputError, match="seed"):
-            pipe.virtual_prototypes(1, seed=seed)
+            tiny_pipe.virtual_prototypes(1, seed=seed)
     with pytest.raises(InvalidInputError, match="seed"):
-        pipe(pipe.virtual_prototypes(1), 1, num_inference_steps=2, seed=-3)
+        tiny_pipe(tiny_pipe.virtual_prototypes(1), 1, num_inference_steps=2, seed=-3)
 
 
 # 2 -- a component folder symlinked outside the pipeline folder was followed ---------------------------------------------
-def test_component_folder_symlinked_outside_the_pipeline_is_refused(pipe, tmp_path):
-    pipe.save_pretrained(tmp_path / "p")
+def test_component_folder_symlinked_outside_the_pipeline_is_refused(tiny_pipe, tmp_path):
+    tiny_pipe.save_pretrained(tmp_path / "p")
     shutil.move(tmp_path / "p" / "denoiser", tmp_path / "elsewhere")
     (tmp_path / "p" / "denoiser").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     with pytest.raises(ArtifactError, match="outside the artifact folder"):
@@ -88,8 +82,8 @@ def test_component_folder_symlinked_outside_the_pipeline_is_refused(pipe, tmp_pa
 
 
 # 3 -- SIGTERM killed `synthesize` outright; temp files of killed runs stayed in the dataset forever -------------------------
-def test_sigterm_gives_one_line_and_no_temp_file_and_the_run_resumes(pipe, tmp_path):
-    pipe.save_pretrained(tmp_path / "pipe")
+def test_sigterm_gives_one_line_and_no_temp_file_and_the_run_resumes(tiny_pipe, tmp_path):
+    tiny_pipe.save_pretrained(tmp_path / "pipe")
     out = tmp_path / "out"
     args = ["synthesize", "--pipeline", str(tmp_path / "pipe"), "-n", "60", "-m", "2", "--steps", "2", "--shard-size", "1",
             "--device", "cpu", "-q", "--out", str(out)]
@@ -117,23 +111,23 @@ def test_sigterm_gives_one_line_and_no_temp_file_and_the_run_resumes(pipe, tmp_p
     assert _temp_files(out) == [] and len((out / "manifest.jsonl").read_text().splitlines()) == 120
 
 
-def test_temp_files_left_by_a_killed_run_are_removed_on_resume(pipe, tmp_path):
+def test_temp_files_left_by_a_killed_run_are_removed_on_resume(tiny_pipe, tmp_path):
     out = tmp_path / "out"
-    synthesize(pipe, out, 3, 2, **FAST)
+    synthesize(tiny_pipe, out, 3, 2, **FAST)
     # the state of a run SIGKILLed inside shard 1: no marker, no manifest, a temp image of a dead process
     (out / "manifest.jsonl").unlink()
     (out / ".shards" / "000001.json").unlink()
     stale = out / "id_000002" / f".0000.jpg.tmp{_dead_pid()}"
     stale.write_bytes(b"torn")
-    res = synthesize(pipe, out, 3, 2, **FAST)
+    res = synthesize(tiny_pipe, out, 3, 2, **FAST)
     assert res.complete and res.shards_done == 1
     assert _temp_files(out) == []
 
 
 # 4 -- an edited manifest made report-synthesis read outside the dataset or die with a KeyError -------------------------------
-def test_edited_manifests_are_typed_errors(pipe, tmp_path):
+def test_edited_manifests_are_typed_errors(tiny_pipe, tmp_path):
     out = tmp_path / "d"
-    synthesize(pipe, out, 2, 2, **FAST)
+    synthesize(tiny_pipe, out, 2, 2, **FAST)
     manifest = out / "manifest.jsonl"
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     (tmp_path / "outside.jpg").write_bytes((out / rows[0]["file"]).read_bytes())
@@ -148,9 +142,9 @@ def test_edited_manifests_are_typed_errors(pipe, tmp_path):
         load_synthetic(out)
 
 
-def test_report_cli_on_an_edited_manifest_gives_one_line(pipe, tmp_path, shared):
+def test_report_cli_on_an_edited_manifest_gives_one_line(tiny_pipe, tmp_path, shared):
     out = tmp_path / "d"
-    synthesize(pipe, out, 2, 2, **FAST)
+    synthesize(tiny_pipe, out, 2, 2, **FAST)
     manifest = out / "manifest.jsonl"
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     manifest.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "label"}) + "\n" for r in rows))

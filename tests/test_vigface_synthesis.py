@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_vigface_pipeline
+from conftest import FAST_SYNTHESIS as FAST
 from facecore.data import IdentityFolderDataset
 from facecore.errors import ArtifactError, IncompatibleError, InvalidInputError
 from facecore.images import read_image
@@ -30,12 +30,6 @@ from vigface_sdk.pipelines.writers import (MAGIC, RecordIOReader, RecordIOWriter
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
-FAST = dict(num_inference_steps=3, shard_size=2, fmt="folders", progress=False)
-
-
-@pytest.fixture(scope="module")
-def pipe() -> VIGFacePipeline:
-    return tiny_vigface_pipeline()
 
 
 # --- RecordIO ----------------------------------------------------------------------------------
@@ -82,65 +76,65 @@ def test_insightface_recordio_as_arcface_torch_reads_it(tmp_path):
 
 
 # --- synthesis ---------------------------------------------------------------------------------
-def test_same_seeds_same_images_and_any_image_regenerates_alone(pipe, tmp_path):
-    a = synthesize(pipe, tmp_path / "a", 3, 2, **FAST)
-    b = synthesize(pipe, tmp_path / "b", 3, 2, **FAST)
+def test_same_seeds_same_images_and_any_image_regenerates_alone(tiny_pipe, tmp_path):
+    a = synthesize(tiny_pipe, tmp_path / "a", 3, 2, **FAST)
+    b = synthesize(tiny_pipe, tmp_path / "b", 3, 2, **FAST)
     assert a.complete and b.complete and a.num_images == 6
     rows = read_manifest(tmp_path / "a" / "manifest.jsonl")
     assert [r["file"] for r in rows] == [f"id_{i:06d}/{m:04d}.jpg" for i in range(3) for m in range(2)]
     for r in rows:
         assert (tmp_path / "a" / r["file"]).read_bytes() == (tmp_path / "b" / r["file"]).read_bytes()
     # image (2, 1) from its seed alone, identity 2's prototype from the sampler
-    proto = pipe.virtual_prototypes(1, seed=0, start=2)
-    alone = pipe(proto, 1, num_inference_steps=3, generator=[torch.Generator().manual_seed(sample_seed(0, 2, 1))])[0]
+    proto = tiny_pipe.virtual_prototypes(1, seed=0, start=2)
+    alone = tiny_pipe(proto, 1, num_inference_steps=3, generator=[torch.Generator().manual_seed(sample_seed(0, 2, 1))])[0]
     assert rows[5]["seed"] == sample_seed(0, 2, 1)
     assert np.abs(read_image(tmp_path / "a" / rows[5]["file"])[..., ::-1].astype(int) - alone).mean() < 4  # JPEG
-    other = synthesize(pipe, tmp_path / "c", 3, 2, seed=1, **FAST)
+    other = synthesize(tiny_pipe, tmp_path / "c", 3, 2, seed=1, **FAST)
     assert other.complete and (tmp_path / "c" / rows[0]["file"]).read_bytes() != (tmp_path / "a" / rows[0]["file"]).read_bytes()
     ds = IdentityFolderDataset.from_folder(tmp_path / "a")  # the layout ImageFolder / arcface_torch folders read
     assert ds.identities == ["id_000000", "id_000001", "id_000002"] and len(ds) == 6
 
 
-def test_resume_skips_finished_shards_and_redoes_partial_ones(pipe, tmp_path):
-    synthesize(pipe, tmp_path / "full", 5, 2, **FAST)
+def test_resume_skips_finished_shards_and_redoes_partial_ones(tiny_pipe, tmp_path):
+    synthesize(tiny_pipe, tmp_path / "full", 5, 2, **FAST)
     out = tmp_path / "part"
-    synthesize(pipe, out, 5, 2, **FAST)
+    synthesize(tiny_pipe, out, 5, 2, **FAST)
     # the state of a run killed inside shard 1 (identities 2-3): no marker, a missing and a torn image, no manifest
     (out / "manifest.jsonl").unlink()
     (out / ".shards" / "000001.json").unlink()
     (out / "id_000002" / "0001.jpg").unlink()
     (out / "id_000003" / "0000.jpg").write_bytes(b"torn")
     stamp = (out / "id_000000" / "0000.jpg").stat().st_mtime_ns
-    res = synthesize(pipe, out, 5, 2, **FAST)
+    res = synthesize(tiny_pipe, out, 5, 2, **FAST)
     assert (res.shards_done, res.shards_skipped, res.num_images, res.complete) == (1, 2, 4, True)
     assert (out / "id_000000" / "0000.jpg").stat().st_mtime_ns == stamp
     for f in sorted((tmp_path / "full").rglob("*.jpg")):
         assert (out / f.relative_to(tmp_path / "full")).read_bytes() == f.read_bytes()
     assert (out / "manifest.jsonl").read_text() == (tmp_path / "full" / "manifest.jsonl").read_text()
-    again = synthesize(pipe, out, 5, 2, **FAST)
+    again = synthesize(tiny_pipe, out, 5, 2, **FAST)
     assert again.num_images == 0 and again.shards_skipped == 3
 
 
-def test_refuses_a_folder_holding_another_run(pipe, tmp_path):
-    synthesize(pipe, tmp_path / "a", 2, 2, **FAST)
+def test_refuses_a_folder_holding_another_run(tiny_pipe, tmp_path):
+    synthesize(tiny_pipe, tmp_path / "a", 2, 2, **FAST)
     with pytest.raises(IncompatibleError, match="another synthesis run"):
-        synthesize(pipe, tmp_path / "a", 2, 3, **FAST)
+        synthesize(tiny_pipe, tmp_path / "a", 2, 3, **FAST)
     with pytest.raises(IncompatibleError):
-        synthesize(pipe, tmp_path / "a", 2, 2, guidance_scale=3.0, **FAST)
+        synthesize(tiny_pipe, tmp_path / "a", 2, 2, guidance_scale=3.0, **FAST)
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "photo.jpg").write_bytes(b"x")
     with pytest.raises(InvalidInputError, match="not empty"):
-        synthesize(pipe, tmp_path / "b", 2, 2, **FAST)
+        synthesize(tiny_pipe, tmp_path / "b", 2, 2, **FAST)
 
 
-def test_prototype_dimension_and_space_mismatch(pipe, tmp_path):
+def test_prototype_dimension_and_space_mismatch(tiny_pipe, tmp_path):
     with pytest.raises(IncompatibleError):
-        synthesize(pipe, tmp_path / "a", 2, 1, prototypes=np.ones((2, 9), np.float32), **FAST)
+        synthesize(tiny_pipe, tmp_path / "a", 2, 1, prototypes=np.ones((2, 9), np.float32), **FAST)
     with pytest.raises(InvalidInputError):
-        synthesize(pipe, tmp_path / "b", 3, 1, prototypes=np.ones((2, 8), np.float32), **FAST)
+        synthesize(tiny_pipe, tmp_path / "b", 3, 1, prototypes=np.ones((2, 8), np.float32), **FAST)
     store = PrototypeStore(np.eye(8)[:3], np.eye(8)[3:], ["a", "b", "c"], {"backbone_fingerprint": "other"})
     with pytest.raises(IncompatibleError):
-        pipe.check_prototypes(store.virtual, store.backbone_fingerprint)
+        tiny_pipe.check_prototypes(store.virtual, store.backbone_fingerprint)
     assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
 
 
@@ -150,8 +144,8 @@ def _run_cli(args, **kw):
                             text=True, env=env, **kw)
 
 
-def test_cli_killed_mid_run_resumes_to_the_same_dataset(pipe, tmp_path):
-    pipe.save_pretrained(tmp_path / "pipe")
+def test_cli_killed_mid_run_resumes_to_the_same_dataset(tiny_pipe, tmp_path):
+    tiny_pipe.save_pretrained(tmp_path / "pipe")
     args = ["synthesize", "--pipeline", str(tmp_path / "pipe"), "-n", "12", "-m", "2", "--steps", "3", "--shard-size", "1",
             "--evaluator", "none", "--device", "cpu", "-q", "--format", "recordio"]
     proc = _run_cli(args + ["--out", str(tmp_path / "killed")])
@@ -174,8 +168,8 @@ def test_cli_killed_mid_run_resumes_to_the_same_dataset(pipe, tmp_path):
     assert bad.returncode == 2 and err.strip().startswith("error:") and "another synthesis run" in err
 
 
-def test_corrupt_pipeline_is_an_artifact_error(pipe, tmp_path):
-    pipe.save_pretrained(tmp_path / "p")
+def test_corrupt_pipeline_is_an_artifact_error(tiny_pipe, tmp_path):
+    tiny_pipe.save_pretrained(tmp_path / "p")
     w = tmp_path / "p" / "denoiser" / "diffusion_pytorch_model.safetensors"
     w.write_bytes(w.read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.raises(ArtifactError, match="checksum"):
@@ -210,8 +204,8 @@ def test_consistency_and_report_on_real_faces(fr128, lfw_root, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_report_cli_on_a_synthesized_folder(pipe, tmp_path, shared):
-    synthesize(pipe, tmp_path / "syn", 3, 3, **FAST)
+def test_report_cli_on_a_synthesized_folder(tiny_pipe, tmp_path, shared):
+    synthesize(tiny_pipe, tmp_path / "syn", 3, 3, **FAST)
     images, labels, rows = load_synthetic(tmp_path / "syn")
     assert images.shape == (9, 16, 16, 3) and labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     real = tmp_path / "real"
