@@ -34,6 +34,10 @@ class ArtifactError(FacePrivacyError):
     """A saved artifact is missing, corrupt or fails its checksum."""
 
 
+class StoreMissingError(ArtifactError):
+    """A gallery's templates are gone from its store (Milvus collection or Lite database dropped, FAISS segment lost)."""
+
+
 class IncompatibleError(ArtifactError, ValueError):
     """An artifact was trained for another embedding space or recognizer."""
 

@@ -26,6 +26,7 @@ from facecore.errors import (
     InvalidInputError,
     KeyMismatchError,
     NonFiniteError,
+    StoreMissingError,
 )
 
 from conftest import MILVUS_SKIP_REASON, MILVUS_URI, server_collection
@@ -263,6 +264,18 @@ def test_concurrent_searches_during_enroll(tmp_path, kind):
         reader.close()
     assert not errors, errors
     assert seen == sorted(seen) and seen[-1] <= 200
+
+
+def test_a_faiss_gallery_that_lost_a_segment_is_deleted_only_with_missing_ok(tmp_path):
+    ids, x = _people(20)
+    with Gallery.create(tmp_path / "g") as g:
+        g.enroll(ids[:10], x[:10])
+        g.enroll(ids[10:], x[10:])
+    next((tmp_path / "g").glob("seg-*.npz")).unlink()
+    with pytest.raises(StoreMissingError, match="lost committed templates; nothing was deleted.*missing_ok=True"):
+        Gallery.delete(tmp_path / "g")
+    assert (tmp_path / "g" / "gallery.json").is_file()
+    assert Gallery.delete(tmp_path / "g", missing_ok=True) == 0 and not (tmp_path / "g").exists()
 
 
 def test_corrupt_faiss_files_typed_errors_and_rebuild(tmp_path):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from advface_sdk import DeploymentKey, Gallery, Protector
-from facecore.errors import ArtifactError, IncompatibleError, InvalidInputError
+from facecore.errors import ArtifactError, IncompatibleError, InvalidInputError, StoreMissingError
 
 pytest.importorskip("milvus_lite")
 from pymilvus import DataType, MilvusClient  # noqa: E402
@@ -200,3 +200,61 @@ def test_a_bucketed_gallery_missing_a_partition_names_it(tmp_path):
     with pytest.raises(IncompatibleError, match=r"missing: \['b002'\]") as info:
         Gallery.open(tmp_path / "g", key=key)
     assert "partitions=3" not in str(info.value)
+
+
+def test_a_gallery_whose_collection_is_gone_is_deleted_only_with_missing_ok(tmp_path):
+    """``Gallery.delete`` of a gallery whose collection was dropped refused with no way out but ``rm -r``."""
+    with Gallery.create(tmp_path / "g", store="milvus") as g:
+        g.enroll(*_people(4))
+    client = MilvusClient(str(tmp_path / "g" / "milvus.db"))
+    client.drop_collection("advface_gallery")
+    client.close()
+    with pytest.raises(StoreMissingError, match="no collection 'advface_gallery'; nothing was deleted.*missing_ok=True"):
+        Gallery.delete(tmp_path / "g")
+    assert (tmp_path / "g" / "gallery.json").is_file()
+    assert Gallery.delete(tmp_path / "g", missing_ok=True) == 0 and not (tmp_path / "g").exists()
+    with Gallery.create(tmp_path / "g", store="milvus") as g:  # made again in this process: served locked
+        g.enroll(*_people(2))
+        assert "one process at a time" in _cli_error("gallery", "info", tmp_path / "g")
+
+
+def test_missing_ok_keeps_a_lite_database_that_holds_another_gallery(tmp_path):
+    db = tmp_path / "a" / "milvus.db"
+    with Gallery.create(tmp_path / "a", store="milvus") as a:
+        a.enroll(*_people(3))
+    with Gallery.create(tmp_path / "b", store="milvus", uri=str(db), collection="b") as b:
+        b.enroll(*_people(2, 1))
+    client = MilvusClient(str(db))
+    client.drop_collection("advface_gallery")
+    client.close()
+    with pytest.raises(IncompatibleError, match=r"keeps the collections \['b'\]"):
+        Gallery.delete(tmp_path / "a", missing_ok=True)
+    with Gallery.open(tmp_path / "b") as b:
+        assert len(b) == 2
+
+
+def test_cli_gallery_delete_missing_ok(tmp_path):
+    """The same from the CLI, each step in its own process (Milvus Lite serves a database to one process)."""
+    make = ("import sys, numpy as np; from advface_sdk import Gallery; from pymilvus import MilvusClient\n"
+            "with Gallery.create(sys.argv[1], store='milvus') as g: g.enroll(['a', 'b'], np.ones((2, 128), 'f4'))\n"
+            "c = MilvusClient(sys.argv[1] + '/milvus.db'); c.drop_collection('advface_gallery'); c.close()")
+    subprocess.run([sys.executable, "-W", "ignore", "-c", make, str(tmp_path / "g")], check=True, timeout=120)
+    assert "--missing-ok" in _cli_error("gallery", "delete", "--yes", tmp_path / "g")
+    assert (tmp_path / "g" / "gallery.json").is_file()
+    result = subprocess.run([sys.executable, "-m", "advface_sdk", "gallery", "delete", "--yes", "--missing-ok",
+                             str(tmp_path / "g")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "(0 templates)" in result.stdout, result.stderr
+    assert not (tmp_path / "g").exists()
+
+
+def test_missing_ok_removes_a_gallery_whose_lite_file_is_lost_and_nothing_else(tmp_path):
+    with Gallery.create(tmp_path / "g", store="milvus") as g:
+        g.enroll(*_people(4))
+    with Gallery.create(tmp_path / "live", store="milvus") as g:
+        g.enroll(*_people(3))
+    shutil.rmtree(tmp_path / "g" / "milvus.db")
+    assert Gallery.delete(tmp_path / "g", missing_ok=True) == 0 and not (tmp_path / "g").exists()
+    assert Gallery.delete(tmp_path / "live", missing_ok=True) == 3  # a store that is there is deleted as usual
+    with pytest.raises(ArtifactError, match="no gallery"):  # not a gallery: refused, missing_ok or not
+        Gallery.delete(tmp_path, missing_ok=True)
+    assert tmp_path.is_dir()

@@ -268,9 +268,11 @@ def rebuild(gallery_dir: Path, deployment_key) -> None:
 @gallery.command()
 @click.argument("gallery_dir", metavar="GALLERY", type=click.Path(file_okay=False, path_type=Path))
 @_uri_option
+@click.option("--missing-ok", is_flag=True,
+              help="Remove the folder also when the store's templates are already gone (collection dropped).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @friendly_errors
-def delete(gallery_dir: Path, uri, yes: bool) -> None:
+def delete(gallery_dir: Path, uri, missing_ok: bool, yes: bool) -> None:
     """Delete GALLERY: every template in its store (a Milvus collection, on a server too), then its folder.
 
     Needs no key; a store that holds another gallery is refused and nothing is deleted."""
@@ -278,5 +280,5 @@ def delete(gallery_dir: Path, uri, yes: bool) -> None:
 
     if not yes:
         click.confirm(f"delete the gallery {gallery_dir} and every template in it?", abort=True, err=True)
-    n = Gallery.delete(gallery_dir, **({"uri": uri} if uri else {}))
+    n = Gallery.delete(gallery_dir, missing_ok=missing_ok, **({"uri": uri} if uri else {}))
     click.echo(f"deleted {gallery_dir} ({n} templates)")

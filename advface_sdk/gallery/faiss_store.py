@@ -38,7 +38,7 @@ import faiss
 import numpy as np
 
 from facecore.artifacts import sha256_file
-from facecore.errors import ArtifactError, DuplicateIdError, IncompatibleError, InvalidInputError
+from facecore.errors import ArtifactError, DuplicateIdError, IncompatibleError, InvalidInputError, StoreMissingError
 
 from .stores import VectorStore, check_every_partition, check_partitions, merge_top_k, partition_count
 
@@ -290,9 +290,9 @@ class FaissStore(VectorStore):
     def _segment(self, seg: dict) -> Path:
         path = self.folder / seg["file"]
         if not path.is_file():
-            raise ArtifactError(f"{path} is missing: the gallery lost committed templates")
+            raise StoreMissingError(f"{path} is missing: the gallery lost committed templates")
         if sha256_file(path) != seg["sha256"]:
-            raise ArtifactError(f"{path} is corrupt (checksum mismatch): the gallery lost committed templates")
+            raise StoreMissingError(f"{path} is corrupt (checksum mismatch): the gallery lost committed templates")
         return path
 
     def _apply(self, seg: dict) -> None:

@@ -22,6 +22,7 @@ from facecore.errors import (
     InvalidInputError,
     KeyMismatchError,
     NonFiniteError,
+    StoreMissingError,
 )
 from facecore.tempfiles import describe_os_error
 
@@ -232,15 +233,29 @@ class Gallery:
         return gallery
 
     @classmethod
-    def delete(cls, path: str | Path, **store_options) -> int:
+    def delete(cls, path: str | Path, missing_ok: bool = False, **store_options) -> int:
         """Delete the gallery in folder ``path``: every template in its store (a Milvus collection, on a server too)
         and then the folder; returns how many templates there were. Needs no key or protector; a store that holds
         another gallery is refused (:class:`IncompatibleError`) and nothing is deleted. ``store_options`` as in
-        :meth:`open` (``uri=`` of a moved Milvus)."""
+        :meth:`open` (``uri=`` of a moved Milvus).
+
+        A gallery whose store is already gone (its Milvus collection dropped, its Lite database or a FAISS segment
+        lost) raises :class:`StoreMissingError` and keeps its folder, since a wrong ``uri`` looks the same; with
+        ``missing_ok=True`` the folder is removed and 0 returned (``DROP ... IF EXISTS``)."""
         folder = Path(path)
         manifest = cls._manifest(folder)
         options = {**manifest["store"]["options"], **store_options}
-        store = store_class(manifest["store"]["name"]).open(folder, manifest["dim"], cls._identity(manifest), options)
+        kind = store_class(manifest["store"]["name"])
+        try:
+            store = kind.open(folder, manifest["dim"], cls._identity(manifest), options)
+        except StoreMissingError as exc:
+            if not missing_ok:
+                raise StoreMissingError(f"{exc}; nothing was deleted. If the store moved, pass its uri; if its templates "
+                                        "are gone, delete with missing_ok=True (advface-cli gallery delete "
+                                        "--missing-ok) to remove the folder") from exc
+            kind.discard(folder, options)
+            shutil.rmtree(folder)
+            return 0
         count = len(store)
         store.drop()
         shutil.rmtree(folder)

@@ -45,7 +45,13 @@ from pathlib import Path
 
 import numpy as np
 
-from facecore.errors import ArtifactError, BackendUnavailableError, DuplicateIdError, IncompatibleError, InvalidInputError
+from facecore.errors import (
+    BackendUnavailableError,
+    DuplicateIdError,
+    IncompatibleError,
+    InvalidInputError,
+    StoreMissingError,
+)
 
 from .stores import VectorStore, check_partitions, partition_count
 
@@ -204,7 +210,7 @@ class MilvusStore(VectorStore):
 
     @contextmanager
     def _typed_errors(self):
-        """A collection dropped behind the gallery's back as an :class:`ArtifactError` (pymilvus: ``MilvusException``)."""
+        """A collection dropped behind the gallery's back as a :class:`StoreMissingError` (pymilvus: ``MilvusException``)."""
         from pymilvus.exceptions import MilvusException
 
         try:
@@ -212,7 +218,7 @@ class MilvusStore(VectorStore):
         except MilvusException as exc:
             if exc.code != _COLLECTION_NOT_FOUND:
                 raise
-            raise ArtifactError(f"Milvus at {self.uri} has no collection {self.collection!r} any more (dropped while the "
+            raise StoreMissingError(f"Milvus at {self.uri} has no collection {self.collection!r} any more (dropped while the "
                                 "gallery was open?)") from exc
 
     def _reading(self):
@@ -255,19 +261,24 @@ class MilvusStore(VectorStore):
     def open(cls, folder: Path, dim: int, identity: dict, options: dict, rebuild: bool = False) -> "MilvusStore":
         uri = _uri(folder, options.get("uri"))
         if isinstance(uri, str) and uri.endswith(".db") and not os.path.exists(uri):  # else Milvus Lite would make one
-            raise ArtifactError(f"no Milvus Lite database at {uri}" + ("" if options.get("uri") else
+            raise StoreMissingError(f"no Milvus Lite database at {uri}" + ("" if options.get("uri") else
                                                                        f" (the gallery's {LITE_FILE} is gone)"))
         store = cls(folder, dim, options)
-        if not store.client.has_collection(store.collection):
-            raise ArtifactError(f"Milvus at {store.uri} has no collection {store.collection!r}")
-        found, instance = store._identity() or {}, store.options["instance"]
-        if {k: v for k, v in found.items() if k != "instance"} != identity or instance not in (None, found.get("instance")):
-            raise IncompatibleError(f"Milvus collection {store.collection!r} at {store.uri} belongs to another gallery "
-                                    f"(dim {found.get('dim')}, protector {found.get('protector')}, recognizer {found.get('recognizer')}, key "
-                                    f"{found.get('key_id')}, instance {found.get('instance')}; this gallery's is {instance})")
-        store._check_schema()
-        store._check_partitions()
-        store.client.load_collection(store.collection)
+        try:
+            if not store.client.has_collection(store.collection):
+                raise StoreMissingError(f"Milvus at {store.uri} has no collection {store.collection!r}")
+            found, instance = store._identity() or {}, store.options["instance"]
+            if {k: v for k, v in found.items() if k != "instance"} != identity or instance not in (None, found.get("instance")):
+                raise IncompatibleError(f"Milvus collection {store.collection!r} at {store.uri} belongs to another gallery "
+                                        f"(dim {found.get('dim')}, protector {found.get('protector')}, recognizer "
+                                        f"{found.get('recognizer')}, key {found.get('key_id')}, instance "
+                                        f"{found.get('instance')}; this gallery's is {instance})")
+            store._check_schema()
+            store._check_partitions()
+            store.client.load_collection(store.collection)
+        except BaseException:
+            store.close()
+            raise
         return store
 
     def _partition_names(self) -> list[str]:
@@ -320,6 +331,25 @@ class MilvusStore(VectorStore):
         self.close()
         if lite and not others:
             _release_lite(self.uri)
+
+    @classmethod
+    def discard(cls, folder: Path, options: dict) -> None:
+        """A Milvus Lite database in ``folder`` that still keeps collections (of other galleries) is refused; else
+        this process's Lite server of it is stopped, so a gallery made again at this path is served locked."""
+        uri = _uri(folder, options.get("uri"))
+        if _lite_lock(uri) is None or not os.path.exists(uri):
+            return
+        if not Path(os.path.realpath(uri)).is_relative_to(os.path.realpath(folder)):
+            return
+        client = _client(uri)
+        try:
+            others = sorted(client.list_collections())
+        finally:
+            client.close()
+        if others:
+            raise IncompatibleError(f"the Milvus Lite database {uri} in {folder} keeps the collections {others[:5]} of "
+                                    "other galleries: delete those first, nothing was deleted")
+        _release_lite(uri)
 
     def close(self) -> None:
         with self._pool_guard:

@@ -59,6 +59,11 @@ class VectorStore(ABC):
     @abstractmethod
     def __len__(self) -> int: ...
 
+    @classmethod
+    def discard(cls, folder: Path, options: dict) -> None:
+        """Before ``folder`` is removed from a store whose templates are gone: release what this process still holds
+        of it, and refuse (``IncompatibleError``) if the folder keeps data of other stores. Nothing to do by default."""
+
     def refresh(self) -> None:
         """See changes committed by other processes (no-op where the store is always current)."""
 
