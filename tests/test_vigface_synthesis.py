@@ -95,6 +95,17 @@ def test_same_seeds_same_images_and_any_image_regenerates_alone(tiny_pipe, tmp_p
     assert ds.identities == ["id_000000", "id_000001", "id_000002"] and len(ds) == 6
 
 
+def test_progress_counts_the_images_of_partial_shards(tiny_pipe, tmp_path, capsys):
+    """The bar's total was shards x shard_size: 5 identities in shards of 4 showed "10/16" at the end."""
+    fast = {**FAST, "shard_size": 4, "progress": True}
+    res = synthesize(tiny_pipe, tmp_path / "a", 5, 2, batch_size=4, **fast)
+    assert res.num_images == 10 and "10/10" in capsys.readouterr().err
+    alone = synthesize(tiny_pipe, tmp_path / "b", 5, 2, batch_size=64, **fast)  # one pipeline call per shard
+    for row in read_manifest(res.out_dir / "manifest.jsonl"):
+        a, b = read_image(res.out_dir / row["file"]), read_image(alone.out_dir / row["file"])
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1, row["file"]
+
+
 def test_resume_skips_finished_shards_and_redoes_partial_ones(tiny_pipe, tmp_path):
     synthesize(tiny_pipe, tmp_path / "full", 5, 2, **FAST)
     out = tmp_path / "part"

@@ -139,13 +139,21 @@ def synthesize(
     mine = [k for k in range(ctx.rank, n_shards, ctx.world_size)]
     todo = [k for k in mine if not (shard_dir / f"{k:06d}.json").is_file()]
     start, made = time.monotonic(), 0
-    bar = tqdm(total=len(todo) * shard_size * per_identity, desc=f"synthesize[rank {ctx.rank}]", unit="img",
-               disable=not progress)
+    def shard_ids(k: int) -> np.ndarray:
+        return np.arange(k * shard_size, min(num_identities, (k + 1) * shard_size))
+
+    bar = tqdm(total=sum(len(shard_ids(k)) for k in todo) * per_identity, desc=f"synthesize[rank {ctx.rank}]",
+               unit="img", disable=not progress)
+    step = max(1, batch_size // per_identity)  # identities per pipeline call: the bar moves once per batch
     for k in todo:
-        ids = np.arange(k * shard_size, min(num_identities, (k + 1) * shard_size))
-        gens = [torch.Generator().manual_seed(sample_seed(seed, i, m)) for i in ids for m in range(per_identity)]
-        images = pipeline(prototypes[ids], per_identity, guidance_scale, num_inference_steps, generator=gens,
-                          batch_size=batch_size)
+        ids = shard_ids(k)
+        images = []
+        for chunk in np.array_split(ids, range(step, len(ids), step)):
+            gens = [torch.Generator().manual_seed(sample_seed(seed, i, m)) for i in chunk for m in range(per_identity)]
+            images.append(pipeline(prototypes[chunk], per_identity, guidance_scale, num_inference_steps, generator=gens,
+                                   batch_size=batch_size))
+            bar.update(len(gens))
+        images = np.concatenate(images)
         labels = np.repeat(ids, per_identity)
         scores = identity_consistency(embed_faces(evaluator, images), labels) if evaluator is not None else None
         rows = []
@@ -167,7 +175,6 @@ def synthesize(
                     w.write_idx(r, pack_record(float(row["label"]), encode_jpeg(images[r], jpeg_quality)))
         write_manifest(shard_dir / f"{k:06d}.json", rows)  # the marker: written last
         made += len(rows)
-        bar.update(len(rows))
     bar.close()
     seconds = time.monotonic() - start
     barrier(ctx)
