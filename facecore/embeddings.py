@@ -1,8 +1,10 @@
 """Embedding extraction with an on-disk cache: each image is embedded once per recognizer, ever.
 
 The cache is one ``.npz`` per (recognizer fingerprint, dataset root, flip) holding one row per
-image, keyed by relative path, file size and modification time; new or changed images are
-embedded and merged, everything else is read back.
+image, keyed by relative path, file size and modification time, with a digest of the file's bytes;
+new or changed images are embedded and merged, everything else is read back. An image whose
+modification time changed but whose bytes did not (a copy, ``rsync`` without ``-t``, a checkout)
+is recognised by its digest and not embedded again.
 """
 
 from __future__ import annotations
@@ -79,6 +81,14 @@ def _cache_file(recognizer: Recognizer, root: Path, flip: bool) -> Path:
     return cache_dir() / "embeddings" / f"{recognizer.fingerprint}-{key}.npz"
 
 
+def _digest(path: Path) -> np.ndarray:
+    """16-byte BLAKE2b digest of a file's bytes (the cache's check for an image whose modification time changed)."""
+    try:
+        return np.frombuffer(hashlib.blake2b(path.read_bytes(), digest_size=16).digest(), np.uint8)
+    except OSError as exc:
+        raise DataError(describe_os_error(exc, str(path))) from exc
+
+
 def extract_embeddings(
     recognizer: Recognizer,
     dataset: IdentityFolderDataset,
@@ -91,22 +101,29 @@ def extract_embeddings(
     rel = np.asarray(dataset.relpaths)
     stamps = _stamps(dataset.paths)
     out = np.zeros((len(rel), recognizer.dim), np.float32)
+    digests = np.zeros((len(rel), 16), np.uint8)  # all zero: not known
     todo = np.ones(len(rel), bool)
     cache = _cache_file(recognizer, dataset.root, flip)
-    cached_rel = cached_stamps = cached_emb = None
+    cached_rel = cached_stamps = cached_emb = cached_digests = None
+    restamped = False
     if use_cache and cache.is_file():
         try:
             with np.load(cache, allow_pickle=False) as z:
                 cached_rel, cached_stamps, cached_emb = z["relpaths"], z["stamps"], z["embeddings"]
+                cached_digests = z["digests"] if "digests" in z.files else np.zeros((len(cached_rel), 16), np.uint8)
         except Exception:  # unreadable cache: recompute, it will be rewritten
             cached_rel = None
         if cached_rel is not None and cached_emb.shape[1] == recognizer.dim:
             lookup = {r: i for i, r in enumerate(cached_rel.tolist())}
             for i, r in enumerate(rel.tolist()):
                 j = lookup.get(r)
-                if j is not None and (cached_stamps[j] == stamps[i]).all():
-                    out[i] = cached_emb[j]
-                    todo[i] = False
+                if j is None or cached_stamps[j][0] != stamps[i][0]:
+                    continue
+                if cached_stamps[j][1] != stamps[i][1]:  # same size, touched: the same bytes?
+                    if not cached_digests[j].any() or (_digest(dataset.paths[i]) != cached_digests[j]).any():
+                        continue
+                    restamped = True
+                out[i], digests[i], todo[i] = cached_emb[j], cached_digests[j], False
         else:
             cached_rel = None
     missing = np.flatnonzero(todo)
@@ -118,17 +135,20 @@ def extract_embeddings(
             if flip:
                 crops = np.ascontiguousarray(crops[:, :, ::-1])
             out[idx] = recognizer.embed(crops)
+            if use_cache:
+                digests[idx] = [_digest(dataset.paths[i]) for i in idx]
             bar.update(len(idx))
         bar.close()
-        if use_cache:
-            keep_rel, keep_stamps, keep_emb = rel, stamps, out
-            if cached_rel is not None:  # keep rows of images outside this dataset view
-                extra = ~np.isin(cached_rel, rel)
-                keep_rel = np.concatenate([rel, cached_rel[extra]])
-                keep_stamps = np.concatenate([stamps, cached_stamps[extra]])
-                keep_emb = np.concatenate([out, cached_emb[extra]])
-            atomic_save_npz(cache, relpaths=keep_rel, stamps=keep_stamps, embeddings=keep_emb,
-                            fingerprint=np.asarray(recognizer.fingerprint))
+    if use_cache and (len(missing) or restamped):
+        keep_rel, keep_stamps, keep_emb, keep_digests = rel, stamps, out, digests
+        if cached_rel is not None:  # keep rows of images outside this dataset view
+            extra = ~np.isin(cached_rel, rel)
+            keep_rel = np.concatenate([rel, cached_rel[extra]])
+            keep_stamps = np.concatenate([stamps, cached_stamps[extra]])
+            keep_emb = np.concatenate([out, cached_emb[extra]])
+            keep_digests = np.concatenate([digests, cached_digests[extra]])
+        atomic_save_npz(cache, relpaths=keep_rel, stamps=keep_stamps, embeddings=keep_emb, digests=keep_digests,
+                        fingerprint=np.asarray(recognizer.fingerprint))
     return out
 
 

@@ -71,15 +71,29 @@ def test_cache_skips_the_recognizer(counting, small_dataset):
     assert again.calls == 0
 
 
-def test_touched_and_changed_images_are_re_embedded(counting, small_dataset):
+def test_touched_images_are_recognised_by_their_bytes_and_changed_ones_re_embedded(counting, small_dataset):
     first = extract_embeddings(counting, small_dataset, progress=False)
     counting.calls = 0
     touched = small_dataset.paths[2]
     st = touched.stat()
-    os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))  # a copy without -p, a checkout
     second = extract_embeddings(counting, small_dataset, progress=False)
-    assert counting.calls == 1  # only the touched image
-    np.testing.assert_array_equal(second, first)  # same pixels, same embedding
+    assert counting.calls == 0  # the same bytes: not embedded again
+    np.testing.assert_array_equal(second, first)
+    (cache,) = Path(os.environ["FACEPRIV_CACHE"]).glob("embeddings/*.npz")
+    with np.load(cache) as z:  # the new time is recorded, so the next run needs no digest
+        row = z["relpaths"].tolist().index(small_dataset.relpaths[2])
+        assert z["stamps"][row][1] == touched.stat().st_mtime_ns
+
+    sizes = [p.stat().st_size for p in small_dataset.paths]
+    big, small = int(np.argmax(sizes)), int(np.argmin(sizes))
+    padded = small_dataset.paths[small].read_bytes()  # another face, padded after its end-of-image to the same size
+    small_dataset.paths[big].write_bytes(padded + bytes(sizes[big] - len(padded)))
+    counting.calls = 0
+    changed = extract_embeddings(counting, small_dataset, progress=False)
+    assert counting.calls == 1  # same size, new time, other bytes: embedded again
+    np.testing.assert_array_equal(changed[big], first[small])
+    first = changed
 
     counting.calls = 0
     shutil.copy(small_dataset.paths[5], small_dataset.paths[4])  # replace the content of image 4
