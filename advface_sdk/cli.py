@@ -160,7 +160,7 @@ def train_shadow(pack_file, recognizer, channel_order, mean, std, out, epochs, b
     if ctx.is_main:
         model.cpu().save_pretrained(out, {"recognizer": _rec_info(train, rec), "training": {"images": len(train),
                                     "identities": int(len(set(train.labels.tolist()))), **state}})
-        click.echo(f"saved shadow decoder to {out} after {state['epoch']} epochs")
+        click.echo(f"saved shadow decoder to {out} after {_epochs_done(state)}")
     cleanup(ctx)
 
 
@@ -247,8 +247,13 @@ def train_generator_cmd(pack_file, recognizer, channel_order, mean, std, shadow,
                        **({"face_prior": list(face_prior)} if face_prior else {}),
                        **({"denoise_prior": den.info} if denoise_prior else {}),
                        **({"init": str(init_artifact)} if init_artifact else {}), **state})
-        click.echo(f"saved protector artifact to {out}")
+        click.echo(f"saved protector artifact to {out} after {_epochs_done(state)}")
     cleanup(ctx)
+
+
+def _epochs_done(state: dict) -> str:
+    part = state.get("partial_epoch")
+    return f"{state['epoch']} epochs" + (f" and {part} of the next (--max-minutes reached)" if part else "")
 
 
 def _matching_recognizer(recognizer, channel_order, mean, std, train):

@@ -146,3 +146,32 @@ def test_decoder_training_leaves_out_a_last_batch_of_one_row() -> None:
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
     with pytest.raises(InvalidInputError, match="at least 2"):
         train_decoder(_faces(n=1, ids=1), None, DecoderTrainConfig(epochs=1, batch_size=16, width=4), progress=False)
+
+
+@pytest.mark.parametrize("stage", ["generator", "decoder"])
+def test_max_minutes_stops_inside_an_epoch(stage: str, tmp_path: Path) -> None:
+    """``--max-minutes`` was checked only at the end of an epoch, and a CPU epoch of the defender pack is 4-11 min:
+    ``train_protector.sh`` with a 4-minute shadow budget trained for 11. Now a run out of time stops after the step
+    in progress, says how far it got, and writes no checkpoint of the unfinished epoch."""
+    data = _faces(n=64)
+    if stage == "generator":
+        _, state = train_generator(data, FaceDecoder(16, 64, width=4), None,
+                                   GeneratorTrainConfig(hidden=8, epochs=5, batch_size=8, max_minutes=1e-9),
+                                   checkpoint_dir=tmp_path, progress=False)
+    else:
+        _, state = train_decoder(data, None, DecoderTrainConfig(epochs=5, batch_size=8, width=4, max_minutes=1e-9),
+                                 checkpoint_dir=tmp_path, progress=False)
+    assert state["epoch"] == 0 and state["partial_epoch"] == "1/8 steps"
+    assert len(state["history"]) == 1 and state["history"][0]["steps"] == 1
+    assert all(np.isfinite(v) for v in state["history"][0].values())
+    assert not (tmp_path / "state.json").exists()
+
+
+def test_cli_train_shadow_says_how_far_a_timed_out_run_got(tmp_path: Path) -> None:
+    _faces(n=64).save(tmp_path / "pack.npz")
+    result = CliRunner().invoke(cli, ["train-shadow", str(tmp_path / "pack.npz"), "-o", str(tmp_path / "shadow"),
+                                      "--id-weight", "0", "--epochs", "3", "--batch-size", "8", "--width", "4",
+                                      "--max-minutes", "1e-9", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "after 0 epochs and 1/8 steps of the next (--max-minutes reached)" in result.stdout
+    assert FaceDecoder.from_pretrained(tmp_path / "shadow").config["width"] == 4

@@ -188,11 +188,18 @@ def train_generator(
             loss.backward()
             opt.step()
             for k, v in terms.items():
-                totals[k] = totals.get(k, 0.0) + v.item() / steps
+                totals[k] = totals.get(k, 0.0) + v.item()
             bar.set_postfix({k: f"{v.item():.3f}" for k, v in terms.items()})
-        check_finite(totals, (epoch + 1) * steps, ctx, f"lower lr (now {config.lr:g}) or check the data", gen)
-        state = {"epoch": epoch + 1, "config": asdict(config), "clean_threshold": threshold,
-                 "history": state["history"] + [totals]}
+            if tail.exceeded():  # the time cap holds inside an epoch too (a CPU epoch is minutes)
+                break
+        done = step + 1
+        check_finite(totals, epoch * steps + done, ctx, f"lower lr (now {config.lr:g}) or check the data", gen)
+        entry = {k: v / done for k, v in totals.items()}
+        state = {"epoch": epoch + (done == steps), "config": asdict(config), "clean_threshold": threshold,
+                 "history": state["history"] + [entry if done == steps else {**entry, "steps": done}]}
+        if done < steps:  # out of time mid-epoch: no checkpoint, a resume redoes this epoch
+            state["partial_epoch"] = f"{done}/{steps} steps"
+            break
         if tail(state):
             break
     gen.eval()

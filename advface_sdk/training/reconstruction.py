@@ -136,9 +136,16 @@ def train_decoder(
             sched.step()
             totals["pixel"] += pixel.item()
             bar.set_postfix(pixel=f"{pixel.item():.3f}")
-        check_finite(totals, (epoch + 1) * steps, ctx, f"lower lr (now {config.lr:g}) or check the data", model)
-        state = {"epoch": epoch + 1, "config": asdict(config),
-                 "history": state["history"] + [{k: v / steps for k, v in totals.items()}]}
+            if tail.exceeded():  # the time cap holds inside an epoch too (a CPU epoch is minutes)
+                break
+        done = step + 1
+        check_finite(totals, epoch * steps + done, ctx, f"lower lr (now {config.lr:g}) or check the data", model)
+        entry = {k: v / done for k, v in totals.items()}
+        state = {"epoch": epoch + (done == steps), "config": asdict(config),
+                 "history": state["history"] + [entry if done == steps else {**entry, "steps": done}]}
+        if done < steps:  # out of time mid-epoch: no checkpoint, a resume redoes this epoch
+            state["partial_epoch"] = f"{done}/{steps} steps"
+            break
         if tail(state):
             break
     model.eval()
