@@ -172,6 +172,8 @@ def train_generator(
     partners = torch.from_numpy(partner_idx).to(ctx.device)
     n = len(train)
     per_rank = n // ctx.world_size
+    if per_rank < 1:
+        raise InvalidInputError(f"{n} faces for {ctx.world_size} processes: each needs at least one")
     steps = math.ceil(per_rank / config.batch_size)
     tail = EpochTail(ctx, config.max_minutes, (lambda st: save_checkpoint(ckpt, gen, opt, st)) if ckpt else None)
     for epoch in range(state["epoch"], config.epochs):
