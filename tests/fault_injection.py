@@ -392,6 +392,19 @@ def _(tmp):
         raise Defect("an empty gallery was created")
 
 
+@probe("bad files", "gallery delete of a gallery that lost a segment (--missing-ok removes it)")
+def _(tmp):
+    probes = fr128_npz(tmp / "probes.npz")
+    run_cli(["gallery", "enroll", tmp / "g", probes], tmp, expect_ok=True)
+    next((tmp / "g").glob("seg-*.npz")).unlink()
+    run_cli(["gallery", "delete", "--yes", tmp / "g"], tmp)
+    if not (tmp / "g" / "gallery.json").is_file():
+        raise Defect("the folder was removed without --missing-ok")
+    run_cli(["gallery", "delete", "--yes", "--missing-ok", tmp / "g"], tmp, expect_ok=True)
+    if (tmp / "g").exists():
+        raise Defect("--missing-ok kept the folder")
+
+
 @probe("bad files", "train-shadow of a .npy; train-shadow --lr nan")
 def _(tmp):
     from advface_sdk import load_artifact
