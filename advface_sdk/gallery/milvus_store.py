@@ -145,6 +145,31 @@ class _LiteStartFailure(logging.Filter):
         return True
 
 
+class _QuietRpcErrors(logging.Filter):
+    """Drops pymilvus's logged RPC errors (a full traceback at ERROR) in threads inside a store call: the store raises
+    those errors itself, typed where it can, so a caller who handles them sees no stray traceback. Calls of other
+    pymilvus users in the process still log."""
+
+    def __init__(self):
+        super().__init__()
+        self._local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (getattr(self._local, "depth", 0) and record.funcName == "_log_rpc_error")
+
+    @contextmanager
+    def active(self):
+        self._local.depth = getattr(self._local, "depth", 0) + 1
+        try:
+            yield
+        finally:
+            self._local.depth -= 1
+
+
+_QUIET = _QuietRpcErrors()
+logging.getLogger("pymilvus.decorators").addFilter(_QUIET)
+
+
 def _client(uri: str):
     try:
         from pymilvus import MilvusClient
@@ -214,7 +239,8 @@ class MilvusStore(VectorStore):
         from pymilvus.exceptions import MilvusException
 
         try:
-            yield
+            with _QUIET.active():
+                yield
         except MilvusException as exc:
             if exc.code != _COLLECTION_NOT_FOUND:
                 raise
@@ -420,9 +446,10 @@ class MilvusStore(VectorStore):
 
         def one(group):
             partition, rows = group
-            return rows, self.client.search(self.collection, data=queries[rows], limit=k, search_params=params,
-                                            output_fields=[], consistency_level=self.options["consistency"],
-                                            partition_names=None if partition is None else [partition])
+            with _QUIET.active():  # pool threads too
+                return rows, self.client.search(self.collection, data=queries[rows], limit=k, search_params=params,
+                                                output_fields=[], consistency_level=self.options["consistency"],
+                                                partition_names=None if partition is None else [partition])
 
         with self._reading(), self._typed_errors():
             if len(groups) == 1:
