@@ -139,6 +139,7 @@ def synthesize(
     mine = [k for k in range(ctx.rank, n_shards, ctx.world_size)]
     todo = [k for k in mine if not (shard_dir / f"{k:06d}.json").is_file()]
     start, made = time.monotonic(), 0
+
     def shard_ids(k: int) -> np.ndarray:
         return np.arange(k * shard_size, min(num_identities, (k + 1) * shard_size))
 
