@@ -244,8 +244,8 @@ class MilvusStore(VectorStore):
         except MilvusException as exc:
             if exc.code != _COLLECTION_NOT_FOUND:
                 raise
-            raise StoreMissingError(f"Milvus at {self.uri} has no collection {self.collection!r} any more (dropped while the "
-                                "gallery was open?)") from exc
+            raise StoreMissingError(f"Milvus at {self.uri} has no collection {self.collection!r} any more (dropped "
+                                    "while the gallery was open?)") from exc
 
     def _reading(self):
         return self._lock.read() if self._lock is not None else nullcontext()
@@ -287,8 +287,8 @@ class MilvusStore(VectorStore):
     def open(cls, folder: Path, dim: int, identity: dict, options: dict, rebuild: bool = False) -> "MilvusStore":
         uri = _uri(folder, options.get("uri"))
         if isinstance(uri, str) and uri.endswith(".db") and not os.path.exists(uri):  # else Milvus Lite would make one
-            raise StoreMissingError(f"no Milvus Lite database at {uri}" + ("" if options.get("uri") else
-                                                                       f" (the gallery's {LITE_FILE} is gone)"))
+            gone = "" if options.get("uri") else f" (the gallery's {LITE_FILE} is gone)"
+            raise StoreMissingError(f"no Milvus Lite database at {uri}{gone}")
         store = cls(folder, dim, options)
         try:
             if not store.client.has_collection(store.collection):
