@@ -196,11 +196,8 @@ def train_generator(
                 break
         done = step + 1
         check_finite(totals, epoch * steps + done, ctx, f"lower lr (now {config.lr:g}) or check the data", gen)
-        entry = {k: v / done for k, v in totals.items()}
-        state = {"epoch": epoch + (done == steps), "config": asdict(config), "clean_threshold": threshold,
-                 "history": state["history"] + [entry if done == steps else {**entry, "steps": done}]}
+        state = tail.finish_epoch(state, totals, done, steps, config=asdict(config), clean_threshold=threshold)
         if done < steps:  # out of time mid-epoch: no checkpoint, a resume redoes this epoch
-            state["partial_epoch"] = f"{done}/{steps} steps"
             break
         if tail(state):
             break

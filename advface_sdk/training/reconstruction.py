@@ -140,11 +140,8 @@ def train_decoder(
                 break
         done = step + 1
         check_finite(totals, epoch * steps + done, ctx, f"lower lr (now {config.lr:g}) or check the data", model)
-        entry = {k: v / done for k, v in totals.items()}
-        state = {"epoch": epoch + (done == steps), "config": asdict(config),
-                 "history": state["history"] + [entry if done == steps else {**entry, "steps": done}]}
+        state = tail.finish_epoch(state, totals, done, steps, config=asdict(config))
         if done < steps:  # out of time mid-epoch: no checkpoint, a resume redoes this epoch
-            state["partial_epoch"] = f"{done}/{steps} steps"
             break
         if tail(state):
             break

@@ -49,6 +49,18 @@ class EpochTail(TimeBudget):
         super().__init__(ctx, max_minutes)
         self.save = save
 
+    @staticmethod
+    def finish_epoch(state: dict, totals: dict, done: int, steps: int, **record) -> dict:
+        """The state after an epoch that ran ``done`` of ``steps`` steps: ``record`` plus the epoch's mean loss
+        terms appended to the history. An epoch cut short (out of time) is not counted: its history entry notes its
+        steps and ``partial_epoch`` says how far it got (the caller stops without a checkpoint)."""
+        entry = {k: v / done for k, v in totals.items()}
+        out = {"epoch": state["epoch"] + (done == steps), **record,
+               "history": state["history"] + [entry if done == steps else {**entry, "steps": done}]}
+        if done < steps:
+            out["partial_epoch"] = f"{done}/{steps} steps"
+        return out
+
     def __call__(self, state: dict) -> bool:
         if self.save is not None:
             self.checkpoint(self.save, state)
