@@ -96,7 +96,8 @@ def test_quick_benchmark_end_to_end(shared, tmp_path):
     from advface_sdk.evaluation.harness import BenchmarkConfig, config_from_dict, run_benchmark
     from advface_sdk.evaluation.report import write_report
 
-    methods = ("none", "gaussian", "biohashing") + (("advface", "advface-key") if "fr128" in default_artifacts() else ())
+    methods = ("none", "gaussian", "biohashing") + (("advface", "advface-key", "advface-salted")
+                                                    if "fr128" in default_artifacts() else ())
     cfg = BenchmarkConfig.quick_preset(recognizer="fr128", methods=methods, cache_dir=str(tmp_path / "cache"), progress=False)
     result, pictures = run_benchmark(cfg)
     rows = result["methods"]
@@ -136,6 +137,10 @@ def test_quick_benchmark_end_to_end(shared, tmp_path):
         found = keyed["threats"]["alignment"]["attackers"]  # (c): every pair-free attacker, the row keeps the strongest
         assert {"Gromov-Wasserstein (clean photos)", "Gromov-Wasserstein (photos under the public SDK)"} <= set(found)
         assert keyed["threats"]["alignment"]["rank1"] == max(f["rank1"] for f in found.values())
+        salted = rows["advface-salted"]["attack"]  # (b) with the key but not the users' salts
+        assert salted["embedding"]["rank1"] > 0.9 > 0.25 > salted["embedding_key_stolen"]["rank1"]
+        assert salted["adaptive_key_stolen"] == {k: v for k, v in salted["adaptive"].items() if k != "train"}
+        assert salted["non_adaptive_key_stolen"]["victims"] == 16
     assert 0 <= result["random_face_type2"] <= 1
     assert {p["method"] for p in result["curve"]} >= {"gaussian"}
     assert pictures["true"].shape == (4, 64, 64, 3) and "none (non-adaptive)" in pictures

@@ -329,7 +329,7 @@ class Benchmark:
                 cand = victims.probe  # clean embeddings of *other* images of every victim
                 sm = score_matrix(method, stolen, labels[vic.enrolled], ev.emb[cand])
                 row["attack"]["embedding"] = reidentification(sm, labels[vic.enrolled], labels[cand])
-                if name in KEYED:
+                if name in (*KEYED, "advface-salted"):
                     self._key_stolen(method, stolen, labels[vic.enrolled], vic, base_dec, denoiser, adaptive_decoders, row,
                                      priors, keep)
                 row["threats"] = self._threats(method, stolen, vic, train, train_users, base_dec, dim)
@@ -410,14 +410,31 @@ class Benchmark:
         return {**self._success(dec, stolen, vic, keep if tag else 0, tag), "train": info}
 
     def _key_stolen(self, method, stolen, users, vic, base_dec, denoiser, decoders, row, priors=None, keep=0) -> None:
-        """(b) Key stolen: the thief undoes the key's rotation(s) and attacks plain AdvFace templates."""
+        """(b) Key stolen: the thief undoes the key's rotation(s) and attacks plain AdvFace templates.
+
+        Salted templates ``Q_u·R·ĝ``: he holds the key but not the users' salts, so undoing ``R`` leaves each user's
+        template under ``Rᵀ·Q_u·R``, as unknown to him as ``Q_u·R`` was. His adaptive decoder, trained on faces of
+        his own under the key and salts of his own, is then the (a) decoder: with the stolen key instead of his own
+        the templates it trains on have the same distribution (``Q·R`` is Haar-random for any ``R``).
+        """
+        salted = method.name == "advface-salted"
         plain = method.undo_key(stolen, users)
         row["attack"]["non_adaptive_key_stolen"] = self._success(base_dec, plain, vic)
         row["attack"]["non_adaptive_denoised_key_stolen"] = self._success(base_dec, denoiser(plain), vic)
-        row["attack"]["adaptive_key_stolen"] = (self._success(decoders["advface"], plain, vic, keep, f"{method.name} (b) adaptive")
-                                                if "advface" in decoders else None)
-        if "advface" not in decoders:
+        adaptive = decoders.get(method.name if salted else "advface")
+        row["attack"]["adaptive_key_stolen"] = (None if adaptive is None else self._success(
+            adaptive, stolen if salted else plain, vic, 0 if salted else keep, None if salted else f"{method.name} (b) adaptive"))
+        if adaptive is None:
             row["notes"].append("adaptive with the key stolen: n/a (needs the advface adaptive attacker; run advface too)")
+        elif salted:
+            row["notes"].append("(b) without the users' salts: the adaptive decoder is the (a) one (trained under the "
+                                "attacker's own key and salts; with the stolen key its training data has the same "
+                                "distribution)")
+        if salted:  # linking without the salts: the undone templates by cosine against the victims' clean photos
+            cand = vic.probe
+            row["attack"]["embedding_key_stolen"] = reidentification(
+                l2_normalize(plain) @ l2_normalize(self.ev.emb[cand]).T, self.ev.dataset.labels[vic.enrolled],
+                self.ev.dataset.labels[cand])
         if priors and "advface" in priors:
             rec = priors["advface"].reconstruct(decoder_inputs(plain))
             row["attack"]["face_prior_key_stolen"] = self._score(rec, vic, keep, f"{method.name} (b) face prior")

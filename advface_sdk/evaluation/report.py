@@ -126,7 +126,8 @@ def threat_matrix(result: dict) -> list[str]:
              "(a) plus N faces he enrolled himself and whose stored templates he can read; **(e) face prior** — (a) or (b) "
              "plus a public face generator (the VIGFace face autoencoder), so reconstructions look like faces to a person. "
              "Unkeyed methods have no key: (a) = (b). Keyed baselines (biohashing, slerpface) have per-user keys; their "
-             "(b) re-identification uses the stolen user's key.", "",
+             "(b) re-identification uses the stolen user's key. AdvFace + key + salts: (b) is the key stolen, the users' salts "
+             "not (with them too it is AdvFace + key's (b)).", "",
              f"Attackers' budgets: non-adaptive decoder {att['non_adaptive_budget']} "
              f"({att['non_adaptive'].get('params', 'n/a')} parameters) on clean embeddings of "
              f"{result['protocol']['attacker_images']} attacker faces; adaptive decoder: {att['adaptive_budget']}, epochs per "
@@ -165,7 +166,7 @@ def threat_matrix(result: dict) -> list[str]:
         kp = [t.get(f"known_plaintext_{n}") for n in (100, 1000)]
         ad, fp = a["adaptive"], a.get("face_prior")
         lines.append(f"| {_label(name, r)} | {_pct(t['reid_key_secret'])} | {_pct(ad and ad.get('reid_rank1'))} | "
-                     f"{_pct(fp and fp.get('reid_rank1'))} | {_pct(a['embedding']['rank1'])} | "
+                     f"{_pct(fp and fp.get('reid_rank1'))} | {_pct(a.get('embedding_key_stolen', a['embedding'])['rank1'])} | "
                      f"{_pct(t['alignment']['rank1'])} / {_pct(t['alignment']['type2'])} | "
                      + " | ".join(f"{_pct(k and k['rank1'])} / {_pct(k and k['type2'])}" for k in kp) + " |")
     found = {n: r["threats"]["alignment"].get("attackers") for n, r in rows.items() if r.get("threats")}
