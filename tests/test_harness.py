@@ -141,6 +141,7 @@ def test_quick_benchmark_end_to_end(shared, tmp_path):
         assert salted["embedding"]["rank1"] > 0.9 > 0.25 > salted["embedding_key_stolen"]["rank1"]
         assert salted["adaptive_key_stolen"] == {k: v for k, v in salted["adaptive"].items() if k != "train"}
         assert salted["non_adaptive_key_stolen"]["victims"] == 16
+        assert salted["face_prior_key_stolen"] == {k: v for k, v in salted["face_prior"].items() if k != "attacker"}
     assert 0 <= result["random_face_type2"] <= 1
     assert {p["method"] for p in result["curve"]} >= {"gaussian"}
     assert pictures["true"].shape == (4, 64, 64, 3) and "none (non-adaptive)" in pictures

@@ -415,7 +415,8 @@ class Benchmark:
         Salted templates ``Q_u·R·ĝ``: he holds the key but not the users' salts, so undoing ``R`` leaves each user's
         template under ``Rᵀ·Q_u·R``, as unknown to him as ``Q_u·R`` was. His adaptive decoder, trained on faces of
         his own under the key and salts of his own, is then the (a) decoder: with the stolen key instead of his own
-        the templates it trains on have the same distribution (``Q·R`` is Haar-random for any ``R``).
+        the templates it trains on have the same distribution (``Q·R`` is Haar-random for any ``R``); so is his
+        face-prior map.
         """
         salted = method.name == "advface-salted"
         plain = method.undo_key(stolen, users)
@@ -427,17 +428,19 @@ class Benchmark:
         if adaptive is None:
             row["notes"].append("adaptive with the key stolen: n/a (needs the advface adaptive attacker; run advface too)")
         elif salted:
-            row["notes"].append("(b) without the users' salts: the adaptive decoder is the (a) one (trained under the "
-                                "attacker's own key and salts; with the stolen key its training data has the same "
-                                "distribution)")
+            row["notes"].append("(b) without the users' salts: the adaptive decoder and the face-prior map are the (a) "
+                                "ones (trained under the attacker's own key and salts; with the stolen key their training "
+                                "data has the same distribution)")
         if salted:  # linking without the salts: the undone templates by cosine against the victims' clean photos
             cand = vic.probe
             row["attack"]["embedding_key_stolen"] = reidentification(
                 l2_normalize(plain) @ l2_normalize(self.ev.emb[cand]).T, self.ev.dataset.labels[vic.enrolled],
                 self.ev.dataset.labels[cand])
-        if priors and "advface" in priors:
-            rec = priors["advface"].reconstruct(decoder_inputs(plain))
-            row["attack"]["face_prior_key_stolen"] = self._score(rec, vic, keep, f"{method.name} (b) face prior")
+        prior = (priors or {}).get(method.name if salted else "advface")
+        if prior is not None:
+            rec = prior.reconstruct(decoder_inputs(stolen if salted else plain))
+            row["attack"]["face_prior_key_stolen"] = self._score(rec, vic, 0 if salted else keep,
+                                                                 None if salted else f"{method.name} (b) face prior")
 
     def _threats(self, method, stolen, vic, train, train_users, base_dec, dim) -> dict:
         """Attacks without the key (none needs it for unkeyed methods): direct re-identification, (c) alignment
