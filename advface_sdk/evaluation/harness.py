@@ -432,10 +432,8 @@ class Benchmark:
                                 "ones (trained under the attacker's own key and salts; with the stolen key their training "
                                 "data has the same distribution)")
         if salted:  # linking without the salts: the undone templates by cosine against the victims' clean photos
-            cand = vic.probe
             row["attack"]["embedding_key_stolen"] = reidentification(
-                l2_normalize(plain) @ l2_normalize(self.ev.emb[cand]).T, self.ev.dataset.labels[vic.enrolled],
-                self.ev.dataset.labels[cand])
+                l2_normalize(plain) @ l2_normalize(self.ev.emb[vic.probe]).T, users, self.ev.dataset.labels[vic.probe])
         prior = (priors or {}).get(method.name if salted else "advface")
         if prior is not None:
             rec = prior.reconstruct(decoder_inputs(stolen if salted else plain))
