@@ -422,9 +422,11 @@ class Benchmark:
         plain = method.undo_key(stolen, users)
         row["attack"]["non_adaptive_key_stolen"] = self._success(base_dec, plain, vic)
         row["attack"]["non_adaptive_denoised_key_stolen"] = self._success(base_dec, denoiser(plain), vic)
-        adaptive = decoders.get(method.name if salted else "advface")
-        row["attack"]["adaptive_key_stolen"] = (None if adaptive is None else self._success(
-            adaptive, stolen if salted else plain, vic, 0 if salted else keep, None if salted else f"{method.name} (b) adaptive"))
+        # whose trained attackers, on which templates: the (a) ones on the stored templates, or AdvFace's on the undone
+        source, inputs, keep, tag = (method.name, stolen, 0, None) if salted else ("advface", plain, keep, f"{method.name} (b)")
+        adaptive, prior = decoders.get(source), (priors or {}).get(source)
+        row["attack"]["adaptive_key_stolen"] = (None if adaptive is None else
+                                                self._success(adaptive, inputs, vic, keep, tag and f"{tag} adaptive"))
         if adaptive is None:
             row["notes"].append("adaptive with the key stolen: n/a (needs the advface adaptive attacker; run advface too)")
         elif salted:
@@ -434,11 +436,9 @@ class Benchmark:
         if salted:  # linking without the salts: the undone templates by cosine against the victims' clean photos
             row["attack"]["embedding_key_stolen"] = reidentification(
                 l2_normalize(plain) @ l2_normalize(self.ev.emb[vic.probe]).T, users, self.ev.dataset.labels[vic.probe])
-        prior = (priors or {}).get(method.name if salted else "advface")
         if prior is not None:
-            rec = prior.reconstruct(decoder_inputs(stolen if salted else plain))
-            row["attack"]["face_prior_key_stolen"] = self._score(rec, vic, 0 if salted else keep,
-                                                                 None if salted else f"{method.name} (b) face prior")
+            row["attack"]["face_prior_key_stolen"] = self._score(prior.reconstruct(decoder_inputs(inputs)), vic, keep,
+                                                                 tag and f"{tag} face prior")
 
     def _threats(self, method, stolen, vic, train, train_users, base_dec, dim) -> dict:
         """Attacks without the key (none needs it for unkeyed methods): direct re-identification, (c) alignment
