@@ -8,7 +8,11 @@ target "≥ 5× below raw within 0.3 points" can be read off a privacy–utility
 * ``advface`` — the shipped generator (deterministic: whoever has the SDK can fit its inverse);
 * ``gaussian b`` — fresh random noise of relative size ``b`` that is never stored (the thief's own faces get
   other draws, so he cannot subtract it);
-* ``advface+noise b`` — the shipped generator, then fresh noise of relative size ``b``.
+* ``advface+noise b`` — the shipped generator, then fresh noise of relative size ``b``;
+* ``remove m`` (``--remove m``) — stored templates *and* probes lose their top ``m`` principal directions
+  (fitted on the defender's clean embeddings): information the store never holds, so no key, stolen or not,
+  gives it back. The projection is public, so the thief's map and a decoder retrained on projected clean
+  embeddings of his faces use no SDK output: for these points both count as non-adaptive.
 
 For every point the face-prior attacker runs twice: *non-adaptive* (template → prototype map fitted on raw
 templates of his faces) and *adaptive* (fitted on his faces under the same scheme, with his own noise draws),
@@ -63,6 +67,38 @@ def _advface_plus_noise(artifact: str, budget: float, seed: int):
     return AdvFacePlusNoise(artifact=artifact, seed=seed)
 
 
+def _remove_top(m: int, seed: int):
+    """Stored templates and probes both projected off the top-``m`` principal directions of clean embeddings."""
+    import numpy as np
+
+    from advface_sdk.evaluation.denoise import SubspaceDenoiser
+    from advface_sdk.evaluation.methods.raw import NoProtection
+    from facecore.embeddings import l2_normalize
+
+    class RemoveTop(NoProtection):
+        name = "remove-top"
+
+        def fit(self, train_embeddings, train_labels=None):
+            super().fit(train_embeddings, train_labels)
+            self.basis = SubspaceDenoiser.fit(train_embeddings, k=m).basis
+            return self
+
+        def _params(self) -> dict:
+            return {"remove": m}
+
+        def _drop(self, z):
+            z = l2_normalize(np.asarray(z, np.float64))
+            return l2_normalize(z - (z @ self.basis) @ self.basis.T).astype(np.float32)
+
+        def _protect(self, z, user_ids):
+            return self._drop(z)
+
+        def _probe(self, z, user_ids):
+            return self._drop(z)
+
+    return RemoveTop(seed=seed)
+
+
 @click.command()
 @click.option("--recognizer", "-r", default="fr128", show_default=True)
 @click.option("--cache-dir", default=None, help="Where the benchmark caches its trained attackers.")
@@ -73,10 +109,12 @@ def _advface_plus_noise(artifact: str, budget: float, seed: int):
               help="A face autoencoder of the attacker's own (never seen by a generator).")
 @click.option("--denoise", "denoise", multiple=True, type=click.IntRange(min=1),
               help="Also attack through a PCA projection onto this many principal directions (repeatable).")
+@click.option("--remove", "remove", multiple=True, type=click.IntRange(min=1),
+              help="Add a point that drops this many top principal directions from templates and probes (repeatable).")
 @click.option("--schemes", default=None, help="Comma-separated point labels to keep (default: all).")
 @click.option("--stem", default=None, help="Output file stem (default face_prior_frontier_<recognizer>).")
 def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts: tuple[str, ...], judge: Path | None,
-         denoise: tuple[int, ...], schemes: str | None, stem: str | None) -> None:
+         denoise: tuple[int, ...], remove: tuple[int, ...], schemes: str | None, stem: str | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,6 +166,7 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts
     specs += [(f"gaussian {g}", g, lambda s, g=g: create_method("gaussian", budget=g, seed=s)) for g in GAUSSIAN]
     specs += [(f"advface+noise {g}", g, lambda s, g=g: _advface_plus_noise(artifact, g, s)) for g in ADVFACE_NOISE]
     specs += [(label, 0.0, lambda s, f=folder: create_method("advface", artifact=f, seed=s)) for label, folder in extra]
+    specs += [(f"remove {m}", 0.0, lambda s, m=m: _remove_top(m, s)) for m in remove]
     if schemes:
         keep = {x.strip() for x in schemes.split(",")} | {"raw"}
         unknown = keep - {label for label, _, _ in specs}
@@ -152,6 +191,10 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts
                "face_prior_adaptive": {**b._score(adaptive.reconstruct(stolen), victims), "map": adaptive.info["map"]},
                **({"own_prior_non_adaptive": b._score(own.reconstruct(stolen), victims)} if own else {}),
                "decoder_non_adaptive": b._success(decoder, stolen, victims),
+               **({"decoder_retrained": b._success(train_attacker(
+                   train, ev.recognizer.to_torch(), b.cfg.attacker, inputs=decoder_inputs(
+                       attacker_view.protect_gallery(train.embeddings, users)), cache_dir=b.cache, progress=False)[0],
+                   stolen, victims)} if label.startswith("remove ") else {}),
                **{f"face_prior_pca{k}_non_adaptive": b._score(att.reconstruct(stolen), victims) for k, att in denoised.items()},
                **{f"decoder_pca{k}_non_adaptive": b._success(decoder, d(stolen), victims) for k, d in denoisers.items()},
                "minutes": round((time.perf_counter() - t) / 60, 2)}
@@ -172,7 +215,9 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts
     for p in points:
         p["accuracy_cost_points"] = round(100 * (raw_acc - p["accuracy"]), 3)
         p["strongest_face_prior_type2"] = max(p[c]["type2"] for c in columns)
-        p["strongest_non_adaptive_type2"] = max(p[c]["type2"] for c in columns if c != "face_prior_adaptive")
+        # a public projection: his map fitted on his projected faces uses no SDK output
+        p["strongest_non_adaptive_type2"] = max(p[c]["type2"] for c in columns
+                                                if c != "face_prior_adaptive" or p["scheme"].startswith("remove "))
         p["non_adaptive_reduction_vs_raw"] = (points[0]["strongest_non_adaptive_type2"] / p["strongest_non_adaptive_type2"]
                                               if p["strongest_non_adaptive_type2"] else None)
         p["reduction_vs_raw"] = (raw_t2 / p["strongest_face_prior_type2"]) if p["strongest_face_prior_type2"] else None
@@ -212,8 +257,9 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts
              "| scheme | accuracy (cost) | face prior, non-adaptive |" + (" own prior, non-adaptive |" if own else "")
              + "".join(f" face prior, PCA-{k}, non-adaptive |" for k in denoise)
              + " strongest non-adaptive vs raw | face prior, adaptive | strongest vs raw | decoder, non-adaptive |"
-             + "".join(f" decoder, PCA-{k}, non-adaptive |" for k in denoise),
-             "|---|---|---|" + ("---|" if own else "") + "---|" * len(denoise) + "---|---|---|---|" + "---|" * len(denoise)]
+             + "".join(f" decoder, PCA-{k}, non-adaptive |" for k in denoise) + (" decoder, retrained on the scheme |" if remove else ""),
+             "|---|---|---|" + ("---|" if own else "") + "---|" * len(denoise) + "---|---|---|---|" + "---|" * len(denoise)
+             + ("---|" if remove else "")]
     fold = lambda r: "—" if r is None else f"{r:.1f}× below"
     for p in points:
         first = p is points[0]
@@ -224,7 +270,8 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts
                      + f"{'—' if first else fold(p['non_adaptive_reduction_vs_raw'])} | "
                      f"{pct(p['face_prior_adaptive']['type2'])} ({p['face_prior_adaptive']['map']}) | "
                      f"{'—' if first else fold(p['reduction_vs_raw'])} | {pct(p['decoder_non_adaptive']['type2'])} |"
-                     + "".join(f" {pct(p[f'decoder_pca{k}_non_adaptive']['type2'])} |" for k in denoise))
+                     + "".join(f" {pct(p[f'decoder_pca{k}_non_adaptive']['type2'])} |" for k in denoise)
+                     + ((f" {pct(p['decoder_retrained']['type2'])} |" if "decoder_retrained" in p else " — |") if remove else ""))
 
     def verdict(title: str, best, cheapest, key: str, reduction: str) -> list[str]:
         return [f"{title}: within 0.3 points the best is **{best['scheme'] if best else 'none'}**"
@@ -232,6 +279,11 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts
                 f"Cheapest scheme ≥ 5× below raw: **{cheapest['scheme']}** at {cheapest['accuracy_cost_points']:.2f} points."
                 if cheapest else "No scheme measured here gets ≥ 5× below raw.", ""]
 
+    if remove:
+        lines += ["", "*remove m*: templates and probes projected off the top m principal directions of the defender's "
+                  "clean embeddings. The projection is public: the face prior's map refitted on the thief's projected "
+                  "faces (the *adaptive* column) and the decoder retrained on them use no SDK output, so for these "
+                  "points they count as non-adaptive."]
     lines += [""]
     lines += verdict("Strongest non-adaptive attacker (acceptance (b))", best_na, cheapest_na, "strongest_non_adaptive_type2",
                      "non_adaptive_reduction_vs_raw")
