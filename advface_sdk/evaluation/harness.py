@@ -418,27 +418,27 @@ class Benchmark:
         the templates it trains on have the same distribution (``Q·R`` is Haar-random for any ``R``); so is his
         face-prior map.
         """
-        salted = method.name == "advface-salted"
+        a = row["attack"]
         plain = method.undo_key(stolen, users)
-        row["attack"]["non_adaptive_key_stolen"] = self._success(base_dec, plain, vic)
-        row["attack"]["non_adaptive_denoised_key_stolen"] = self._success(base_dec, denoiser(plain), vic)
-        # whose trained attackers, on which templates: the (a) ones on the stored templates, or AdvFace's on the undone
-        source, inputs, keep, tag = (method.name, stolen, 0, None) if salted else ("advface", plain, keep, f"{method.name} (b)")
-        adaptive, prior = decoders.get(source), (priors or {}).get(source)
-        row["attack"]["adaptive_key_stolen"] = (None if adaptive is None else
-                                                self._success(adaptive, inputs, vic, keep, tag and f"{tag} adaptive"))
-        if adaptive is None:
-            row["notes"].append("adaptive with the key stolen: n/a (needs the advface adaptive attacker; run advface too)")
-        elif salted:
+        a["non_adaptive_key_stolen"] = self._success(base_dec, plain, vic)
+        a["non_adaptive_denoised_key_stolen"] = self._success(base_dec, denoiser(plain), vic)
+        if method.name == "advface-salted":  # the (a) attackers on the same stored templates: their (a) results
+            a["adaptive_key_stolen"] = a["adaptive"] and {k: v for k, v in a["adaptive"].items() if k != "train"}
+            if a.get("face_prior") is not None:
+                a["face_prior_key_stolen"] = {k: v for k, v in a["face_prior"].items() if k != "attacker"}
+            # linking without the salts: the undone templates by cosine against the victims' clean photos
+            a["embedding_key_stolen"] = reidentification(
+                l2_normalize(plain) @ l2_normalize(self.ev.emb[vic.probe]).T, users, self.ev.dataset.labels[vic.probe])
             row["notes"].append("(b) without the users' salts: the adaptive decoder and the face-prior map are the (a) "
                                 "ones (trained under the attacker's own key and salts; with the stolen key their training "
                                 "data has the same distribution)")
-        if salted:  # linking without the salts: the undone templates by cosine against the victims' clean photos
-            row["attack"]["embedding_key_stolen"] = reidentification(
-                l2_normalize(plain) @ l2_normalize(self.ev.emb[vic.probe]).T, users, self.ev.dataset.labels[vic.probe])
+            return
+        adaptive, prior, tag = decoders.get("advface"), (priors or {}).get("advface"), f"{method.name} (b)"
+        a["adaptive_key_stolen"] = None if adaptive is None else self._success(adaptive, plain, vic, keep, f"{tag} adaptive")
+        if adaptive is None:
+            row["notes"].append("adaptive with the key stolen: n/a (needs the advface adaptive attacker; run advface too)")
         if prior is not None:
-            row["attack"]["face_prior_key_stolen"] = self._score(prior.reconstruct(decoder_inputs(inputs)), vic, keep,
-                                                                 tag and f"{tag} face prior")
+            a["face_prior_key_stolen"] = self._score(prior.reconstruct(decoder_inputs(plain)), vic, keep, f"{tag} face prior")
 
     def _threats(self, method, stolen, vic, train, train_users, base_dec, dim) -> dict:
         """Attacks without the key (none needs it for unkeyed methods): direct re-identification, (c) alignment
