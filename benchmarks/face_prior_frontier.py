@@ -25,7 +25,10 @@ himself (another seed, never seen by any generator; ``benchmarks/vigface_train.p
 the non-adaptive attacker runs with it too. ``--denoise K`` adds the shipped prior and the decoder behind a
 PCA projection onto the top ``K`` principal directions of the thief's clean embeddings
 (:class:`~advface_sdk.evaluation.denoise.SubspaceDenoiser`; still non-adaptive: no SDK output is used).
-``--schemes`` keeps only the named points.
+``--schemes`` keeps only the named points. ``--search STEPS`` adds the *matcher search*
+(:meth:`~advface_sdk.evaluation.face_prior.FacePriorAttacker.search`): the non-adaptive map's render refined by
+``STEPS`` gradient steps on the deployment's own match score (stolen template vs the recognizer's embedding of the
+render, prepared as the scheme prepares probes). It uses no SDK output: non-adaptive for every point.
 
     python benchmarks/face_prior_frontier.py --recognizer fr128 --cache-dir runs/bench_cache --out benchmarks/results/threat_matrix
 
@@ -96,6 +99,11 @@ def _remove_top(m: int, seed: int):
         def _probe(self, z, user_ids):
             return self._drop(z)
 
+        def torch_probe(self, e: torch.Tensor) -> torch.Tensor:
+            """The probe preparation in torch, for the matcher search (unnormalised: the score is a cosine)."""
+            b = torch.from_numpy(self.basis.astype(np.float32))
+            return e - (e @ b) @ b.T
+
     return RemoveTop(seed=seed)
 
 
@@ -112,9 +120,11 @@ def _remove_top(m: int, seed: int):
 @click.option("--remove", "remove", multiple=True, type=click.IntRange(min=1),
               help="Add a point that drops this many top principal directions from templates and probes (repeatable).")
 @click.option("--schemes", default=None, help="Comma-separated point labels to keep (default: all).")
+@click.option("--search", "search", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Gradient steps of the matcher search (0: not run).")
 @click.option("--stem", default=None, help="Output file stem (default face_prior_frontier_<recognizer>).")
 def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts: tuple[str, ...], judge: Path | None,
-         denoise: tuple[int, ...], remove: tuple[int, ...], schemes: str | None, stem: str | None) -> None:
+         denoise: tuple[int, ...], remove: tuple[int, ...], schemes: str | None, search: int, stem: str | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,7 +154,8 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts
     victims = pick_victims(labels, ev.mask("victim"), None, seed)
     train, users, rows = b._attacker_set()
     prior = b._prior_setup(train, rows)
-    decoder, dec_info = train_attacker(train, ev.recognizer.to_torch(), b.cfg.attacker, cache_dir=b.cache, progress=False)
+    rec_torch = ev.recognizer.to_torch()
+    decoder, dec_info = train_attacker(train, rec_torch, b.cfg.attacker, cache_dir=b.cache, progress=False)
     defender = ev.emb[ev.mask("defender")]
     artifact = recognizer
 
@@ -156,7 +167,7 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts
     def retrained(method):
         """The benchmark's decoder trained from scratch on the scheme's output for the thief's faces."""
         inputs = decoder_inputs(method.protect_gallery(train.embeddings, users))
-        return train_attacker(train, ev.recognizer.to_torch(), b.cfg.attacker, inputs=inputs, cache_dir=b.cache,
+        return train_attacker(train, rec_torch, b.cfg.attacker, inputs=inputs, cache_dir=b.cache,
                               progress=False)[0]
 
     raw = create_method("none", seed=seed).fit(defender)
@@ -183,7 +194,8 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts
     # the grid shows the denoising attacker when there is one (no generator is trained against it by default),
     # else the attacker's own prior (no generator has seen it)
     strongest = denoised[max(denoised)] if denoised else own or non_adaptive
-    shown = f"shipped face prior behind PCA-{max(denoised)}" if denoised else "own face prior" if own else "shipped face prior"
+    shown = (f"matcher search, {search} steps" if search else f"shipped face prior behind PCA-{max(denoised)}" if denoised
+             else "own face prior" if own else "shipped face prior")
     grid = {"true": ev.true_rgb(victims.enrolled[:GRID_VICTIMS], 64)}
     for label, budget, make in specs:
         t = time.perf_counter()
@@ -192,10 +204,13 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts
         stolen = decoder_inputs(defended.protect_gallery(ev.emb[victims.enrolled], labels[victims.enrolled]))
         attacker_view = make(seed + 1).fit(defender)  # his own faces: other noise draws (fresh randomness)
         adaptive = non_adaptive if label == "raw" else fit(attacker_view)
+        searched = (non_adaptive.search(stolen, rec_torch, search, getattr(defended, "torch_probe", None), seed=seed)
+                    if search else None)
         res = {"scheme": label, "noise_budget": budget, "accuracy": util["accuracy"], "tar@far=0.001": util["tar@far=0.001"],
                "face_prior_non_adaptive": b._score(non_adaptive.reconstruct(stolen), victims),
                "face_prior_adaptive": {**b._score(adaptive.reconstruct(stolen), victims), "map": adaptive.info["map"]},
                **({"own_prior_non_adaptive": b._score(own.reconstruct(stolen), victims)} if own else {}),
+               **({"search_non_adaptive": b._score(searched, victims)} if search else {}),
                "decoder_non_adaptive": b._success(decoder, stolen, victims),
                **({"decoder_retrained": b._success(retrained(attacker_view), stolen, victims)}
                   if label.startswith("remove ") else {}),
@@ -204,16 +219,18 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts
                "minutes": round((time.perf_counter() - t) / 60, 2)}
         points.append(res)
         if not label.startswith(("gaussian ", "advface+noise ")):
-            grid[label] = strongest.reconstruct(stolen[:GRID_VICTIMS])
+            grid[label] = searched[:GRID_VICTIMS] if search else strongest.reconstruct(stolen[:GRID_VICTIMS])
         click.echo(f"{label}: acc {100 * res['accuracy']:.2f}  face prior non-adaptive "
                    f"{100 * res['face_prior_non_adaptive']['type2']:.1f} %  adaptive "
                    f"{100 * res['face_prior_adaptive']['type2']:.1f} %  "
                    + (f"own prior {100 * res['own_prior_non_adaptive']['type2']:.1f} %  " if own else "")
+                   + (f"search {100 * res['search_non_adaptive']['type2']:.1f} %  " if search else "")
                    + "".join(f"PCA-{k} {100 * res[f'face_prior_pca{k}_non_adaptive']['type2']:.1f} %  " for k in denoise) + "decoder "
                    f"{100 * res['decoder_non_adaptive']['type2']:.1f} %  ({res['minutes']} min)", err=True)
 
     raw_acc = points[0]["accuracy"]
     columns = (("face_prior_non_adaptive", "face_prior_adaptive") + (("own_prior_non_adaptive",) if own else ())
+               + (("search_non_adaptive",) if search else ())
                + tuple(f"face_prior_pca{k}_non_adaptive" for k in denoise))
     raw_t2 = max(points[0][c]["type2"] for c in columns)
     for p in points:
@@ -238,6 +255,9 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts
               "threat_model": "(b) database and deployment key stolen: the thief has plain AdvFace templates, the SDK, "
                               "the public recognizers, his own faces and the VIGFace face prior",
               "decoder": dec_info, "face_prior": non_adaptive.info, "points": points,
+              **({"search": {"steps": search, "start": "the non-adaptive map's prototype", "lr": 0.02, "jitter_px": 3,
+                             "objective": "cos(prepared probe of the render, stolen template) by the deployed recognizer"}}
+                 if search else {}),
               "denoisers": [d.info for d in denoisers.values()],
               **({"own_prior": {"folder": str(judge), **own.info}} if own else {}),
               "best_within_0.3_points": best and best["scheme"], "cheapest_5x": cheapest and cheapest["scheme"],
@@ -259,10 +279,11 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts
                 "embeddings of the thief's own faces (" + ", ".join(f"k = {d.k} keeps {100 * d.variance_kept:.1f} % of "
                 "their variance" for d in denoisers.values()) + "); non-adaptive, no SDK output used." if denoise else ""), "",
              "| scheme | accuracy (cost) | face prior, non-adaptive |" + (" own prior, non-adaptive |" if own else "")
+             + (" matcher search, non-adaptive |" if search else "")
              + "".join(f" face prior, PCA-{k}, non-adaptive |" for k in denoise)
              + " strongest non-adaptive vs raw | face prior, adaptive | strongest vs raw | decoder, non-adaptive |"
              + "".join(f" decoder, PCA-{k}, non-adaptive |" for k in denoise) + (" decoder, retrained on the scheme |" if remove else ""),
-             "|---|---|---|" + ("---|" if own else "") + "---|" * len(denoise) + "---|---|---|---|" + "---|" * len(denoise)
+             "|---|---|---|" + ("---|" if own else "") + ("---|" if search else "") + "---|" * len(denoise) + "---|---|---|---|" + "---|" * len(denoise)
              + ("---|" if remove else "")]
     fold = lambda r: "—" if r is None else f"{r:.1f}× below"
     for p in points:
@@ -270,6 +291,7 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts
         lines.append(f"| {p['scheme']} | {100 * p['accuracy']:.2f} % ({p['accuracy_cost_points']:+.2f}) | "
                      f"{pct(p['face_prior_non_adaptive']['type2'])} | "
                      + (f"{pct(p['own_prior_non_adaptive']['type2'])} | " if own else "")
+                     + (f"{pct(p['search_non_adaptive']['type2'])} | " if search else "")
                      + "".join(f"{pct(p[f'face_prior_pca{k}_non_adaptive']['type2'])} | " for k in denoise)
                      + f"{'—' if first else fold(p['non_adaptive_reduction_vs_raw'])} | "
                      f"{pct(p['face_prior_adaptive']['type2'])} ({p['face_prior_adaptive']['map']}) | "
@@ -288,6 +310,11 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts
                   "clean embeddings. The projection is public: the face prior's map refitted on the thief's projected "
                   "faces (the *adaptive* column) and the decoder retrained on them use no SDK output, so for these "
                   "points they count as non-adaptive."]
+    if search:
+        lines += ["", f"*Matcher search*: each render of the non-adaptive map refined by {search} Adam steps on the "
+                  f"deployment's own match score, the cosine between the stolen template and {recognizer}'s embedding of "
+                  "the render (prepared as the scheme prepares probes; a random flip and ≤ 3 px shift each step). A thief "
+                  "holding the key can compute that score; he uses no SDK output, so it is non-adaptive for every point."]
     lines += [""]
     lines += verdict("Strongest non-adaptive attacker (acceptance (b))", best_na, cheapest_na, "strongest_non_adaptive_type2",
                      "non_adaptive_reduction_vs_raw")

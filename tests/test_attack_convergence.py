@@ -85,3 +85,41 @@ def test_face_prior_attacker_learns_the_template_map_and_renders_faces():
     assert np.abs(faces[0].astype(int) - faces[1]).mean() > 1  # identity comes from the template
     with pytest.raises(InvalidInputError):
         FacePriorAttacker.fit(templates[:10], protos[:9], images[:10], labels[:10], ae)
+
+
+@pytest.mark.data
+def test_matcher_search_climbs_the_deployments_own_match_score(fr128, lfw_root):
+    """A thief who can compute the match score refines the map's render until the recognizer accepts it better."""
+    from facecore.data import IdentityFolderDataset
+
+    torch.manual_seed(0)
+    ae = load_face_prior()
+    rng = np.random.default_rng(0)
+    n = 200
+    protos = rng.standard_normal((n, ae.cond_dim))
+    protos /= np.linalg.norm(protos, axis=1, keepdims=True)
+    with torch.no_grad():
+        lat = torch.randn(n, *ae.latent_shape, generator=torch.Generator().manual_seed(1))
+        images = ((ae.decode(lat, torch.from_numpy(protos).float()).clamp(-1, 1) + 1) * 127.5).byte().permute(0, 2, 3, 1).numpy()
+    fp = FacePriorAttacker.fit(protos, protos, images, np.arange(n) // 2, ae, seed=0)  # raw fr128 templates
+    ds = IdentityFolderDataset.from_folder(lfw_root)
+    stolen = fr128.embed(np.stack([ds.load(i) for i in range(0, 1000, 250)]))
+    rec = fr128.to_torch()
+
+    def score(faces: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            x = torch.from_numpy(faces).permute(0, 3, 1, 2).float() / 255
+            return F.cosine_similarity(rec(x), torch.from_numpy(stolen), dim=1).numpy()
+
+    searched = fp.search(stolen, rec, steps=15, batch=3, seed=0)
+    assert searched.shape == (4, ae.image_size, ae.image_size, 3) and searched.dtype == np.uint8
+    before, after = score(fp.reconstruct(stolen)), score(searched)
+    assert (after > before + 0.03).all() and after.mean() > before.mean() + 0.05, (before, after)
+    assert np.array_equal(searched, fp.search(stolen, rec, steps=15, batch=3, seed=0))  # seeded
+    blocked = fp.search(stolen, rec, steps=15, batch=3, seed=0, probe=lambda e: e * 0 + 1)  # the probe is in the objective
+    assert score(blocked).mean() < after.mean()
+    for bad in (stolen[:0], np.full_like(stolen, np.nan), stolen[:, :64]):
+        with pytest.raises(InvalidInputError):
+            fp.search(bad, rec, steps=2)
+    with pytest.raises(InvalidInputError):
+        fp.search(stolen, rec, steps=0)

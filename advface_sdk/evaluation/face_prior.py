@@ -13,6 +13,12 @@ pose, light and background. The attacker
    *mean latent* of his own faces (a frontal, evenly lit average face: the prior; the template says
    nothing reliable about pose or light).
 
+3. optionally (:meth:`FacePriorAttacker.search`, the *matcher search*) refines each render by gradient ascent
+   on the deployment's own match score: the cosine between the stored template and the recognizer's embedding
+   of the render, through the prior's decoder and the recognizer's torch graph. A thief who holds the
+   matcher's secrets can compute that score, so any face the deployment would accept as the victim is within
+   his reach; he needs no SDK output and trains nothing.
+
 Reconstructions are scored like the decoders' (type I by the protected recognizer, type II and
 re-identification by the evaluator). Caveat stated in the results: the autoencoder was trained with an
 identity loss through fr128, so when fr128 is the *evaluator* (the fr512 benchmark) its type II is not
@@ -159,6 +165,52 @@ class FacePriorAttacker:
             mx, w, my = self.ridge
             out = (x - mx) @ w + my
         return l2_normalize(out)
+
+    def search(self, templates: np.ndarray, recognizer: nn.Module, steps: int = 40, probe=None, lr: float = 0.02,
+               jitter: int = 3, batch: int = 64, seed: int = 0) -> np.ndarray:
+        """Matcher search: renders whose embedding by ``recognizer`` best matches each template, uint8 RGB.
+
+        Starts from the map's prototype (:meth:`prototypes`) at the mean latent and follows the gradient of
+        ``cos(probe(recognizer(render)), template)`` for ``steps`` Adam steps on the prototype. ``recognizer`` is
+        a differentiable recognizer (``Recognizer.to_torch()``) of the deployment; ``probe`` (torch → torch, default
+        none) is the deployment's probe preparation, known to a thief who holds its key. Every step renders with a
+        random horizontal flip and a shift of up to ``jitter`` px, so the prototype must match as a face and not as
+        a pattern fitted to one view of one recognizer's input (the usual defence against adversarial solutions).
+        Hand-written because no library we use inverts an embedding through a conditional decoder.
+        """
+        t = np.asarray(templates)
+        if t.ndim != 2 or not len(t) or not np.issubdtype(t.dtype, np.number) or not np.isfinite(t).all():
+            raise InvalidInputError(f"templates must be a non-empty finite (N, d) array, got {t.dtype} {t.shape}")
+        if steps < 1 or lr <= 0 or jitter < 0 or batch < 1:
+            raise InvalidInputError(f"need steps >= 1, lr > 0, jitter >= 0 and batch >= 1, got {steps}, {lr}, {jitter}, {batch}")
+        if t.shape[1] != len(self.ridge[0]):
+            raise InvalidInputError(f"this attacker's map takes {len(self.ridge[0])}-d templates, got {t.shape[1]}-d")
+        probe = probe or (lambda e: e)
+        with torch.no_grad():
+            dim = probe(recognizer(self.renderer(torch.from_numpy(self.prototypes(t[:1]).astype(np.float32))))).shape[1]
+        if dim != t.shape[1]:
+            raise InvalidInputError(f"the recognizer's prepared probes are {dim}-d, the templates {t.shape[1]}-d: "
+                                    "search with the recognizer the templates came from")
+        g = torch.Generator().manual_seed(seed)
+        target = F.normalize(torch.from_numpy(t.astype(np.float32)), dim=1)
+        start = torch.from_numpy(self.prototypes(t).astype(np.float32))
+        out = []
+        for i in range(0, len(t), batch):
+            u = start[i:i + batch].clone().requires_grad_(True)
+            opt = torch.optim.Adam([u], lr=lr)
+            for _ in range(steps):
+                img = self.renderer(F.normalize(u, dim=1))
+                if torch.rand((), generator=g) < 0.5:
+                    img = img.flip(-1)
+                dy, dx = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=g))
+                img = torch.roll(img, (dy, dx), (2, 3))
+                loss = -F.cosine_similarity(probe(recognizer(img)), target[i:i + batch], dim=1).sum()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                out.append((self.renderer(F.normalize(u, dim=1)) * 255).round().byte().permute(0, 2, 3, 1).numpy())
+        return np.concatenate(out)
 
     @torch.no_grad()
     def reconstruct(self, templates: np.ndarray, batch: int = 128) -> np.ndarray:
