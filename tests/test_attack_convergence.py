@@ -60,17 +60,23 @@ def test_converged_training_stops_by_patience_and_keeps_the_best_epoch(tmp_path)
         ConvergenceConfig(max_epochs=3, warmup_epochs=3)
 
 
-def test_face_prior_attacker_learns_the_template_map_and_renders_faces():
+def _prior_faces(n: int):
+    """The shipped prior, ``n`` random unit prototypes and the attacker's "faces": the prior's own renderings of them."""
     torch.manual_seed(0)
     ae = load_face_prior()
     rng = np.random.default_rng(0)
-    n = 600
     protos = rng.standard_normal((n, ae.cond_dim))
     protos /= np.linalg.norm(protos, axis=1, keepdims=True)
-    labels = np.arange(n) // 2
-    with torch.no_grad():  # the attacker's "faces": the prior's own renderings of his prototypes
+    with torch.no_grad():
         lat = torch.randn(n, *ae.latent_shape, generator=torch.Generator().manual_seed(1))
         images = ((ae.decode(lat, torch.from_numpy(protos).float()).clamp(-1, 1) + 1) * 127.5).byte().permute(0, 2, 3, 1).numpy()
+    return ae, rng, protos, images
+
+
+def test_face_prior_attacker_learns_the_template_map_and_renders_faces():
+    n = 600
+    ae, rng, protos, images = _prior_faces(n)
+    labels = np.arange(n) // 2
     q, _ = np.linalg.qr(rng.standard_normal((ae.cond_dim, ae.cond_dim)))
     templates = protos @ q + 0.01 * rng.standard_normal(protos.shape)  # a keyless linear scheme
     fp = FacePriorAttacker.fit(templates, protos, images, labels, ae, seed=0)
@@ -92,15 +98,8 @@ def test_matcher_search_climbs_the_deployments_own_match_score(fr128, lfw_root):
     """A thief who can compute the match score refines the map's render until the recognizer accepts it better."""
     from facecore.data import IdentityFolderDataset
 
-    torch.manual_seed(0)
-    ae = load_face_prior()
-    rng = np.random.default_rng(0)
     n = 200
-    protos = rng.standard_normal((n, ae.cond_dim))
-    protos /= np.linalg.norm(protos, axis=1, keepdims=True)
-    with torch.no_grad():
-        lat = torch.randn(n, *ae.latent_shape, generator=torch.Generator().manual_seed(1))
-        images = ((ae.decode(lat, torch.from_numpy(protos).float()).clamp(-1, 1) + 1) * 127.5).byte().permute(0, 2, 3, 1).numpy()
+    ae, _, protos, images = _prior_faces(n)
     fp = FacePriorAttacker.fit(protos, protos, images, np.arange(n) // 2, ae, seed=0)  # raw fr128 templates
     ds = IdentityFolderDataset.from_folder(lfw_root)
     stolen = fr128.embed(np.stack([ds.load(i) for i in range(0, 1000, 250)]))
