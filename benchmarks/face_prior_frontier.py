@@ -49,6 +49,7 @@ import torch
 GAUSSIAN = (0.5, 0.8, 1.2, 1.6, 2.0)
 GRID_VICTIMS = 6
 ADVFACE_NOISE = (0.5, 0.8, 1.2)
+SEARCH_LR, SEARCH_JITTER = 0.02, 3  # the matcher search's Adam step and flip-and-shift jitter (px)
 
 
 def _advface_plus_noise(artifact: str, budget: float, seed: int):
@@ -191,8 +192,8 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts
             raise InvalidInputError(f"unknown schemes {sorted(unknown)}; points: {', '.join(label for label, _, _ in specs)}")
         specs = [sp for sp in specs if sp[0] in keep]
     points = []
-    # the grid shows the denoising attacker when there is one (no generator is trained against it by default),
-    # else the attacker's own prior (no generator has seen it)
+    # the grid shows the matcher search when it runs (the strongest), else the denoising attacker when there is one
+    # (no generator is trained against it by default), else the attacker's own prior (no generator has seen it)
     strongest = denoised[max(denoised)] if denoised else own or non_adaptive
     shown = (f"matcher search, {search} steps" if search else f"shipped face prior behind PCA-{max(denoised)}" if denoised
              else "own face prior" if own else "shipped face prior")
@@ -204,8 +205,8 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts
         stolen = decoder_inputs(defended.protect_gallery(ev.emb[victims.enrolled], labels[victims.enrolled]))
         attacker_view = make(seed + 1).fit(defender)  # his own faces: other noise draws (fresh randomness)
         adaptive = non_adaptive if label == "raw" else fit(attacker_view)
-        searched = (non_adaptive.search(stolen, rec_torch, search, getattr(defended, "torch_probe", None), seed=seed)
-                    if search else None)
+        searched = (non_adaptive.search(stolen, rec_torch, search, getattr(defended, "torch_probe", None), SEARCH_LR,
+                                        SEARCH_JITTER, seed=seed) if search else None)
         res = {"scheme": label, "noise_budget": budget, "accuracy": util["accuracy"], "tar@far=0.001": util["tar@far=0.001"],
                "face_prior_non_adaptive": b._score(non_adaptive.reconstruct(stolen), victims),
                "face_prior_adaptive": {**b._score(adaptive.reconstruct(stolen), victims), "map": adaptive.info["map"]},
@@ -255,7 +256,7 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts
               "threat_model": "(b) database and deployment key stolen: the thief has plain AdvFace templates, the SDK, "
                               "the public recognizers, his own faces and the VIGFace face prior",
               "decoder": dec_info, "face_prior": non_adaptive.info, "points": points,
-              **({"search": {"steps": search, "start": "the non-adaptive map's prototype", "lr": 0.02, "jitter_px": 3,
+              **({"search": {"steps": search, "start": "the non-adaptive map's prototype", "lr": SEARCH_LR, "jitter_px": SEARCH_JITTER,
                              "objective": "cos(prepared probe of the render, stolen template) by the deployed recognizer"}}
                  if search else {}),
               "denoisers": [d.info for d in denoisers.values()],
@@ -313,7 +314,7 @@ def main(recognizer: str, cache_dir: str | None, out: Path, seed: int, artifacts
     if search:
         lines += ["", f"*Matcher search*: each render of the non-adaptive map refined by {search} Adam steps on the "
                   f"deployment's own match score, the cosine between the stolen template and {recognizer}'s embedding of "
-                  "the render (prepared as the scheme prepares probes; a random flip and ≤ 3 px shift each step). A thief "
+                  f"the render (prepared as the scheme prepares probes; a random flip and ≤ {SEARCH_JITTER} px shift each step). A thief "
                   "holding the key can compute that score; he uses no SDK output, so it is non-adaptive for every point."]
     lines += [""]
     lines += verdict("Strongest non-adaptive attacker (acceptance (b))", best_na, cheapest_na, "strongest_non_adaptive_type2",

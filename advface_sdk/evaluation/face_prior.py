@@ -27,6 +27,7 @@ independent of the attacker's prior; the fr512 type I then is the independent fi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,8 +167,9 @@ class FacePriorAttacker:
             out = (x - mx) @ w + my
         return l2_normalize(out)
 
-    def search(self, templates: np.ndarray, recognizer: nn.Module, steps: int = 40, probe=None, lr: float = 0.02,
-               jitter: int = 3, batch: int = 64, seed: int = 0) -> np.ndarray:
+    def search(self, templates: np.ndarray, recognizer: nn.Module, steps: int = 40,
+               probe: Callable[[torch.Tensor], torch.Tensor] | None = None, lr: float = 0.02, jitter: int = 3,
+               batch: int = 64, seed: int = 0) -> np.ndarray:
         """Matcher search: renders whose embedding by ``recognizer`` best matches each template, uint8 RGB.
 
         Starts from the map's prototype (:meth:`prototypes`) at the mean latent and follows the gradient of
