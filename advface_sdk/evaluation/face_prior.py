@@ -42,6 +42,7 @@ from facecore.metrics import cosine_scores
 
 from ..models.decoders import PriorShadow
 from .denoise import SubspaceDenoiser
+from .privacy import images_to_uint8
 
 
 
@@ -211,7 +212,7 @@ class FacePriorAttacker:
                 loss.backward()
                 opt.step()
             with torch.no_grad():
-                out.append((self.renderer(F.normalize(u, dim=1)) * 255).round().byte().permute(0, 2, 3, 1).numpy())
+                out.append(images_to_uint8(self.renderer(F.normalize(u, dim=1))))
         return np.concatenate(out)
 
     @torch.no_grad()
@@ -221,5 +222,5 @@ class FacePriorAttacker:
         out = []
         for i in range(0, len(protos), batch):
             p = protos[i:i + batch]
-            out.append((self.renderer(p) * 255).round().byte().permute(0, 2, 3, 1).numpy())
+            out.append(images_to_uint8(self.renderer(p)))
         return np.concatenate(out)

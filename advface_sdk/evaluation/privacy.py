@@ -50,6 +50,11 @@ def impostor_threshold(embeddings: np.ndarray, labels: np.ndarray, far: float = 
     return threshold_at_far(np.sum(u[a[keep]] * u[b[keep]], axis=1), far)
 
 
+def images_to_uint8(images: torch.Tensor) -> np.ndarray:
+    """RGB images in [0, 1], ``(N, 3, S, S)`` → uint8 RGB ``(N, S, S, 3)`` (clamped and rounded)."""
+    return (images.detach().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+
+
 def decode_to_crops(decoder: torch.nn.Module, embeddings: np.ndarray, batch: int = 256) -> np.ndarray:
     """Decoder outputs as uint8 RGB ``(N, S, S, 3)``."""
     outs = []
@@ -57,7 +62,7 @@ def decode_to_crops(decoder: torch.nn.Module, embeddings: np.ndarray, batch: int
     with torch.inference_mode():
         for i in range(0, len(embeddings), batch):
             x = decoder(torch.from_numpy(np.ascontiguousarray(embeddings[i:i + batch], np.float32)))
-            outs.append((x.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy())
+            outs.append(images_to_uint8(x))
     return np.concatenate(outs)
 
 
